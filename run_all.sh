@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The workbook's two commands:
+#   ./run_all.sh            set up the environment if needed, then run the default profile (mini) end to end
+#   ./run_all.sh test       same set-up, then the test suite
+# Everything after the command word is passed on (see --help).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+usage() {
+  cat <<'USAGE'
+usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [options]
+
+  test                 set up the environment, then run the tests (pytest; extra args go to pytest)
+  --profile NAME       smoke: every code path on tiny models, minutes on a CPU (what CI runs)
+                       mini:  the default; the full grids on the embedded models and synthetic benchmarks
+                       paper: real checkpoints and data on a CUDA GPU (needs --data-root and --checkpoints)
+  --jobs N             parallel notebook workers (default 1)
+  --only PATTERN       run only the grid cells whose name matches PATTERN
+  --data-root DIR      real data root (paper profile), or $QFP_DATA_ROOT
+  --checkpoints DIR    real checkpoints root or hub ids (paper profile), or $QFP_CHECKPOINTS
+  --out DIR            where runs, caches and the report go (default: this folder)
+  -h, --help           this text
+
+Environment: an active virtualenv or conda env is used as is; otherwise one is created under
+${QFP_VENV_ROOT:-~/.cache/qformer-peft/venvs}, keyed by a hash of pyproject.toml, and reused.
+QFP_TORCH overrides the torch requirement installed into a fresh environment (default: the CPU
+build torch==2.13.0 when no NVIDIA driver is present, else the newest torch from the index).
+USAGE
+}
+
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+
+# --- environment -------------------------------------------------------------------------
+py="${PYTHON:-python3}"
+if [[ -n "${VIRTUAL_ENV:-}" || -n "${CONDA_PREFIX:-}" ]]; then
+  venv_py="$(command -v python)"
+else
+  spec_hash="$(cat pyproject.toml | "$py" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:12])')"
+  venv="${QFP_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/qformer-peft/venvs}/$spec_hash"
+  venv_py="$venv/bin/python"
+  if [[ ! -f "$venv/.complete" ]]; then
+    echo "[run_all] creating the environment $venv (once per dependency spec)"
+    rm -rf "$venv"
+    "$py" -m venv "$venv"
+    "$venv_py" -m pip install -q --upgrade pip
+    if [[ -n "${QFP_TORCH:-}" ]]; then torch_req="$QFP_TORCH"
+    elif command -v nvidia-smi >/dev/null 2>&1; then torch_req="torch"
+    else torch_req="torch==2.13.0"; fi
+    "$venv_py" -m pip install -q "$torch_req"
+    "$venv_py" -m pip install -q -e ".[dev]"
+    touch "$venv/.complete"
+  fi
+  # The editable install points at whichever clone installed it; make this clone the one.
+  if ! "$venv_py" - <<PYCHK 2>/dev/null
+import qformer_peft, pathlib, sys
+sys.exit(0 if pathlib.Path(qformer_peft.__file__).resolve().is_relative_to(pathlib.Path("$here").resolve()) else 1)
+PYCHK
+  then
+    "$venv_py" -m pip install -q --no-deps -e .
+  fi
+fi
+
+# --- commands ------------------------------------------------------------------------------
+if [[ "${1:-}" == "test" ]]; then
+  shift
+  exec "$venv_py" -m pytest "$@"
+fi
+exec "$venv_py" -m qformer_peft.cli study "$@"
