@@ -1,0 +1,187 @@
+"""The experiment config: one frozen dataclass per run, validated on creation.
+
+Unknown or mistyped keys fail loudly with the list of valid ones (papermill injects parameters by
+name, so a typo there must not silently fall back to a default). The hash of the resolved config
+names the run folder (runs.RunDir), so the same config always lands in the same folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import runs
+
+BENCHMARKS = ("scienceqa", "iconqa", "vizwiz", "flickr30k")
+SETUPS = ("baseline", "qf-fft+llm-lora", "qf-lora", "qf-lora+llm-lora")
+QF_SUBLAYERS = ("self_attn", "cross_attn", "ffn", "all")
+LLM_TARGETS = ("attn", "ffn", "all")
+METHODS = ("lora", "adalora")
+CONNECTORS = ("qformer", "pool", "projector", "bottleneck")
+
+# PROTOCOL §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
+LR_QFORMER_FULL = 2e-5
+LR_PEFT = 5e-4
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe a run; the message says which field and what is valid."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    # --- what is trained ---------------------------------------------------------------------
+    benchmark: str = "iconqa"            # one of BENCHMARKS
+    data_root: str = ""                  # the benchmark's root directory, in its real on-disk layout
+    model: str = "tiny"                  # preset name, local checkpoint directory, or hub id
+    llm: str = "t5"                      # 't5' | 'llama' (presets only; checkpoints say what they are)
+    connector: str = "qformer"           # one of CONNECTORS
+    setup: str = "qf-lora"               # one of SETUPS
+    method: str = "lora"                 # 'lora' | 'adalora' (AdaLoRA on all Q-Former targets)
+    qf_sublayers: str | None = "all"     # Q-Former LoRA targets; None when the Q-Former has no LoRA
+    llm_targets: str | None = None       # LLM LoRA targets; None when the LLM has no LoRA
+    rank: int | None = 8                 # LoRA rank (also the LLM's when both are adapted)
+    lora_alpha: int = 8
+    lora_dropout: float = 0.0
+    adalora_init_r: int = 12
+    adalora_target_r: int = 8
+    # --- how it is trained (PROTOCOL §4) -------------------------------------------------------
+    lr: float | None = None              # None: the protocol's rule (LR_QFORMER_FULL / LR_PEFT)
+    weight_decay: float = 0.05           # on tensors with >= 2 dims
+    max_epochs: int = 15
+    patience: int = 3                    # early stopping: epochs without validation improvement
+    batch_size: int = 16                 # per step; effective batch = batch_size * grad_accum
+    grad_accum: int = 1
+    schedule: str = "linear"             # 'linear' (per epoch, no warm-up) | 'cosine' (warm-up + cosine)
+    warmup_steps: int = 0
+    max_prompt_tokens: int = 128         # left truncation, both tokenizers, train and eval alike
+    augment: bool = False                # RandomResizedCrop + flip; disables the feature cache
+    feature_cache: bool = True           # reuse the frozen vision encoder's outputs
+    train_limit: int | None = None       # first N items of each split (None: all)
+    val_limit: int | None = None
+    test_limit: int | None = None
+    precision: str = "auto"              # 'auto' | 'fp32' | 'bf16' | 'fp16'
+    device: str = "auto"                 # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
+    seed: int = 42
+    tags: tuple[str, ...] = field(default=())  # free labels for the report (e.g. the grid cell)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_choice("benchmark", self.benchmark, BENCHMARKS)
+        _check_choice("connector", self.connector, CONNECTORS)
+        _check_choice("setup", self.setup, SETUPS)
+        _check_choice("method", self.method, METHODS)
+        _check_choice("schedule", self.schedule, ("linear", "cosine"))
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        if self.qf_sublayers is not None:
+            _check_choice("qf_sublayers", self.qf_sublayers, QF_SUBLAYERS)
+        if self.llm_targets is not None:
+            _check_choice("llm_targets", self.llm_targets, LLM_TARGETS)
+        qf_lora = self.setup in ("qf-lora", "qf-lora+llm-lora")
+        llm_lora = self.setup in ("qf-fft+llm-lora", "qf-lora+llm-lora")
+        if self.method == "adalora":
+            if self.setup != "qf-lora" or self.qf_sublayers != "all":
+                raise ConfigError("method='adalora' adapts all Q-Former targets: use setup='qf-lora', "
+                                  "qf_sublayers='all'")
+            if not 0 < self.adalora_target_r <= self.adalora_init_r:
+                raise ConfigError("adalora_target_r must be in (0, adalora_init_r]")
+        if qf_lora != (self.qf_sublayers is not None):
+            raise ConfigError(f"setup={self.setup!r} " + ("needs qf_sublayers (one of "
+                              f"{', '.join(QF_SUBLAYERS)})" if qf_lora else "has no Q-Former LoRA: set qf_sublayers=None"))
+        if llm_lora != (self.llm_targets is not None):
+            raise ConfigError(f"setup={self.setup!r} " + ("needs llm_targets (one of "
+                              f"{', '.join(LLM_TARGETS)})" if llm_lora else "has no LLM LoRA: set llm_targets=None"))
+        if (qf_lora or llm_lora) and self.method == "lora" and (self.rank is None or self.rank < 1):
+            raise ConfigError(f"setup={self.setup!r} needs a LoRA rank >= 1")
+        if self.setup == "baseline" and self.rank is not None:
+            raise ConfigError("setup='baseline' has no LoRA: set rank=None")
+        for name in ("max_epochs", "batch_size", "grad_accum", "max_prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.patience < 1 or self.warmup_steps < 0:
+            raise ConfigError("patience must be >= 1 and warmup_steps >= 0")
+        if self.connector != "qformer" and self.setup != "baseline" and self.qf_sublayers is not None:
+            raise ConfigError(f"Q-Former LoRA needs connector='qformer', not {self.connector!r}")
+
+    # --- derived ---------------------------------------------------------------------------------
+    @property
+    def qformer_full(self) -> bool:
+        """Is the Q-Former fully fine-tuned (baseline and qf-fft+llm-lora)?"""
+        return self.setup in ("baseline", "qf-fft+llm-lora")
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return LR_QFORMER_FULL if self.qformer_full else LR_PEFT
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        return self.feature_cache and not self.augment
+
+    # --- (de)serialisation -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in valid]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, valid, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"unknown config key(s) {', '.join(hints)}; valid keys: {', '.join(valid)}")
+        d = dict(d)
+        if "tags" in d and d["tags"] is not None:
+            d["tags"] = tuple(d["tags"])
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tags"] = list(self.tags)
+        return d
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        return self.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def hash(self) -> str:
+        return runs.config_hash(self.to_dict())
+
+    @property
+    def run_name(self) -> str:
+        """A readable prefix for the run folder: benchmark, setup, targets, rank, seed."""
+        parts = [self.benchmark, self.connector if self.connector != "qformer" else None, self.setup,
+                 self.method if self.method != "lora" else None, self.qf_sublayers and f"qf-{self.qf_sublayers}",
+                 self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}", f"s{self.seed}"]
+        return "_".join(p for p in parts if p).replace("+", "-")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}")
+
+
+def _check_types(cfg: ExperimentConfig) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _is_instance(value, hints[f.name]):
+            raise ConfigError(f"{f.name}={value!r} has type {type(value).__name__}; expected {hints[f.name]}")
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    if tp is float:  # an int is a fine float (papermill writes 1 for 1.0), a bool is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
