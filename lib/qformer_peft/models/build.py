@@ -1,0 +1,164 @@
+"""Build, save and load an InstructBLIP model together with its tokenizers and image processor.
+
+`build_model` makes a randomly initialised model of a preset (models/presets.py), on the CPU or on
+the meta device (full size, no memory); `Bundle.save` writes an ordinary transformers checkpoint
+directory (model.safetensors + config.json + processor_config.json + the LLM tokenizer at the top +
+qformer_tokenizer/), the layout of the Salesforce InstructBLIP checkpoints on the hub; `load_bundle`
+reads such a directory, or a hub id, back. A local directory never touches the network.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor, PreTrainedTokenizerBase
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+from .presets import build_config, get_preset, resolve_llm
+from .tokenizers import IMAGE_TOKEN, split_words, word_tokenizer
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # owner/name; anything else is a local path
+QUERY_TOKEN_STD = 0.02  # BLIP-2 draws the query tokens from N(0, 0.02); transformers starts them at 0
+# The words of the paper's templates (PROTOCOL §3), letters and digits: the vocabulary of the default
+# tokenizers of the tiny/mini presets when the caller brings none (tests; real runs pass their own).
+DEFAULT_TEXT = (
+    "Context: {} Question: {} Options: {} Answer: Short answer: A short image description: <Image> "
+    "a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9 . , ; ? ! ( ) { } the is what"
+)
+
+
+class ImageProcessor:
+    """list[PIL.Image] -> FloatTensor [B, 3, H, W]: transformers' PIL BLIP processor (no torchvision).
+
+    Resize to the model's size (bicubic), scale to [0, 1], normalise with the CLIP mean/std as the
+    InstructBLIP checkpoints do. `hf` is the transformers processor that is saved with the model.
+    """
+
+    def __init__(self, hf: BlipImageProcessorPil):
+        self.hf = hf
+
+    @classmethod
+    def for_size(cls, image_size: int) -> "ImageProcessor":
+        return cls(BlipImageProcessorPil(size={"height": image_size, "width": image_size}))
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.hf(images, return_tensors="pt")["pixel_values"]  # [B, 3, H, W] float32
+
+
+@dataclass
+class Bundle:
+    """A model with everything needed to feed it. llm_kind: 't5' (encoder-decoder) | 'llama' (decoder-only)."""
+
+    model: InstructBlipForConditionalGeneration
+    qformer_tokenizer: PreTrainedTokenizerBase | None
+    llm_tokenizer: PreTrainedTokenizerBase | None
+    image_processor: ImageProcessor | None
+    llm_kind: str
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write an ordinary checkpoint directory that `load_bundle` (or transformers) reads back."""
+        if any("lora_" in name for name, _ in self.model.named_parameters()):
+            raise ValueError("Bundle.save writes base checkpoints; this model carries LoRA adapters: save the "
+                             "adapters with peft's save_pretrained, or merge_and_unload() a copy first")
+        if self.qformer_tokenizer is None or self.llm_tokenizer is None or self.image_processor is None:
+            raise ValueError("Bundle.save needs both tokenizers and the image processor (a meta-device bundle has none)")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)  # model.safetensors + config.json
+        InstructBlipProcessor(
+            image_processor=self.image_processor.hf, tokenizer=self.llm_tokenizer,
+            qformer_tokenizer=self.qformer_tokenizer, num_query_tokens=self.model.config.num_query_tokens,
+        ).save_pretrained(directory)
+        return directory
+
+
+def llm_kind_of(model: InstructBlipForConditionalGeneration) -> str:
+    return "llama" if model.config.use_decoder_only_language_model else "t5"
+
+
+def default_tokenizers(words: list[str] | None = None):
+    """(qformer_tokenizer, llm_tokenizer): word-level, over `words` or the template vocabulary."""
+    words = split_words([DEFAULT_TEXT]) if words is None else words
+    return word_tokenizer(words, role="qformer"), word_tokenizer(words, role="llm")
+
+
+def init_query_tokens(model: InstructBlipForConditionalGeneration, seed: int) -> None:
+    """Draw the query tokens from N(0, 0.02) as BLIP-2 does (all-zero queries would be identical)."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(model.query_tokens.shape, generator=generator) * QUERY_TOKEN_STD
+    with torch.no_grad():
+        model.query_tokens.copy_(values.to(model.query_tokens.dtype))
+
+
+def build_model(
+    preset: str,
+    llm: str | None = None,
+    *,
+    qformer_tokenizer: PreTrainedTokenizerBase | None = None,
+    llm_tokenizer: PreTrainedTokenizerBase | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Bundle:
+    """A randomly initialised InstructBLIP of `preset` with a 't5' or 'llama' LLM.
+
+    tiny/mini: the tokenizers fix the vocabularies (defaults: `default_tokenizers()`);
+    flan-t5-xl/vicuna-7b: full-size configs; use device="meta" to count parameters without memory
+    (no tokenizers or image processor then: the real ones come with a checkpoint, see load_bundle).
+    Same preset, tokenizers and seed give the same weights.
+    """
+    llm = resolve_llm(preset, llm)
+    p = get_preset(preset)
+    full_size = p.llm is not None
+    if full_size:
+        config = build_config(preset, llm)
+    else:
+        if qformer_tokenizer is None or llm_tokenizer is None:
+            default_qf, default_llm = default_tokenizers()
+            qformer_tokenizer = qformer_tokenizer or default_qf
+            llm_tokenizer = llm_tokenizer or default_llm
+        image_token_index = llm_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if image_token_index is None or image_token_index == llm_tokenizer.unk_token_id:
+            raise ValueError(f"the LLM tokenizer has no {IMAGE_TOKEN!r} token; build it with word_tokenizer(role='llm')")
+        special = {"pad": llm_tokenizer.pad_token_id, "eos": llm_tokenizer.eos_token_id,
+                   "bos": llm_tokenizer.bos_token_id if llm_tokenizer.bos_token_id is not None else llm_tokenizer.eos_token_id}
+        config = build_config(preset, llm, llm_vocab_size=len(llm_tokenizer), qformer_vocab_size=len(qformer_tokenizer),
+                              image_token_index=image_token_index, llm_special_ids=special)
+    meta = torch.device(device).type == "meta"
+    if meta:
+        with torch.device("meta"):
+            model = InstructBlipForConditionalGeneration(config)
+    else:
+        torch.manual_seed(seed)
+        model = InstructBlipForConditionalGeneration(config)
+        init_query_tokens(model, seed)
+        model.to(device)
+    model.eval()  # callers switch to train(); eval keeps outputs deterministic by default
+    processor = None if full_size or meta else ImageProcessor.for_size(p.image_size)
+    return Bundle(model=model, qformer_tokenizer=qformer_tokenizer, llm_tokenizer=llm_tokenizer,
+                  image_processor=processor, llm_kind=llm)
+
+
+def load_bundle(source: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Bundle:
+    """Model, tokenizers and image processor from a checkpoint directory (Bundle.save's layout) or a hub id.
+
+    A path that exists is read with local_files_only=True: no network. A string that looks like a path
+    but does not exist is an error here rather than a hub lookup.
+    """
+    source = str(source)
+    local = Path(source).exists()
+    if not local and not HUB_ID.fullmatch(source):
+        raise FileNotFoundError(f"checkpoint directory {source!r} does not exist (give a directory written by "
+                                "Bundle.save, or a hub id such as Salesforce/instructblip-flan-t5-xl)")
+    kwargs = {"local_files_only": True} if local else {}
+    model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
+    model.to(device).eval()
+    processor = InstructBlipProcessor.from_pretrained(source, **kwargs)
+    if model.config.image_token_index is None:
+        raise ValueError(f"{source}: config has no image_token_index; transformers>=5 needs the image placeholder "
+                         "token in the LLM vocabulary (re-save the checkpoint with a recent transformers)")
+    return Bundle(model=model, qformer_tokenizer=processor.qformer_tokenizer, llm_tokenizer=processor.tokenizer,
+                  image_processor=ImageProcessor(processor.image_processor), llm_kind=llm_kind_of(model))
