@@ -47,7 +47,11 @@ class ExperimentConfig:
     lora_alpha: int = 8
     lora_dropout: float = 0.0
     adalora_init_r: int = 12
-    adalora_target_r: int = 8
+    adalora_target_r: int = 8            # the AVERAGE final rank (peft's budget: target_r x #modules)
+    adalora_tinit: float = 0.1           # fraction of the optimizer steps before the budget starts to shrink
+    adalora_tfinal: float = 0.2          # fraction of the steps at the end trained on the final budget
+    adalora_delta_t: int = 10            # steps between two budget reallocations
+    adalora_orth_reg: float = 0.5        # orthogonality penalty weight (peft's default)
     # --- how it is trained (PROTOCOL §4) -------------------------------------------------------
     lr: float | None = None              # None: the protocol's rule (LR_QFORMER_FULL / LR_PEFT)
     weight_decay: float = 0.05           # on tensors with >= 2 dims
@@ -58,6 +62,8 @@ class ExperimentConfig:
     schedule: str = "linear"             # 'linear' (per epoch, no warm-up) | 'cosine' (warm-up + cosine)
     warmup_steps: int = 0
     max_prompt_tokens: int = 128         # left truncation, both tokenizers, train and eval alike
+    eval_batch_size: int | None = None   # questions per evaluation batch (None: batch_size)
+    num_beams: int = 5                   # beam search for the open-ended sets (VizWiz, Flickr30k)
     augment: bool = False                # RandomResizedCrop + flip; disables the feature cache
     feature_cache: bool = True           # reuse the frozen vision encoder's outputs
     train_limit: int | None = None       # first N items of each split (None: all)
@@ -86,8 +92,19 @@ class ExperimentConfig:
             if self.setup != "qf-lora" or self.qf_sublayers != "all":
                 raise ConfigError("method='adalora' adapts all Q-Former targets: use setup='qf-lora', "
                                   "qf_sublayers='all'")
-            if not 0 < self.adalora_target_r <= self.adalora_init_r:
-                raise ConfigError("adalora_target_r must be in (0, adalora_init_r]")
+            if self.rank is not None:
+                raise ConfigError("method='adalora' sets its ranks with adalora_init_r / adalora_target_r: "
+                                  "set rank=None")
+            if not 0 < self.adalora_target_r < self.adalora_init_r:
+                # equal ranks leave AdaLoRA nothing to prune (and peft's allocator fails on an empty cut)
+                raise ConfigError("adalora_target_r must be in (0, adalora_init_r): AdaLoRA prunes from init_r "
+                                  "down to target_r on average")
+            if not (0 <= self.adalora_tinit < 1 and 0 <= self.adalora_tfinal < 1
+                    and self.adalora_tinit + self.adalora_tfinal < 1):
+                raise ConfigError("adalora_tinit and adalora_tfinal are fractions of the training steps in [0, 1) "
+                                  "with tinit + tfinal < 1 (the budget must have steps to shrink in)")
+            if self.adalora_delta_t < 1:
+                raise ConfigError("adalora_delta_t must be >= 1")
         if qf_lora != (self.qf_sublayers is not None):
             raise ConfigError(f"setup={self.setup!r} " + ("needs qf_sublayers (one of "
                               f"{', '.join(QF_SUBLAYERS)})" if qf_lora else "has no Q-Former LoRA: set qf_sublayers=None"))
@@ -98,9 +115,14 @@ class ExperimentConfig:
             raise ConfigError(f"setup={self.setup!r} needs a LoRA rank >= 1")
         if self.setup == "baseline" and self.rank is not None:
             raise ConfigError("setup='baseline' has no LoRA: set rank=None")
-        for name in ("max_epochs", "batch_size", "grad_accum", "max_prompt_tokens"):
+        for name in ("max_epochs", "batch_size", "grad_accum", "max_prompt_tokens", "num_beams"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError("eval_batch_size must be >= 1 (or None for batch_size)")
+        for name in ("train_limit", "val_limit", "test_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (or None for the whole split)")
         if self.patience < 1 or self.warmup_steps < 0:
             raise ConfigError("patience must be >= 1 and warmup_steps >= 0")
         if self.connector != "qformer" and self.setup != "baseline" and self.qf_sublayers is not None:
@@ -121,6 +143,16 @@ class ExperimentConfig:
     @property
     def uses_feature_cache(self) -> bool:
         return self.feature_cache and not self.augment
+
+    def adalora_schedule(self, total_steps: int) -> dict[str, Any]:
+        """peft AdaLoraConfig arguments for a run of `total_steps` optimizer steps (the real schedule)."""
+        tinit = int(self.adalora_tinit * total_steps)
+        tfinal = int(self.adalora_tfinal * total_steps)
+        if tinit >= total_steps - tfinal:  # tiny runs: keep at least one budgeting step
+            tinit, tfinal = 0, 0
+        return {"init_r": self.adalora_init_r, "target_r": self.adalora_target_r, "total_step": total_steps,
+                "tinit": tinit, "tfinal": tfinal, "deltaT": self.adalora_delta_t,
+                "orth_reg_weight": self.adalora_orth_reg}
 
     # --- (de)serialisation -------------------------------------------------------------------------
     @classmethod
@@ -157,6 +189,18 @@ class ExperimentConfig:
                  self.method if self.method != "lora" else None, self.qf_sublayers and f"qf-{self.qf_sublayers}",
                  self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}", f"s{self.seed}"]
         return "_".join(p for p in parts if p).replace("+", "-")
+
+
+def setup_defaults(setup: str) -> dict[str, Any]:
+    """The setup-dependent fields that make `setup` valid with the study's usual choices (the CLI fills
+    them in when not given): LoRA targets 'all' where a part is adapted, no rank for the baseline."""
+    _check_choice("setup", setup, SETUPS)
+    return {
+        "baseline": {"qf_sublayers": None, "llm_targets": None, "rank": None},
+        "qf-fft+llm-lora": {"qf_sublayers": None, "llm_targets": "all"},
+        "qf-lora": {"qf_sublayers": "all", "llm_targets": None},
+        "qf-lora+llm-lora": {"qf_sublayers": "all", "llm_targets": "all"},
+    }[setup]
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
