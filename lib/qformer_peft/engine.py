@@ -1,0 +1,376 @@
+"""One experiment end to end: config -> model -> training -> test -> a self-describing run folder.
+
+    from qformer_peft.engine import run_experiment
+    result = run_experiment({"benchmark": "iconqa", "data_root": "data/iconqa", "model": "tiny",
+                             "setup": "qf-lora", "rank": 4}, out="runs")
+
+`run_experiment` is what the notebooks, `qformer-peft run` and the tests call. A finished run is
+never recomputed (its stored result is returned); an interrupted one resumes from its last completed
+epoch; a failing one is marked failed with its traceback and the exception propagates.
+
+Run folder (runs.RunDir): config.json, env.json, status.json, metrics.jsonl (one row per epoch, then
+the test row), predictions.jsonl (test), adalora_ranks.jsonl (AdaLoRA runs), adapter/ (peft's
+adapter_model.safetensors + adapter_config.json, loadable with PeftModel.from_pretrained, and
+trainable.safetensors with the trained tensors that are not LoRA factors: query tokens, projection,
+post-ViT LayerNorm, the whole Q-Former where it is fine-tuned), result.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from . import runs
+from .config import ConfigError, ExperimentConfig, setup_defaults
+from .evaluate import MULTIPLE_CHOICE, PRIMARY, Example, evaluate
+from .features import FeatureCache, ImageEncoder
+from .models.inputs import unwrap
+from .train import (adalora_tuner, autocast_for, fit, resolve_device, resolve_precision, seed_everything,
+                    steps_per_epoch)
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+# --- model and data -------------------------------------------------------------------------------
+
+def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cpu"):
+    """The base model of a run, unadapted: the ONE place that turns `config.model` into a Bundle.
+
+    A preset name builds a randomly initialised model (seeded by config.seed) whose word-level
+    tokenizers come from the synthetic world's vocabulary: DATA/vocab.txt beside the benchmark roots
+    (`data synth` writes it), else data.synthetic.vocabulary(). Anything else is a checkpoint
+    directory or hub id, read with load_bundle.
+    """
+    from .models import build
+    from .models.presets import PRESETS
+
+    if config.model in PRESETS:
+        qformer_tokenizer, llm_tokenizer = build.default_tokenizers(_vocabulary(config))
+        return build.build_model(config.model, config.llm, qformer_tokenizer=qformer_tokenizer,
+                                 llm_tokenizer=llm_tokenizer, seed=config.seed, device=device)
+    return build.load_bundle(config.model, device=device)
+
+
+def _vocabulary(config: ExperimentConfig) -> list[str]:
+    if config.data_root:
+        vocab = Path(config.data_root).resolve().parent / "vocab.txt"
+        if vocab.is_file():
+            return [w for w in vocab.read_text(encoding="utf-8").splitlines() if w]
+    from .data import synthetic
+
+    return list(synthetic.vocabulary())
+
+
+def examples_of(records, *, train: bool) -> list[Example]:
+    """Records -> Examples through the paper's templates. Flickr30k trains on every caption as its own
+    sample (as the paper's code did) and is scored against all of them."""
+    from . import templates
+
+    out = []
+    for r in records:
+        if r.image is None:
+            raise ValueError(f"{r.dataset} {r.id}: no image; the study uses image problems only (img_only=True)")
+        base = dict(id=r.id, image=r.image, prompt=templates.prompt(r), answers=tuple(r.answers), meta=dict(r.meta))
+        if r.choices:
+            out.append(Example(target=templates.target(r), candidates=tuple(templates.candidates(r)), answer=r.answer,
+                               **base))
+        elif r.dataset == "flickr30k" and train:
+            out += [Example(**{**base, "id": f"{r.id}#{k}"}, target=c) for k, c in enumerate(r.answers)]
+        else:
+            if not r.answers:
+                raise ValueError(f"{r.dataset} {r.id} ({r.split}): no answers to train on or score against; the "
+                                 "official VizWiz test split has none, evaluate on a split with annotations")
+            out.append(Example(target=templates.target(r), **base))
+    return out
+
+
+def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
+    """train / val / test Examples of the config's benchmark, each cut to its limit (first N records)."""
+    from . import data
+
+    if not config.data_root:
+        raise ConfigError(f"data_root is empty: point it at the {config.benchmark} root (e.g. DATA/{config.benchmark} "
+                          "as `qformer-peft data synth --out DATA` writes it)")
+    out = {}
+    for split, limit in (("train", config.train_limit), ("val", config.val_limit), ("test", config.test_limit)):
+        records = data.load(config.benchmark, config.data_root, split).records[:limit]
+        if not records:
+            raise ValueError(f"{config.data_root}: the {split} split of {config.benchmark} is empty")
+        out[split] = examples_of(records, train=split == "train")
+    return out
+
+
+# --- adapters -----------------------------------------------------------------------------------------
+
+def save_trained(model, directory: str | Path) -> Path:
+    """peft adapter (when there is one) + the other trained tensors in trainable.safetensors."""
+    from peft import PeftModel
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        tuner = adalora_tuner(model)
+        if tuner is None:
+            model.save_pretrained(directory)
+        else:
+            # Keep AdaLoRA's factors at full size (pruned singular values are zero): peft would otherwise
+            # slice them by the last allocation, and a reload would not equal the best epoch's weights.
+            # The allocation itself is in adalora_ranks.jsonl.
+            cfg = tuner.peft_config[tuner.trainable_adapter_name]
+            pattern, cfg.rank_pattern = cfg.rank_pattern, None
+            try:
+                model.save_pretrained(directory)
+            finally:
+                cfg.rank_pattern = pattern
+    rest = {n: p.detach().cpu().contiguous() for n, p in unwrap(model).named_parameters()
+            if p.requires_grad and "lora_" not in n}
+    runs.atomic_write(directory / TRAINABLE_FILE, save(rest))
+    return directory
+
+
+def load_trained(run_path: str | Path, *, device: torch.device | str = "cpu"):
+    """(bundle, model) of a finished run: the base model rebuilt from its config, the adapter loaded
+    with PeftModel.from_pretrained, and trainable.safetensors copied in."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    run = runs.RunDir(run_path)
+    config = ExperimentConfig.from_dict(run.config)
+    bundle = resolve_bundle(config, device=device)
+    model = bundle.model
+    if (run.adapter_dir / "adapter_config.json").exists():
+        model = PeftModel.from_pretrained(bundle.model, run.adapter_dir)
+    rest = load_file(run.adapter_dir / TRAINABLE_FILE)
+    params = dict(unwrap(model).named_parameters())
+    unknown = sorted(set(rest) - set(params))
+    if unknown:
+        raise ValueError(f"{run.adapter_dir / TRAINABLE_FILE}: tensors {unknown[:3]} do not exist in the rebuilt model")
+    with torch.no_grad():
+        for n, t in rest.items():
+            params[n].copy_(t.to(params[n].device))
+    model.eval()
+    return bundle, model
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+def run_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: str | Path,
+                   cache_dir: str | Path | None = None, progress: bool | None = None,
+                   on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train and test one config into its run folder under `out`; returns result.json's content.
+
+    cache_dir: where the frozen-feature cache lives on disk (default: OUT/.feature-cache, shared by
+    every run under OUT). progress: tqdm bars (default: only when stderr is a terminal).
+    on_epoch_end(state): called after each epoch's checkpoint is written; raising from it interrupts
+    the run like a crash (the tests use it to check that a resumed run equals an uninterrupted one).
+    """
+    if not isinstance(config, ExperimentConfig):
+        config = ExperimentConfig.from_dict(config)
+    run = runs.RunDir.open(out, config.to_dict(), prefix=config.run_name)
+    if run.is_done():
+        return run.result
+    if progress is None:
+        progress = sys.stderr.isatty()
+    cache_dir = Path(out) / ".feature-cache" if cache_dir is None else Path(cache_dir)
+    run.mark_running()
+    try:
+        result = _execute(config, run, cache_dir=cache_dir, progress=progress, on_epoch_end=on_epoch_end)
+    except BaseException as exc:
+        run.mark_failed(exc)
+        raise
+    run.mark_done(result)
+    return result
+
+
+def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, progress: bool,
+             on_epoch_end: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    from . import peft_setup
+
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    bundle = resolve_bundle(config, device=device)
+    precision = resolve_precision(config.precision, device, bundle.llm_kind)
+    autocast = autocast_for(device, precision)
+    splits = load_examples(config)
+    total_steps = steps_per_epoch(len(splits["train"]), config.batch_size, config.grad_accum) * config.max_epochs
+
+    if (config.lora_alpha, config.lora_dropout) != (peft_setup.LORA_ALPHA, peft_setup.LORA_DROPOUT):
+        raise ConfigError(f"lora_alpha={config.lora_alpha}, lora_dropout={config.lora_dropout}: peft_setup applies "
+                          f"the paper's {peft_setup.LORA_ALPHA} and {peft_setup.LORA_DROPOUT} only")
+    seed_everything(config.seed)  # LoRA's initialisation draws from torch's generator
+    model = peft_setup.apply_peft(
+        bundle.model, config.setup, qf_sublayers=config.qf_sublayers, llm_targets=config.llm_targets,
+        rank=config.rank, adalora=config.adalora_schedule(total_steps) if config.method == "adalora" else None)
+    trainable = peft_setup.trainable_parameters(model)
+
+    cache = None
+    if config.uses_feature_cache:
+        cache = FeatureCache(bundle.model, bundle.image_processor, cache_dir, device=device, autocast=autocast,
+                             precision=precision)
+        cache.precompute([e.image for split in splits.values() for e in split], progress=progress)
+    train_images = ImageEncoder(bundle.model, bundle.image_processor, device=device, autocast=autocast, cache=cache,
+                                augment=config.augment)
+    eval_images = ImageEncoder(bundle.model, bundle.image_processor, device=device, autocast=autocast, cache=cache)
+    primary = PRIMARY[config.benchmark]
+    eval_kwargs = dict(batch_size=config.eval_batch_size or config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
+                       num_beams=config.num_beams, model=model, autocast=autocast, progress=progress)
+
+    def embeds_of(chunk):
+        return eval_images([e.image for e in chunk])
+
+    def validate():
+        return evaluate(bundle, splits["val"], config.benchmark, embeds_of, desc="val", **eval_kwargs)
+
+    def epoch_end(state: dict[str, Any]) -> None:
+        run.save_checkpoint(state)
+        run.write_metrics(_epoch_rows(state["history"]))
+        if state["ranks"]:
+            run.write_ranks(state["ranks"])
+        if on_epoch_end is not None:
+            on_epoch_end(state)
+
+    resume = run.load_checkpoint()
+    fitted = fit(
+        model, bundle, splits["train"], validate=validate, primary=primary, images=train_images,
+        lr=config.learning_rate, weight_decay=config.weight_decay, max_epochs=config.max_epochs,
+        patience=config.patience, batch_size=config.batch_size, grad_accum=config.grad_accum,
+        schedule=config.schedule, warmup_steps=config.warmup_steps, max_prompt_tokens=config.max_prompt_tokens,
+        seed=config.seed, device=device, precision=precision, resume=resume, on_epoch_end=epoch_end,
+        progress=progress)
+
+    start = time.perf_counter()
+    test_metrics, predictions = evaluate(bundle, splits["test"], config.benchmark, embeds_of, desc="test",
+                                         **eval_kwargs)
+    eval_time = time.perf_counter() - start
+    save_trained(model, run.adapter_dir)
+    run.write_predictions(predictions)
+    if fitted.ranks:
+        run.write_ranks(fitted.ranks)
+    run.write_metrics(_epoch_rows(fitted.history) + [{"split": "test", "epoch": fitted.best_epoch, **test_metrics}])
+    return {
+        "metric": primary,
+        "test_score": test_metrics[primary],
+        "val_score": fitted.best_val.get(primary),
+        "test": test_metrics,
+        "val": fitted.best_val,
+        "best_epoch": fitted.best_epoch,
+        "epochs": len(fitted.history),
+        "stopped_early": fitted.stopped_early,
+        "steps": fitted.global_step,
+        "learning_rate": config.learning_rate,
+        "trainable_params": trainable,
+        "n": {k: len(v) for k, v in splits.items()},
+        "device": str(device),
+        "precision": precision,
+        "feature_cache": dict(cache.stats) if cache is not None else None,
+        "train_time_s": round(fitted.train_time_s, 3),
+        "train_samples_per_s": round(fitted.train_samples / fitted.train_time_s, 3) if fitted.train_time_s else None,
+        "test_time_s": round(eval_time, 3),
+        "multiple_choice": config.benchmark in MULTIPLE_CHOICE,
+    }
+
+
+def _epoch_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"split": "val", **{k: v for k, v in h.items() if k != "val"}, **h["val"]} for h in history]
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+ALIASES = {"dataset": "benchmark", "preset": "model"}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("run", help="run one experiment from a config",
+                              description="Train and test one experiment into a run folder under --out. Every config "
+                              "field is a flag (--rank 4, --qf-sublayers all, --llm-targets none); --config FILE.json "
+                              "gives a base config, --set key=value (JSON values) overrides anything.")
+    p.add_argument("--config", type=Path, help="JSON file with config fields (flags and --set override it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="root folder of the run folders")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: OUT/.feature-cache)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="tqdm progress bars (default: only on a terminal)")
+    hints = typing.get_type_hints(ExperimentConfig)
+    for f in dataclasses.fields(ExperimentConfig):
+        flags = [f"--{f.name.replace('_', '-')}"] + [f"--{a}" for a, target in ALIASES.items() if target == f.name]
+        p.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar=_metavar(hints[f.name]),
+                       help=f"(default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})")
+    p.set_defaults(func=_cli_run)
+
+
+def _metavar(tp) -> str:
+    names = [getattr(a, "__name__", str(a)) for a in typing.get_args(tp)] or [getattr(tp, "__name__", str(tp))]
+    return "|".join("none" if n == "NoneType" else n for n in names).upper()
+
+
+def _parse_value(name: str, text: str, tp) -> Any:
+    """A flag's text as the field's type: 'none' for None, true/false for bools, commas for tuples."""
+    args = typing.get_args(tp)
+    if text.lower() in ("none", "null") and type(None) in args:
+        return None
+    base = next((a for a in args if a is not type(None)), tp) if args else tp
+    if typing.get_origin(base) is tuple or base is tuple:
+        return tuple(t for t in text.split(",") if t)
+    try:
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')} {text!r}: expected {_metavar(tp).lower()}") from None
+    return text
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            values.update(json.loads(args.config.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"--config {args.config}: cannot read a JSON object ({err})") from None
+    hints = typing.get_type_hints(ExperimentConfig)
+    given = {f.name: _parse_value(f.name, getattr(args, f"cfg_{f.name}"), hints[f.name])
+             for f in dataclasses.fields(ExperimentConfig) if getattr(args, f"cfg_{f.name}") is not None}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key = ALIASES.get(key, key).replace("-", "_")
+        try:
+            given[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            given[key] = raw  # a bare word is a string
+    if "setup" in given:  # a setup flag brings the fields it needs unless they are given too
+        values.update({k: v for k, v in setup_defaults(given["setup"]).items() if k not in given})
+    if given.get("method") == "adalora" and "rank" not in given:
+        values["rank"] = None  # AdaLoRA's ranks are adalora_init_r / adalora_target_r
+    values.update(given)
+    return ExperimentConfig.from_dict(values)
+
+
+def _cli_run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ConfigError as err:
+        print(f"qformer-peft run: {err}", file=sys.stderr)
+        return 2
+    result = run_experiment(config, out=args.out, cache_dir=args.cache_dir, progress=args.progress)
+    run_id = runs.RunDir.open(args.out, config.to_dict(), prefix=config.run_name).path
+    print(f"run folder: {run_id}")
+    score = result.get("test_score")
+    print(f"test {result['metric']}: {score:.2f}" if score is not None else f"test {result['metric']}: n/a")
+    print(f"best epoch {result['best_epoch']} of {result['epochs']}, trainable parameters: "
+          f"{result['trainable_params']}")
+    return 0
