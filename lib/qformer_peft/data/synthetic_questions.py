@@ -201,17 +201,14 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _sized_pair(rng: random.Random, big: bool) -> tuple[str, int, str, int]:
-    """Two (size class, extent) with a clear gap: extent ratio >= 1.3 whatever the shapes."""
-    while True:
-        a, b = rng.choice(("medium", "large")), rng.choice(("small", "medium"))
-        ea, eb = sample_extent(rng, a), sample_extent(rng, b)
-        if ea >= 1.3 * eb:
-            return (a, ea, b, eb) if big else (b, eb, a, ea)
-
-
 def _clearly_bigger(x: dict, y: dict) -> bool:
     return x["extent"] >= 1.3 * y["extent"] and area(x) >= 1.3 * area(y)
+
+
+# Size questions compare a large object with small ones: extent ratio >= 24/15 = 1.6 and a larger filled area
+# for ANY two shapes (0.33 * 24**2 > 0.785 * 15**2). Any stricter test that rejects some shape pairs would make
+# the shape names predict the answer (a star, thin for its extent, would seldom be "the largest").
+BIG, SMALL = "large", "small"
 
 
 # ------------------------------------------------------------------------------------------------ IconQA
@@ -286,19 +283,14 @@ def _iq_shape_of(rng):
 
 
 def _iq_extreme_size(rng, largest: bool):
-    # The extreme object is one size class away from all others, with a clear gap in extent and area.
-    n = rng.randint(2, 4)
-    while True:
+    # One large object among small ones (or one small among large ones); shapes drawn uniformly.
+    n = rng.randint(2, 4) if largest else rng.randint(2, 3)  # three large objects plus a small one may not fit
+    objects = None
+    while objects is None:
         shapes, colors = rng.sample(SHAPES, n), rng.sample(COLOR_NAMES, n)
-        ext_class = "large" if largest else "small"
-        rest = ("small", "medium") if largest else ("medium", "large")
-        classes = [ext_class] + [rng.choice(rest) for _ in range(n - 1)]
+        classes = [BIG if largest else SMALL] + [SMALL if largest else BIG] * (n - 1)
         objects = place(rng, [(s, c, z, sample_extent(rng, z)) for s, c, z in zip(shapes, colors, classes)])
-        if objects is None:
-            continue
-        extreme = objects[0]
-        if all((_clearly_bigger(extreme, o) if largest else _clearly_bigger(o, extreme)) for o in objects[1:]):
-            break
+    extreme = objects[0]
     rng.shuffle(objects)
     others = [o["shape"] for o in objects if o is not extreme]
     choices, answer = shuffled_options(rng, extreme["shape"], others)
@@ -308,17 +300,16 @@ def _iq_extreme_size(rng, largest: bool):
 
 def _iq_compare_size(rng):
     big = rng.random() < 0.5  # is the first-named object the bigger one?
-    while True:
+    objects = None
+    while objects is None:
         s1, s2 = rng.sample(SHAPES, 2)
         c1, c2 = rng.sample(COLOR_NAMES, 2)
-        a, ea, b, eb = _sized_pair(rng, big)
-        specs = [(s1, c1, a, ea), (s2, c2, b, eb)]
+        a, b = (BIG, SMALL) if big else (SMALL, BIG)
+        specs = [(s1, c1, a, sample_extent(rng, a)), (s2, c2, b, sample_extent(rng, b))]
         if rng.random() < 0.5:  # sometimes a third, unrelated object
-            extra = rng.choice("small medium".split())
+            extra = rng.choice((SMALL, "medium"))
             specs.append((rng.choice(SHAPES), rng.choice(COLOR_NAMES), extra, sample_extent(rng, extra)))
         objects = place(rng, specs)
-        if objects and (_clearly_bigger(objects[0], objects[1]) if big else _clearly_bigger(objects[1], objects[0])):
-            break
     answer_word = "bigger" if big else "smaller"
     choices, answer = shuffled_options(rng, answer_word, ["smaller" if big else "bigger"])
     q = IQ_QUESTIONS["compare_size"][0].format(color=c1, shape=s1, color2=c2, shape2=s2)
