@@ -81,8 +81,8 @@ def llm_kind_of(model: InstructBlipForConditionalGeneration) -> str:
 
 
 def default_tokenizers(words: list[str] | None = None):
-    """(qformer_tokenizer, llm_tokenizer): word-level, over `words` or the template vocabulary."""
-    words = split_words([DEFAULT_TEXT]) if words is None else words
+    """(qformer_tokenizer, llm_tokenizer): word-level, over the template vocabulary plus `words`."""
+    words = split_words([DEFAULT_TEXT, *(words or [])])
     return word_tokenizer(words, role="qformer"), word_tokenizer(words, role="llm")
 
 
