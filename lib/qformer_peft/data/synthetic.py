@@ -94,7 +94,7 @@ def vocabulary() -> list[str]:
 
     collect(PHRASE_BANKS)
     texts += list(FILL_WORDS) + [w[:1].upper() + w[1:] for w in FILL_WORDS]
-    texts += list("abcdefghijklmnopqrstuvwxyz")
+    texts += [f"({letter})" for letter in "abcdefghijklmnopqrstuvwxyz"]  # option labels
     for dataset in BENCHMARKS:  # the templates' own words and punctuation
         texts.append(prompt(Record(id="", dataset=dataset, split="train", image=None, question="")))
     return sorted({tok for text in texts for tok in words(text)})
