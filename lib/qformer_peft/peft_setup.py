@@ -1,0 +1,210 @@
+"""What is trained in each setup of the paper (PROTOCOL §2), as data, and applying it with peft.
+
+SETUPS        the four setups of Table 1 / Figure 2 (how the Q-Former and the LLM are trained)
+QF_SUBLAYERS  Q-Former LoRA targets per sublayer set, as module-name suffixes inside qformer.encoder.layer.{i}
+LLM_TARGETS   LLM LoRA targets per LLM kind and target set, as module-name suffixes inside language_model
+RANKS, LORA_ALPHA, LORA_DROPOUT, ADALORA   the paper's LoRA / AdaLoRA hyperparameters
+paper_grid()  the 33 (setup, sublayers, LLM targets, rank) runs per LLM of the paper's code
+
+`apply_peft` wraps the model with peft LoRA / AdaLoRA on explicit full module names, then sets the
+trainable flags: query tokens, the LLM projection and the post-ViT LayerNorm are trainable in every
+setup (the paper's code never froze them), the Q-Former is fully trainable where the setup says so,
+the ViT and the LLM's own weights never are. `trainable_parameters` is the one answer to "which
+parameters are trainable", by group.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
+
+from .models.inputs import unwrap
+
+
+@dataclass(frozen=True)
+class Setup:
+    qformer: str  # "full" (fine-tuned) | "lora"
+    llm: str  # "frozen" | "lora"
+    label: str
+
+
+SETUPS: dict[str, Setup] = {
+    "baseline": Setup("full", "frozen", "InstructBLIP: Q-Former fine-tuned, LLM frozen"),
+    # The code's "LLM LoRA" runs never froze the Q-Former: label them for what they trained.
+    "qf-fft+llm-lora": Setup("full", "lora", "Q-Former fine-tuned + LLM LoRA"),
+    "qf-lora": Setup("lora", "frozen", "Q-Former LoRA, LLM frozen"),
+    "qf-lora+llm-lora": Setup("lora", "lora", "Q-Former LoRA + LLM LoRA (same r, LLM targets all)"),
+}
+
+# Inside qformer.encoder.layer.{i}; cross-attention exists only where i % cross_attention_frequency == 0.
+QF_SUBLAYERS: dict[str, tuple[str, ...]] = {
+    "self_attn": ("attention.attention.query", "attention.attention.value"),  # never key or output
+    "cross_attn": ("crossattention.attention.query", "crossattention.attention.key",
+                   "crossattention.attention.value", "crossattention.output.dense"),
+    # both FFN branches: text tokens (intermediate/output) and query tokens (intermediate_query/output_query)
+    "ffn": ("intermediate.dense", "output.dense", "intermediate_query.dense", "output_query.dense"),
+}
+QF_SUBLAYERS["all"] = QF_SUBLAYERS["self_attn"] + QF_SUBLAYERS["cross_attn"] + QF_SUBLAYERS["ffn"]
+
+# Inside language_model; matched as the end of a module name.
+LLM_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
+    # q and v of encoder self-, decoder self- and decoder cross-attention (the code's ['q', 'v'])
+    "t5": {"attn": ("SelfAttention.q", "SelfAttention.v", "EncDecAttention.q", "EncDecAttention.v"),
+           # Flan-T5's gated FFN; "wi" is the ungated T5's single input matrix (absent in Flan-T5)
+           "ffn": ("DenseReluDense.wi_0", "DenseReluDense.wi_1", "DenseReluDense.wi", "DenseReluDense.wo")},
+    "llama": {"attn": ("self_attn.q_proj", "self_attn.v_proj"),
+              "ffn": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")},
+}
+for _targets in LLM_TARGETS.values():
+    _targets["all"] = _targets["attn"] + _targets["ffn"]
+
+RANKS = (1, 2, 4, 8)
+LORA_ALPHA = 8  # scaling alpha / r = 8 / r
+LORA_DROPOUT = 0.0
+ADALORA = {"init_r": 12, "target_r": 8}  # on QF_SUBLAYERS["all"]; peft also needs total_step
+
+GROUPS = ("qformer_full", "qformer_lora", "llm_lora", "query_tokens", "projection", "vit_layernorm", "other")
+_LAYER = re.compile(r"^qformer\.encoder\.layer\.(\d+)\.(.+)$")
+
+
+def paper_grid() -> list[dict]:
+    """The code's 33 runs per LLM and benchmark: baseline; LLM LoRA {ffn, attn, all} x r (Q-Former
+    fine-tuned); QF LoRA {ffn, self_attn, cross_attn, all} x r; QF + LLM LoRA {all} x r."""
+    grid = [dict(setup="baseline", qf_sublayers=None, llm_targets=None, rank=None)]
+    grid += [dict(setup="qf-fft+llm-lora", qf_sublayers=None, llm_targets=t, rank=r)
+             for t in ("ffn", "attn", "all") for r in RANKS]
+    grid += [dict(setup="qf-lora", qf_sublayers=s, llm_targets=None, rank=r)
+             for s in ("ffn", "self_attn", "cross_attn", "all") for r in RANKS]
+    grid += [dict(setup="qf-lora+llm-lora", qf_sublayers="all", llm_targets="all", rank=r) for r in RANKS]
+    return grid
+
+
+def _llm_kind(model) -> str:
+    return "llama" if unwrap(model).config.use_decoder_only_language_model else "t5"
+
+
+def target_module_names(model, qf_sublayers: str | None = None, llm_targets: str | None = None) -> list[str]:
+    """Full module names (in the unwrapped transformers model) that LoRA adapts, in model order."""
+    if qf_sublayers is not None and qf_sublayers not in QF_SUBLAYERS:
+        raise ValueError(f"unknown Q-Former sublayer set {qf_sublayers!r}; choose one of {', '.join(QF_SUBLAYERS)}")
+    kind = _llm_kind(model)
+    if llm_targets is not None and llm_targets not in LLM_TARGETS[kind]:
+        raise ValueError(f"unknown LLM target set {llm_targets!r}; choose one of {', '.join(LLM_TARGETS[kind])}")
+    base = unwrap(model)
+    frequency = base.config.qformer_config.cross_attention_frequency
+    qf_suffixes = set(QF_SUBLAYERS[qf_sublayers]) if qf_sublayers else set()
+    llm_suffixes = LLM_TARGETS[kind][llm_targets] if llm_targets else ()
+    names = []
+    for name, module in base.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        name = name.removesuffix(".base_layer")  # the same answer once peft has wrapped the module
+        layer = _LAYER.match(name)
+        if layer and layer.group(2) in qf_suffixes:
+            if layer.group(2).startswith("crossattention.") and int(layer.group(1)) % frequency:
+                raise AssertionError(f"{name}: cross-attention on a layer that should have none")
+            names.append(name)
+        elif name.startswith("language_model.") and name.endswith(tuple("." + s for s in llm_suffixes)):
+            names.append(name)
+    return names
+
+
+def _peft_config(targets: list[str], rank: int | None, adalora: dict | None):
+    if adalora is None:
+        return LoraConfig(r=rank, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=targets, bias="none")
+    options = {**ADALORA, **adalora}
+    if "total_step" not in options:
+        raise ValueError("apply_peft: AdaLoRA needs adalora={'total_step': <optimizer steps of the run>, ...}")
+    return AdaLoraConfig(lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=targets, bias="none", **options)
+
+
+def apply_peft(
+    model,
+    setup: str,
+    *,
+    qf_sublayers: str | None = None,
+    llm_targets: str | None = None,
+    rank: int | None = None,
+    adalora: dict | None = None,
+):
+    """Adapt `model` (an InstructBlipForConditionalGeneration) for `setup` and set what is trainable.
+
+    LoRA setups return a peft `PeftModel` (the adapters are injected into `model` in place);
+    the baseline has no adapter, so it returns `model` itself (peft has no empty adapter to wrap it
+    in): use `models.inputs.unwrap` / `forward`, which treat both alike. LoRA A matrices are drawn
+    from torch's global RNG: seed it first. `adalora` (e.g. {"total_step": 300}) replaces LoRA by
+    AdaLoRA (initial rank 12, target 8) on the Q-Former; only for setup "qf-lora".
+    """
+    if setup not in SETUPS:
+        raise ValueError(f"unknown setup {setup!r}; choose one of {', '.join(SETUPS)}")
+    if isinstance(model, PeftModel) or any("lora_" in n for n, _ in model.named_parameters()):
+        raise ValueError("apply_peft: the model already carries adapters; start from a fresh model")
+    spec = SETUPS[setup]
+    if (spec.qformer == "lora") != (qf_sublayers is not None):
+        raise ValueError(f"setup {setup!r}: qf_sublayers must be {'given' if spec.qformer == 'lora' else 'None'}")
+    if (spec.llm == "lora") != (llm_targets is not None):
+        raise ValueError(f"setup {setup!r}: llm_targets must be {'given' if spec.llm == 'lora' else 'None'}")
+    if adalora is not None and (setup != "qf-lora" or rank is not None):
+        raise ValueError("apply_peft: AdaLoRA is defined for setup 'qf-lora' only, with rank=None (init_r/target_r set it)")
+    lora = spec.qformer == "lora" or spec.llm == "lora"
+    if lora and adalora is None and rank not in RANKS:
+        raise ValueError(f"setup {setup!r}: rank must be one of {RANKS}, got {rank!r}")
+    if not lora and rank is not None:
+        raise ValueError(f"setup {setup!r} has no adapters; rank must be None")
+
+    if lora:
+        targets = target_module_names(model, qf_sublayers, llm_targets)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = get_peft_model(model, _peft_config(targets, rank, adalora))
+    for name, param in unwrap(model).named_parameters():
+        group = parameter_group(name)
+        param.requires_grad = group in ("query_tokens", "projection", "vit_layernorm") or (
+            group == "qformer_full" and spec.qformer == "full") or group in ("qformer_lora", "llm_lora")
+    return model
+
+
+def parameter_group(name: str) -> str:
+    """The group of a parameter of the (unwrapped or peft-wrapped) model, from its name."""
+    name = name.removeprefix("base_model.model.")
+    if "lora_" in name:
+        return "qformer_lora" if name.startswith("qformer.") else "llm_lora" if name.startswith("language_model.") else "other"
+    if name.startswith("qformer."):
+        return "qformer_full"
+    if name == "query_tokens":
+        return "query_tokens"
+    if name.startswith("language_projection."):
+        return "projection"
+    if name.startswith("vision_model.post_layernorm."):
+        return "vit_layernorm"
+    return "other"
+
+
+def named_trainable(model) -> Iterator[tuple[str, torch.nn.Parameter, str]]:
+    """(name in the unwrapped model, parameter, group) for every parameter that requires grad."""
+    for name, param in unwrap(model).named_parameters():
+        if param.requires_grad:
+            yield name, param, parameter_group(name)
+
+
+def trainable_parameters(model) -> dict[str, int]:
+    """Number of trainable scalars by group (GROUPS order; 'other' must stay 0 for the paper's setups)."""
+    counts = dict.fromkeys(GROUPS, 0)
+    for _, param, group in named_trainable(model):
+        counts[group] += param.numel()
+    return counts
+
+
+def lora_module_names(model) -> list[str]:
+    """Names (unwrapped) of the modules that carry a LoRA / AdaLoRA adapter."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [name for name, module in unwrap(model).named_modules() if isinstance(module, BaseTunerLayer)]
+
+
+def summarize(counts: dict[str, int], groups: Iterable[str] = GROUPS) -> str:
+    return ", ".join(f"{g} {counts[g]:,}" for g in groups if counts.get(g))
