@@ -32,9 +32,10 @@ def test_same_seed_same_bytes_other_seed_other_bytes(world, tmp_path):
     synthesize(tmp_path / "other", "tiny", seed=4)
     first, again, other = _digest(world), _digest(tmp_path / "again"), _digest(tmp_path / "other")
     assert len(first) > 150 and first == again
-    assert first.keys() == other.keys()
-    changed = [k for k in first if first[k] != other[k]]
-    assert len(changed) > 0.9 * len(first)
+    common = first.keys() & other.keys()  # which ScienceQA problems have a picture depends on the seed
+    changed = [k for k in common if first[k] != other[k]]
+    assert len(common) > 0.8 * len(first) and len(changed) > 0.9 * len(common)
+    assert first["vocab.txt"] == other["vocab.txt"]  # the vocabulary is closed: the same for every seed
 
 
 def test_loaders_read_the_synthetic_benchmarks_without_problems(world):
