@@ -60,8 +60,9 @@ PRESETS: dict[str, Preset] = {
         llm_hidden=64, llm_layers=2, llm_heads=4, llm_intermediate=128, qformer_dropout=0.0, llm_dropout=0.0,
     ),
     # The embedded default, sized by measurement on a 2-core CPU (batch 16, cached ViT features, full
-    # Q-Former fine-tuning, forward + backward + AdamW): about 40 ms (T5) / 45 ms (LLaMA) a step with
-    # 32-token prompts, 52 / 60 ms with 64-token prompts. 64 px images in 8 px patches (64 patches + CLS);
+    # Q-Former fine-tuning, forward + backward + AdamW): about 42 ms (T5) / 50 ms (LLaMA) a step with
+    # 32-token prompts, 55 / 67 ms with 64-token prompts, 83 / 96 ms at the 128-token cap; running the ViT
+    # instead of a feature cache adds ~12 ms. 64 px images in 8 px patches (64 patches + CLS);
     # a 4-layer Q-Former keeps the paper's structure (cross-attention on layers 0 and 2, both FFN branches)
     # with 16 queries (32 cost ~18% more); dropout off (it cost +50% per step); a 2-layer LLM.
     "mini": Preset(
