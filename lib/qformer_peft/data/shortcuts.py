@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from .synthetic_questions import TEXT_ANSWERABLE, views
-from .synthetic_world import COLOR_NAMES, SHAPES, words
+from .synthetic_text import TEXT_ANSWERABLE
+from .synthetic_world import COLOR_NAMES, SHAPES, views, words
 
 MC_RULES = ("letter", "option_text", "longest", "text_prior", "colors_only", "shapes_only", "count_only")
 TEXT_RULES = ("option_text", "longest", "text_prior")
@@ -177,7 +177,8 @@ def audit(seed: int = 0, n_train: int = 6000, n_eval: int = 3000) -> tuple[list[
     """
     import random
 
-    from .synthetic_questions import iconqa_item, scienceqa_item, vizwiz_item
+    from .synthetic_open import vizwiz_item
+    from .synthetic_questions import iconqa_item, scienceqa_item
 
     def pool(make, part, n):
         rng = random.Random(f"qformer-peft-audit/{seed}/{part}")

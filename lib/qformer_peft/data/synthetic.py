@@ -24,8 +24,9 @@ import shutil
 from pathlib import Path
 
 from .records import Record
-from .synthetic_questions import (FILL_WORDS, PHRASE_BANKS, flickr_item, heldin_image, iconqa_item,
-                                  knowledge_sentences, scienceqa_item, vizwiz_item)
+from .synthetic_open import flickr_item, heldin_image, vizwiz_item
+from .synthetic_questions import iconqa_item, scienceqa_item
+from .synthetic_text import FILL_WORDS, PHRASE_BANKS, knowledge_sentences
 from .synthetic_world import render, words
 
 SYNTH_VERSION = "1"  # bump when the generated data changes, so cached base models are rebuilt

@@ -128,6 +128,25 @@ def row_scene(rng: random.Random, shapes: list[str], colors: list[str]) -> dict:
     return scene(objects, rng)
 
 
+def weighted(rng: random.Random, weights: dict[str, int]) -> str:
+    """A key of `weights`, drawn with probability proportional to its value."""
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def clearly_bigger(x: dict, y: dict) -> bool:
+    """x is bigger than y by 30% in extent AND in filled area (no doubt for a viewer or a label)."""
+    return x["extent"] >= 1.3 * y["extent"] and area(x) >= 1.3 * area(y)
+
+
+def views(sc: dict | None) -> dict:
+    """What partial-image rules may see: the colors present, the shapes present, the number of objects."""
+    if sc is None:
+        return {"colors": [], "shapes": [], "n_objects": 0}
+    objs = sc["objects"]
+    return {"colors": sorted({o["color"] for o in objs}), "shapes": sorted({o["shape"] for o in objs}),
+            "n_objects": len(objs)}
+
+
 # ----------------------------------------------------------------------------------------------- drawing
 
 def _polygon(shape: str, cx: float, cy: float, extent: float) -> list[tuple[float, float]] | None:
