@@ -143,8 +143,8 @@ def test_apply_peft_rejects_inconsistent_requests():
     model = tiny("t5").model
     with pytest.raises(ValueError, match="qf_sublayers must be given"):
         apply_peft(model, "qf-lora", rank=2)
-    with pytest.raises(ValueError, match="rank must be one of"):
-        apply_peft(model, "qf-lora", qf_sublayers="all", rank=3)
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        apply_peft(model, "qf-lora", qf_sublayers="all", rank=0)
     with pytest.raises(ValueError, match="llm_targets must be None"):
         apply_peft(model, "qf-lora", qf_sublayers="all", llm_targets="all", rank=2)
     with pytest.raises(ValueError, match="AdaLoRA is defined for setup 'qf-lora' only"):

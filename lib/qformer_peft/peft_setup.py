@@ -151,8 +151,8 @@ def apply_peft(
     if adalora is not None and (setup != "qf-lora" or rank is not None):
         raise ValueError("apply_peft: AdaLoRA is defined for setup 'qf-lora' only, with rank=None (init_r/target_r set it)")
     lora = spec.qformer == "lora" or spec.llm == "lora"
-    if lora and adalora is None and rank not in RANKS:
-        raise ValueError(f"setup {setup!r}: rank must be one of {RANKS}, got {rank!r}")
+    if lora and adalora is None and not (isinstance(rank, int) and rank > 0):  # the paper's grid: RANKS
+        raise ValueError(f"setup {setup!r}: rank must be a positive integer (the paper's: {RANKS}), got {rank!r}")
     if not lora and rank is not None:
         raise ValueError(f"setup {setup!r} has no adapters; rank must be None")
 
