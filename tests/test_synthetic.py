@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from qformer_peft.data import Record, load
-from qformer_peft.data.synthetic import (BENCHMARKS, build_items, load_scenes, scene_key, synthesize,
-                                         vocabulary)
+from qformer_peft.data.synthetic import (BENCHMARKS, build_items, load_scenes, question_types, scene_key,
+                                         synthesize, vocabulary)
 from qformer_peft.data.synthetic_world import COLORS, IMAGE_SIZE, patch_labels, words
 from qformer_peft.templates import candidates, prompt, target
 
@@ -62,6 +62,7 @@ def test_every_picture_has_a_scene_and_matches_it(world):
     assert set(scenes) == pictures
     record = load("iconqa", world / "iconqa", "val").records[0]
     assert scenes[scene_key(world, record.image)]["id"] == record.id
+    assert question_types(world)["iconqa", record.id] == scenes[scene_key(world, record.image)]["qtype"]
     for key, entry in scenes.items():
         sc = entry["scene"]
         if sc["quality"] != "ok":

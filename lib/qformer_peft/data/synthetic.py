@@ -111,6 +111,11 @@ def load_scenes(out: str | Path) -> dict[str, dict]:
     return lines
 
 
+def question_types(out: str | Path) -> dict[tuple[str, str], str]:
+    """{(benchmark, record id): question type} for per-type accuracies (held-in pictures excluded)."""
+    return {(e["benchmark"], e["id"]): e["qtype"] for e in load_scenes(out).values() if e["benchmark"] != "heldin"}
+
+
 def scene_key(out: str | Path, image_path: str | Path) -> str:
     """The scenes.jsonl key of a record's image path."""
     return Path(image_path).resolve().relative_to(Path(out).resolve()).as_posix()
