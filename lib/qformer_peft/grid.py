@@ -1,0 +1,732 @@
+"""The experiment grid: each profile's notebook executions as data, run with papermill.
+
+A profile (smoke, mini, paper) expands into cells. A cell is one notebook plus the parameters papermill
+injects into its `parameters` cell; the PEFT notebook sweeps the ranks (and seeds) of one row of the
+paper's grid in-process, so one cell = one row = up to 4 ranks x seeds runs.
+
+    qformer-peft grid --profile mini [--jobs N] [--only PATTERN] [--data-root DIR] [--checkpoints DIR] [--out DIR]
+
+Study layout under --out (the study root, default "."):
+    runs/<profile>/             one folder per run (runs.RunDir), the only input of the report
+    reports/notebooks/<cell>.ipynb   the executed notebooks, with <cell>.done.json / .failed.json / .log
+    reports/notebooks/grid.json      the cells of the last grid and their states
+    cache/features, cache/base  frozen-feature cache and the embedded base models
+    data/<size>                 the synthetic benchmarks (one root per benchmark)
+
+A cell is skipped when its marker says it finished with the same parameters, or when all its runs are
+done and its executed notebook exists; a failed notebook is recorded and the grid goes on; the exit
+status counts the failures. Rerunning after an interruption executes only what is missing, and the
+engine skips finished runs inside a re-executed cell.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from . import runs
+from .config import ExperimentConfig
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"  # the repository's notebooks/
+ENVIRONMENT, PEFT, ADALORA, REPORT = ("00_environment.ipynb", "10_peft_experiment.ipynb",
+                                     "20_adalora_analysis.ipynb", "90_report.ipynb")
+KERNEL_NAME = "qformer-peft"           # a kernelspec written by the grid: this interpreter's ipykernel
+MAX_EXIT_STATUS = 100                  # the exit status counts failures, capped below the shell's 126+
+
+# --- the paper's grid as data (PROTOCOL §2 and §6) --------------------------------------------------
+LLMS = ("t5", "llama")
+PEFT_BENCHMARKS = ("scienceqa", "iconqa")
+ADALORA_BENCHMARKS = ("scienceqa", "iconqa", "flickr30k", "vizwiz")
+RANKS = (1, 2, 4, 8)
+# One notebook per row: (setup, Q-Former sublayers, LLM targets). 8 rows x 4 ranks + the baseline = 33
+# runs per LLM x benchmark, 132 for 2 LLMs x 2 benchmarks.
+PEFT_ROWS: tuple[tuple[str, str | None, str | None], ...] = (
+    ("qf-fft+llm-lora", None, "ffn"), ("qf-fft+llm-lora", None, "attn"), ("qf-fft+llm-lora", None, "all"),
+    ("qf-lora", "ffn", None), ("qf-lora", "self_attn", None), ("qf-lora", "cross_attn", None),
+    ("qf-lora", "all", None),
+    ("qf-lora+llm-lora", "all", "all"),
+    ("baseline", None, None),
+)
+# The rows the claim ledger compares (claims.py picks each setup's best rank among them); they get the
+# profile's claim seeds so the ledger can judge a difference against the spread over seeds.
+CLAIM_ROWS = (("baseline", None, None), ("qf-lora", "all", None), ("qf-lora+llm-lora", "all", "all"))
+
+# PROTOCOL §6 / paper appendix C: the captioning and VizWiz AdaLoRA settings. The paper names LAVIS's
+# linear_warmup_cosine_lr without its warm-up length; 1000 steps is LAVIS's caption-config default.
+PAPER_ADALORA_HPARAMS = {
+    "flickr30k": {"max_epochs": 5, "schedule": "cosine", "warmup_steps": 1000, "lr": 5e-5, "batch_size": 60,
+                  "grad_accum": 1},
+    "vizwiz": {"max_epochs": 5, "schedule": "cosine", "warmup_steps": 1000, "lr": 1e-4, "batch_size": 8,
+               "grad_accum": 1},
+}
+
+
+class GridError(ValueError):
+    """A profile or cell that cannot run; the message says what is missing and how to supply it."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One profile as data. `models` maps an LLM to a preset name or a path template ({checkpoints})."""
+    name: str
+    description: str
+    scale: str                                        # 'embedded' (synthetic world) | 'paper' (real data)
+    models: Mapping[str, str]
+    data_size: str | None                             # synthetic size to write; None: real data (--data-root)
+    base_models: tuple[tuple[str, str], ...] = ()     # (preset, llm) the study builds before the grid
+    peft_cells: tuple[tuple[str, str, str, str | None, str | None], ...] | None = None  # None: full grid
+    adalora_cells: tuple[tuple[str, str], ...] | None = None                             # None: full grid
+    ranks: tuple[int, ...] = RANKS
+    seeds: tuple[int, ...] = (42,)
+    claim_seeds: tuple[int, ...] = (42,)
+    hparams: Mapping[str, Any] = field(default_factory=dict)               # every run
+    hparams_by_llm: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    adalora_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by benchmark
+    data_seed: int = 0
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", scale="embedded",
+        description="every code path on the tiny preset (random weights) and a few hundred synthetic items",
+        models={"t5": "tiny", "llama": "tiny"}, data_size="smoke",
+        peft_cells=(("t5", "iconqa", "baseline", None, None), ("t5", "iconqa", "qf-lora", "all", None),
+                    ("t5", "iconqa", "qf-lora+llm-lora", "all", "all"),
+                    ("llama", "scienceqa", "qf-fft+llm-lora", None, "attn"),
+                    ("llama", "scienceqa", "qf-lora", "self_attn", None)),
+        adalora_cells=(("t5", "iconqa"), ("t5", "scienceqa"), ("t5", "flickr30k"), ("t5", "vizwiz")),
+        ranks=(2, 4), seeds=(42,), claim_seeds=(42, 43),
+        hparams={"max_epochs": 2, "patience": 2, "batch_size": 8, "train_limit": 32, "val_limit": 16,
+                 "test_limit": 16},
+        adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 2} for b in ("flickr30k", "vizwiz")},
+    ),
+    "mini": Profile(
+        name="mini", scale="embedded",
+        description="the paper's full grid and the AdaLoRA analysis on the embedded base models and "
+                    "synthetic benchmarks; 3 seeds for the cells the claim ledger compares",
+        models={"t5": "{checkpoints}/mini-t5", "llama": "{checkpoints}/mini-llama"}, data_size="mini",
+        base_models=(("mini", "t5"), ("mini", "llama")),
+        seeds=(42,), claim_seeds=(42, 43, 44),
+        # Sized for the 45-minute budget on a 2-core CPU; the README's benchmark says where time goes.
+        hparams={"max_epochs": 5, "patience": 2, "train_limit": 480, "val_limit": 160, "test_limit": 320},
+        adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 10} for b in ("flickr30k", "vizwiz")},
+    ),
+    "paper": Profile(
+        name="paper", scale="paper",
+        description="real checkpoints and data with the paper's hyperparameters (CUDA); 3 seeds for the "
+                    "cells the claim ledger compares (the paper's numbers are single runs)",
+        models={"t5": "{checkpoints}/instructblip-flan-t5-xl", "llama": "{checkpoints}/instructblip-vicuna-7b"},
+        data_size=None, seeds=(42,), claim_seeds=(42, 43, 44),
+        hparams={},                                        # ExperimentConfig's defaults are PROTOCOL §4
+        hparams_by_llm={"llama": {"batch_size": 8, "grad_accum": 2}},
+        adalora_hparams=PAPER_ADALORA_HPARAMS,
+    ),
+}
+
+
+# --- one row of the grid -> its run configs (the notebooks call this too) -----------------------------
+def experiment_configs(*, benchmark: str, llm: str, model: str, data_dir: str, setup: str = "qf-lora",
+                       qf_sublayers: str | None = "all", llm_targets: str | None = None, method: str = "lora",
+                       ranks: Sequence[int | None] = RANKS, seeds: Sequence[int] = (42,),
+                       hparams: Mapping[str, Any] | None = None,
+                       tags: Sequence[str] = ()) -> list[ExperimentConfig]:
+    """The validated configs of one notebook: every rank x seed of one grid row (AdaLoRA: every seed).
+
+    data_dir holds one root per benchmark (as `data synth` writes it); the config gets data_dir/benchmark.
+    hparams are further ExperimentConfig fields (max_epochs, train_limit, lr, ...).
+    """
+    base = {"benchmark": benchmark, "llm": llm, "model": str(model),
+            "data_root": str(Path(data_dir) / benchmark), "setup": setup, "method": method,
+            "qf_sublayers": qf_sublayers, "llm_targets": llm_targets, "tags": list(tags), **dict(hparams or {})}
+    if method == "adalora":       # AdaLoRA's ranks are adalora_init_r / adalora_target_r, not a sweep
+        ranks = (None,)
+    elif setup == "baseline":     # no LoRA: one run per seed
+        ranks = (None,)
+    return [ExperimentConfig.from_dict({**base, "rank": r, "seed": s}) for r in ranks for s in seeds]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One notebook execution: the notebook's file name and the parameters papermill injects."""
+    name: str
+    notebook: str
+    parameters: Mapping[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return {ENVIRONMENT: "environment", REPORT: "report"}.get(self.notebook, "experiment")
+
+    def configs(self) -> list[ExperimentConfig]:
+        if self.kind != "experiment":
+            return []
+        keys = ("benchmark", "llm", "model", "data_dir", "setup", "qf_sublayers", "llm_targets", "method",
+                "ranks", "seeds", "hparams", "tags")
+        return experiment_configs(**{k: self.parameters[k] for k in keys if k in self.parameters})
+
+    @property
+    def params_hash(self) -> str:
+        return runs.config_hash({"notebook": self.notebook, **self.parameters})
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a study's pieces live under its root (see the module docstring)."""
+    root: Path
+
+    def runs(self, profile: str) -> Path:
+        return self.root / "runs" / profile
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def notebooks_out(self) -> Path:
+        return self.reports / "notebooks"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "cache" / "features"
+
+    @property
+    def base_models(self) -> Path:
+        return self.root / "cache" / "base"
+
+    def data(self, size: str) -> Path:
+        return self.root / "data" / size
+
+
+def resolve_paths(profile: Profile, layout: Layout, data_root: str | None = None,
+                  checkpoints: str | None = None) -> tuple[Path, str]:
+    """The data directory (one root per benchmark) and the checkpoints location for a profile.
+
+    Order: the argument, then $QFP_DATA_ROOT / $QFP_CHECKPOINTS, then the study layout (embedded only).
+    """
+    data_root = data_root or os.environ.get("QFP_DATA_ROOT")
+    checkpoints = checkpoints or os.environ.get("QFP_CHECKPOINTS")
+    if profile.data_size is None and not data_root:
+        raise GridError(f"profile {profile.name!r} needs real data: pass --data-root DIR or set QFP_DATA_ROOT "
+                        f"(DIR/scienceqa, DIR/iconqa, DIR/vizwiz, DIR/flickr30k in their real layouts)")
+    needs_ckpt = any("{checkpoints}" in m for m in profile.models.values())
+    if needs_ckpt and not checkpoints and profile.scale == "paper":
+        raise GridError(f"profile {profile.name!r} needs real checkpoints: pass --checkpoints DIR (holding "
+                        f"instructblip-flan-t5-xl/ and instructblip-vicuna-7b/) or a hub namespace such as "
+                        f"Salesforce, or set QFP_CHECKPOINTS")
+    data_dir = Path(data_root).resolve() if data_root else layout.data(profile.data_size).resolve()
+    if not checkpoints:
+        checkpoints = str(layout.base_models.resolve())
+    elif Path(checkpoints).exists():
+        checkpoints = str(Path(checkpoints).resolve())
+    return data_dir, checkpoints
+
+
+def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | None = None,
+           checkpoints: str | None = None) -> list[Cell]:
+    """The profile's cells in execution order: environment, experiments, then the report."""
+    profile = PROFILES[profile] if isinstance(profile, str) else profile
+    layout = Layout(Path(root).resolve())
+    data_dir, ckpt = resolve_paths(profile, layout, data_root, checkpoints)
+    runs_dir = str(layout.runs(profile.name))
+    common = {"runs_dir": runs_dir, "cache_dir": str(layout.features), "data_dir": str(data_dir),
+              "data_size": profile.data_size, "data_seed": profile.data_seed}
+    tags = [f"profile:{profile.name}", f"scale:{profile.scale}"]
+
+    def model(llm: str) -> str:
+        return profile.models[llm].format(checkpoints=ckpt)
+
+    def hparams(llm: str, benchmark: str | None = None) -> dict:
+        h = {**profile.hparams, **profile.hparams_by_llm.get(llm, {})}
+        return {**h, **profile.adalora_hparams.get(benchmark, {})} if benchmark else h
+
+    cells = [Cell("environment", ENVIRONMENT, {**common, "checkpoints": ckpt, "profile": profile.name})]
+    peft = profile.peft_cells or tuple((llm, b, *row) for llm in LLMS for b in PEFT_BENCHMARKS for row in PEFT_ROWS)
+    for llm, bench, setup, qf, llm_t in peft:
+        seeds = profile.claim_seeds if (setup, qf, llm_t) in CLAIM_ROWS else profile.seeds
+        targets = "_".join(t for t in (qf and f"qf-{qf}", llm_t and f"llm-{llm_t}") if t)
+        name = "_".join(p for p in ("peft", llm, bench, setup.replace("+", "-"), targets) if p)
+        cells.append(Cell(name, PEFT, {
+            "benchmark": bench, "llm": llm, "model": model(llm), "setup": setup, "qf_sublayers": qf,
+            "llm_targets": llm_t, "ranks": list(profile.ranks), "seeds": list(seeds),
+            "hparams": hparams(llm), "tags": tags, **common}))
+    adalora = profile.adalora_cells or tuple((llm, b) for llm in LLMS for b in ADALORA_BENCHMARKS)
+    for llm, bench in adalora:
+        cells.append(Cell(f"adalora_{llm}_{bench}", ADALORA, {
+            "benchmark": bench, "llm": llm, "model": model(llm), "method": "adalora",
+            "seeds": list(profile.claim_seeds), "hparams": hparams(llm, bench), "tags": tags, **common}))
+    cells.append(Cell("report", REPORT, {"runs_dir": runs_dir, "notebooks_dir": str(layout.notebooks_out)}))
+    for c in cells:
+        c.configs()  # validate now: a bad profile fails before anything runs
+    return cells
+
+
+def describe_profiles() -> "Any":
+    """One row per profile: what it runs (for 00_environment). Paths are placeholders."""
+    import pandas as pd
+
+    rows = []
+    for p in PROFILES.values():
+        cells = expand(p, root="<out>", data_root="<data-root>" if p.data_size is None else None,
+                       checkpoints="<checkpoints>")
+        exp = [c for c in cells if c.kind == "experiment"]
+        cfgs = [cfg for c in exp for cfg in c.configs()]
+        rows.append({"profile": p.name, "scale": p.scale, "notebooks": len(cells),
+                     "peft_notebooks": sum(c.notebook == PEFT for c in exp),
+                     "adalora_notebooks": sum(c.notebook == ADALORA for c in exp),
+                     "runs": len(cfgs), "seeds": ",".join(map(str, p.seeds)),
+                     "claim_seeds": ",".join(map(str, p.claim_seeds)), "what": p.description})
+    return pd.DataFrame(rows)
+
+
+def inventory(profile: str, data_dir: str | Path, checkpoints: str) -> "Any":
+    """Which benchmark roots and model checkpoints a profile needs, and whether each is present."""
+    import pandas as pd
+
+    p = PROFILES[profile]
+    rows = [{"what": f"benchmark {b}", "where": str(Path(data_dir) / b), "present": (Path(data_dir) / b).exists()}
+            for b in ADALORA_BENCHMARKS]
+    for llm, spec in p.models.items():
+        model = spec.format(checkpoints=checkpoints)
+        present = Path(model).exists() if Path(model).is_absolute() else "preset or hub id"
+        rows.append({"what": f"model ({llm})", "where": model, "present": present})
+    return pd.DataFrame(rows)
+
+
+def cells_table(profile: str, *, runs_dir: str | Path, data_dir: str | Path, data_size: str | None,
+                checkpoints: str) -> "Any":
+    """The cells a profile executes (for the study whose runs live in runs_dir = ROOT/runs/PROFILE)."""
+    import pandas as pd
+
+    cells = expand(profile, root=Path(runs_dir).resolve().parents[1], data_root=None if data_size else str(data_dir),
+                   checkpoints=checkpoints)
+    return pd.DataFrame([{"cell": c.name, "notebook": c.notebook, "runs": len(c.configs())} for c in cells])
+
+
+# --- helpers the notebooks call ------------------------------------------------------------------------
+def ensure_data(data_dir: str | Path, size: str | None, seed: int = 0) -> Path:
+    """The benchmarks under data_dir; with a size, write the synthetic ones first if they are missing."""
+    data_dir = Path(data_dir)
+    marker = data_dir / ".complete"
+    if size is None or marker.exists():
+        return data_dir
+    from .data import synthetic  # the data stage; ModuleNotFoundError names it when not built yet
+
+    synthetic.synthesize(data_dir, size, seed)
+    runs.write_json(marker, {"size": size, "seed": seed})
+    return data_dir
+
+
+class CellFailed(RuntimeError):
+    """Some runs of a notebook failed; the others finished. The message lists each failure."""
+
+
+def run_configs(configs: Sequence[ExperimentConfig], *, runs_dir: str | Path, cache_dir: str | Path | None = None):
+    """Run every config with the engine (finished runs are skipped by it), then return their rows.
+
+    A failing run does not stop the others; CellFailed is raised at the end, naming each failure.
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # tqdm.auto warns in a kernel without ipywidgets; its bars are off here
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from . import engine
+    from .report_charts import runs_frame
+
+    failures = []
+    for cfg in configs:
+        try:
+            engine.run_experiment(cfg, out=runs_dir, cache_dir=cache_dir)
+        except Exception as err:  # noqa: BLE001 - recorded in the run folder by the engine; listed here
+            failures.append(f"{cfg.run_name}: {type(err).__name__}: {err}")
+    if failures:
+        raise CellFailed(f"{len(failures)} of {len(configs)} runs failed:\n  " + "\n  ".join(failures))
+    return runs_frame(runs_dir, configs)
+
+
+# --- executing cells -------------------------------------------------------------------------------------
+def done_run_hashes(runs_dir: str | Path) -> set[str]:
+    """Config hashes of the finished runs under runs_dir."""
+    return {runs.config_hash(r.config) for r in runs.iter_runs(runs_dir) if r.is_done()}
+
+
+@dataclass
+class Outcome:
+    cell: str
+    state: str                  # 'done' | 'skipped' | 'failed'
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def _marker(out_dir: Path, cell: Cell, suffix: str) -> Path:
+    return out_dir / f"{cell.name}.{suffix}.json"
+
+
+def is_finished(cell: Cell, out_dir: Path, done_hashes: set[str] | None = None) -> bool:
+    """Marker with the same parameters, or (experiments) every run done and the notebook kept."""
+    marker = _marker(out_dir, cell, "done")
+    if marker.exists() and runs.read_json(marker).get("params_hash") == cell.params_hash:
+        return True
+    if cell.kind == "experiment" and (out_dir / f"{cell.name}.ipynb").exists():
+        hashes = done_hashes if done_hashes is not None else done_run_hashes(cell.parameters["runs_dir"])
+        return all(cfg.hash in hashes for cfg in cell.configs())
+    return False
+
+
+def write_kernelspec(where: Path) -> Path:
+    """A kernelspec named KERNEL_NAME that starts this interpreter's ipykernel; returns its JUPYTER_PATH.
+
+    kernel_name 'python3' would resolve to the first python3 spec on the Jupyter path, which may be a
+    user-wide one pointing at another interpreter; this one is always the venv running the grid.
+    """
+    spec_dir = where / "kernels" / KERNEL_NAME
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python (qformer-peft)", "language": "python"}
+    runs.write_json(spec_dir / "kernel.json", spec)
+    return where
+
+
+def _missing_input(cell: Cell) -> str | None:
+    """A reason not to start the notebook: its model checkpoint or benchmark root is absent."""
+    if cell.kind != "experiment":
+        return None
+    model = Path(cell.parameters["model"])
+    if model.is_absolute() and not model.exists():
+        return (f"model checkpoint {model} not found: build it with `qformer-peft study --profile ...` "
+                f"(base-model stage) or pass --checkpoints DIR")
+    root = Path(cell.parameters["data_dir"]) / cell.parameters["benchmark"]
+    if cell.parameters.get("data_size") is None and not root.exists():
+        return f"benchmark root {root} not found: pass --data-root DIR holding {cell.parameters['benchmark']}/"
+    return None
+
+
+def _notebook_error(path: Path) -> str | None:
+    """The first error output of an executed notebook, as 'Name: value (cell N)'."""
+    try:
+        nb = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for i, c in enumerate(nb.get("cells", [])):
+        for o in c.get("outputs", []) if c.get("cell_type") == "code" else []:
+            if o.get("output_type") == "error":
+                return f"{o.get('ename')}: {o.get('evalue')} (cell {i})"
+    return None
+
+
+class _Children:
+    """The papermill processes now running, so an interrupt can stop them all."""
+
+    def __init__(self) -> None:
+        self.procs: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def terminate(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for p in self.procs:
+                if p.poll() is None:
+                    p.terminate()
+
+
+def execute_cell(cell: Cell, *, notebooks_dir: Path, out_dir: Path, kernel: str, env: Mapping[str, str],
+                 timeout: float | None = None, children: _Children | None = None) -> Outcome:
+    """Execute one notebook with papermill in a child process; write its marker or failure record."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output, log = out_dir / f"{cell.name}.ipynb", out_dir / f"{cell.name}.log"
+    _marker(out_dir, cell, "done").unlink(missing_ok=True)
+    start = time.time()
+    reason = _missing_input(cell)
+    error = None
+    if reason is None:
+        spec = out_dir / f".{cell.name}.spec.json"
+        runs.write_json(spec, {"input": str(notebooks_dir / cell.notebook), "output": str(output),
+                               "parameters": dict(cell.parameters), "kernel": kernel, "cwd": str(notebooks_dir),
+                               "timeout": timeout})
+        with open(log, "w") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "qformer_peft.grid", "--execute", str(spec)],
+                                    stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **env})
+            if children is not None:
+                with children.lock:
+                    children.procs.add(proc)
+            try:
+                rc = proc.wait()
+            finally:
+                if children is not None:
+                    with children.lock:
+                        children.procs.discard(proc)
+        spec.unlink(missing_ok=True)
+        if rc != 0:
+            error = _notebook_error(output) or _log_tail(log) or f"papermill exited with status {rc}"
+    else:
+        error = reason
+    seconds = round(time.time() - start, 2)
+    if error is None:
+        hashes = [cfg.hash for cfg in cell.configs()]
+        runs.write_json(_marker(out_dir, cell, "done"), {
+            "cell": cell.name, "notebook": cell.notebook, "parameters": dict(cell.parameters),
+            "params_hash": cell.params_hash, "config_hashes": hashes, "seconds": seconds,
+            "finished": runs._now()})
+        _marker(out_dir, cell, "failed").unlink(missing_ok=True)
+        return Outcome(cell.name, "done", seconds)
+    runs.write_json(_marker(out_dir, cell, "failed"), {
+        "cell": cell.name, "notebook": cell.notebook, "parameters": dict(cell.parameters), "error": error,
+        "log": log.name, "seconds": seconds, "failed": runs._now()})
+    return Outcome(cell.name, "failed", seconds, error)
+
+
+def _log_tail(log: Path, lines: int = 3) -> str | None:
+    text = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return " | ".join(text[-lines:]) or None
+
+
+def _execute_main(spec_path: str) -> int:
+    """Child process: execute one notebook as the spec file says (JSON, so floats stay floats)."""
+    import papermill as pm
+
+    spec = runs.read_json(spec_path)
+    try:
+        pm.execute_notebook(spec["input"], spec["output"], parameters=spec["parameters"],
+                            kernel_name=spec["kernel"], cwd=spec["cwd"], progress_bar=False, log_output=True,
+                            execution_timeout=spec.get("timeout"))
+    except pm.PapermillExecutionError as err:
+        print(f"[grid] {err.ename}: {err.evalue} (cell {err.exec_count})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _worker_env(slot: int, jobs: int, gpus: int) -> dict[str, str]:
+    """Threads and device of one worker: cores split between CPU workers, one GPU per worker."""
+    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "QFP_WORKER": str(slot)}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = str(max(1, cores // jobs))
+    env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "QFP_NUM_THREADS": threads})
+    return env
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch or no driver: CPU workers
+        return 0
+
+
+@dataclass
+class GridResult:
+    outcomes: list[Outcome]
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.state == "failed"]
+
+    def count(self, state: str) -> int:
+        return sum(o.state == state for o in self.outcomes)
+
+    @property
+    def exit_status(self) -> int:
+        return min(len(self.failures), MAX_EXIT_STATUS)
+
+
+def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str | Path = NOTEBOOKS_DIR,
+             jobs: int = 1, backend: str = "local", kernel: str | None = None, timeout: float | None = None,
+             log: Callable[[str], None] = print) -> GridResult:
+    """Execute the cells not yet finished; the report cell last, whenever anything else ran."""
+    out_dir, notebooks_dir = Path(out_dir).resolve(), Path(notebooks_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env: dict[str, str] = {}
+    if kernel is None:
+        kernel = KERNEL_NAME
+        jpath = write_kernelspec(out_dir / ".jupyter")
+        env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(jpath), os.environ.get("JUPYTER_PATH")) if p)
+    main = [c for c in cells if c.kind != "report"]
+    final = [c for c in cells if c.kind == "report"]
+    hashes: dict[str, set[str]] = {}
+
+    def finished(c: Cell) -> bool:
+        rd = c.parameters.get("runs_dir")
+        if c.kind == "experiment" and rd not in hashes:
+            hashes[rd] = done_run_hashes(rd)
+        return is_finished(c, out_dir, hashes.get(rd))
+
+    outcomes = [Outcome(c.name, "skipped") for c in main if finished(c)]
+    todo = [c for c in main if c.name not in {o.cell for o in outcomes}]
+    manifest = {c.name: {"notebook": c.notebook, "state": "pending"} for c in cells}
+    for o in outcomes:
+        manifest[o.cell]["state"] = "skipped"
+    lock = threading.Lock()
+
+    def record(o: Outcome) -> None:
+        with lock:
+            outcomes.append(o)
+            manifest[o.cell].update(state=o.state, seconds=o.seconds, error=o.error)
+            runs.write_json(out_dir / "grid.json", {"cells": manifest, "updated": runs._now()})
+            done = sum(x.state != "skipped" for x in outcomes)
+            msg = f"[grid] {o.state:7s} {o.cell} ({o.seconds:.1f} s)" + (f": {o.error}" if o.error else "")
+            log(msg + f"  [{done}/{len(todo) + len(final)}]")
+
+    runs.write_json(out_dir / "grid.json", {"cells": manifest, "updated": runs._now()})
+    log(f"[grid] {len(cells)} cells: {len(outcomes)} already finished, {len(todo)} to execute "
+        f"({jobs} worker{'s' if jobs > 1 else ''}, backend {backend})")
+    if backend == "submitit":
+        _run_submitit(todo + final, notebooks_dir=notebooks_dir, out_dir=out_dir, kernel=kernel, env=env,
+                      timeout=timeout, record=record, run_final=lambda: bool(todo) or not all(map(finished, final)))
+        return GridResult(outcomes)
+    if backend != "local":
+        raise GridError(f"backend {backend!r} is not known; choose local or submitit")
+
+    gpus = _gpu_count() if jobs > 1 else 0
+    slots: queue.Queue[int] = queue.Queue()
+    for i in range(jobs):
+        slots.put(i)
+    children = _Children()
+
+    def work(c: Cell) -> None:
+        if children.stopping:
+            return
+        slot = slots.get()
+        try:
+            record(execute_cell(c, notebooks_dir=notebooks_dir, out_dir=out_dir, kernel=kernel,
+                                env={**env, **_worker_env(slot, jobs, gpus)}, timeout=timeout, children=children))
+        finally:
+            slots.put(slot)
+
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous is not None:  # a SIGTERM stops the children too instead of orphaning them
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in todo]
+        pending = list(threads)
+        running: list[threading.Thread] = []
+        while pending or running:  # at most `jobs` threads alive; the slot queue hands out devices
+            running = [t for t in running if t.is_alive()]
+            while pending and len(running) < jobs:
+                t = pending.pop(0)
+                t.start()
+                running.append(t)
+            time.sleep(0.05)
+        for c in final:
+            if todo or not finished(c):
+                work(c)
+            else:
+                record(Outcome(c.name, "skipped"))
+    except KeyboardInterrupt:
+        children.terminate()
+        log("[grid] interrupted: rerun the same command to execute what is missing")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return GridResult(outcomes)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_submitit(cells: Sequence[Cell], *, notebooks_dir: Path, out_dir: Path, kernel: str, env: Mapping[str, str],
+                  timeout: float | None, record: Callable[[Outcome], None], run_final: Callable[[], bool],
+                  executor: Any = None) -> None:
+    """Each notebook as a submitit job (Slurm where there is one, else submitit's local executor)."""
+    try:
+        import submitit
+    except ImportError:
+        raise GridError("--backend submitit needs the optional extra: pip install 'qformer-peft[slurm]'") from None
+    if executor is None:
+        executor = submitit.AutoExecutor(folder=out_dir / ".submitit")
+        executor.update_parameters(timeout_min=int((timeout or 24 * 3600) / 60) + 5, gpus_per_node=1,
+                                   tasks_per_node=1, cpus_per_task=8, name="qformer-peft")
+    main = [c for c in cells if c.kind != "report"]
+    final = [c for c in cells if c.kind == "report"]
+    kwargs = {"notebooks_dir": notebooks_dir, "out_dir": out_dir, "kernel": kernel, "env": dict(env),
+              "timeout": timeout}
+    jobs = [(c, executor.submit(execute_cell, c, **kwargs)) for c in main]
+    for c, job in jobs:
+        try:
+            record(job.result())
+        except Exception as err:  # noqa: BLE001 - the job itself died (node lost, time limit)
+            record(Outcome(c.name, "failed", error=f"submitit job {job.job_id}: {type(err).__name__}: {err}"))
+    for c in final:
+        if run_final():
+            record(executor.submit(execute_cell, c, **kwargs).result())
+
+
+# --- command line ---------------------------------------------------------------------------------------
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="mini", choices=sorted(PROFILES), help="which grid (default mini)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel notebook workers (CPU: cores split between them)")
+    p.add_argument("--only", metavar="PATTERN",
+                   help="run only the experiment cells whose name matches this regular expression")
+    p.add_argument("--data-root", help="real data root: DIR/scienceqa, DIR/iconqa, ... (or $QFP_DATA_ROOT)")
+    p.add_argument("--checkpoints", help="checkpoints root or hub namespace (or $QFP_CHECKPOINTS)")
+    p.add_argument("--out", default=".", help="study root: runs/, reports/, cache/, data/ (default: .)")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("grid", help="execute a profile's notebooks with papermill",
+                              description=__doc__.splitlines()[0])
+    add_common_arguments(p)
+    p.add_argument("--backend", default="local", choices=("local", "submitit"),
+                   help="local worker processes, or one submitit (Slurm) job per notebook")
+    p.add_argument("--timeout", type=float, help="seconds allowed per notebook cell execution")
+    p.add_argument("--kernel", help="Jupyter kernel name (default: this interpreter's ipykernel)")
+    p.add_argument("--list", action="store_true", help="print the cells and whether each is finished, then exit")
+    p.set_defaults(func=main)
+
+
+def select(cells: Iterable[Cell], only: str | None) -> list[Cell]:
+    """Experiment cells matching the pattern; the environment and report cells always stay."""
+    if not only:
+        return list(cells)
+    try:
+        rx = re.compile(only)
+    except re.error as err:
+        raise GridError(f"--only {only!r} is not a valid regular expression: {err}") from None
+    return [c for c in cells if c.kind != "experiment" or rx.search(c.name)]
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cells = select(expand(args.profile, root=args.out, data_root=args.data_root,
+                              checkpoints=args.checkpoints), args.only)
+    except GridError as err:
+        print(f"qformer-peft grid: {err}", file=sys.stderr)
+        return 2
+    out_dir = Layout(Path(args.out).resolve()).notebooks_out
+    if args.list:
+        for c in cells:
+            state = "finished" if is_finished(c, out_dir) else "to run"
+            print(f"{c.name:55s} {c.notebook:26s} {len(c.configs()):3d} runs  {state}")
+        return 0
+    profile = PROFILES[args.profile]
+    if profile.data_size:
+        try:
+            ensure_data(cells[0].parameters["data_dir"], profile.data_size, profile.data_seed)
+        except ModuleNotFoundError as err:
+            print(f"qformer-peft grid: the synthetic benchmarks are missing from {cells[0].parameters['data_dir']} "
+                  f"and cannot be written: {err.name} is not built yet", file=sys.stderr)
+            return 2
+    result = run_grid(cells, out_dir=out_dir, jobs=max(1, args.jobs), backend=args.backend, kernel=args.kernel,
+                      timeout=args.timeout)
+    print(f"[grid] {result.count('done')} executed, {result.count('skipped')} skipped, "
+          f"{len(result.failures)} failed; notebooks in {out_dir}")
+    for o in result.failures:
+        print(f"[grid] FAILED {o.cell}: {o.error} (log: {out_dir / (o.cell + '.log')})", file=sys.stderr)
+    return result.exit_status
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--execute":
+        sys.exit(_execute_main(sys.argv[2]))
+    sys.exit("usage: qformer-peft grid ... (python -m qformer_peft.grid --execute SPEC is internal)")

@@ -1,0 +1,245 @@
+"""The published report: every executed notebook as an HTML section, and reports/index.html on top.
+
+    qformer-peft report [--runs DIR] [--notebooks DIR] [--out reports/]
+
+index.html carries the summary, built from run folders only: the scale statement, the claim ledger,
+Table 1, Figure 2 and the AdaLoRA heatmaps, then links to the sections and the grid's failures.
+Everything is self-contained and offline: charts are inline SVG (vl-convert), sections come from
+nbconvert's lab template with its CDN scripts (require.js, MathJax, mermaid) removed, and no page
+loads a script or stylesheet from the network. Code cells are hidden in sections; a button shows them.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import html
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import claims as claims_mod
+from . import runs
+
+# nbconvert's lab template minus every network reference, plus the code toggle and a link home.
+SECTION_TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{% block extra_css %}
+<style type="text/css">
+body:not(.show-code) .jp-CodeCell .jp-Cell-inputWrapper { display: none; }
+.qfp-bar { position: sticky; top: 0; z-index: 10; background: #f6f8fa; border-bottom: 1px solid #ddd;
+           padding: 6px 12px; font-family: sans-serif; font-size: 14px; }
+.qfp-bar button { margin-left: 1em; }
+</style>
+{% endblock extra_css %}
+{%- block body_header -%}
+{{ super() }}
+<div class="qfp-bar"><a href="../index.html">&larr; report index</a>
+<button type="button" onclick="document.body.classList.toggle('show-code');
+ this.textContent = document.body.classList.contains('show-code') ? 'Hide code' : 'Show code';">Show code</button></div>
+{%- endblock body_header -%}
+"""
+
+PAGE_CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1300px;
+       padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+.scale { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.6em 1em; }
+table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; vertical-align: top; }
+th { background: #f3f3f3; }
+td.holds { background: #e5f5e0; } td.does-not-hold { background: #fde0dd; } td.inconclusive { background: #f0f0f0; }
+.ledger td.evidence { font-size: 12px; max-width: 720px; }
+figure.chart { margin: 1em 0; display: inline-block; } figure.chart figcaption { font-size: 13px; color: #555; }
+.note, .empty { font-size: 13px; color: #555; }
+.failed { color: #b00020; }
+"""
+
+
+# --- sections --------------------------------------------------------------------------------------------
+def render_section(notebook: str | Path, out: str | Path) -> Path:
+    """One executed notebook -> a self-contained HTML page (code hidden until asked for)."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"qfp_section.html.j2": SECTION_TEMPLATE})],
+                            template_file="qfp_section.html.j2", embed_images=True)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook_title(nb, Path(notebook).stem)}})
+    out = Path(out)
+    runs.atomic_write(out, body)
+    return out
+
+
+def notebook_title(nb: Any, default: str) -> str:
+    """The first markdown heading of a notebook."""
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            for line in c.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("# ").strip()
+    return default
+
+
+# --- the summary ------------------------------------------------------------------------------------------
+def _figure(chart: Any, fid: str, caption: str) -> str:
+    from .report_charts import to_svg
+
+    return f"<figure class='chart' id='{fid}'>{to_svg(chart)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def ledger_html(claims: Sequence[claims_mod.Claim]) -> str:
+    rows = "".join(
+        f"<tr><td>{c.id}</td><td>{html.escape(c.statement)}<br><small>{html.escape(c.source)}</small></td>"
+        f"<td>{html.escape(c.scale)}</td><td class='{c.verdict.replace(' ', '-')}'>{c.verdict}</td>"
+        f"<td class='evidence'>{html.escape(c.evidence)}</td></tr>" for c in claims)
+    return ("<table class='ledger'><thead><tr><th>claim</th><th>statement</th><th>scale</th><th>verdict</th>"
+            f"<th>evidence</th></tr></thead><tbody>{rows}</tbody></table>"
+            "<p class='note'>Verdicts read mean ± 2 standard errors over seeds (paired by seed): on the claim's "
+            "side: holds; on the other side: does not hold; straddling, or a single seed: inconclusive. "
+            f"“Comparable” means at most {claims_mod.COMPARABLE_TOL:g} accuracy point below. A claim "
+            "stated for both LLMs and benchmarks holds only where each part holds.</p>")
+
+
+def scale_html(df: Any) -> str:
+    """The scale the runs were measured at, stated plainly, and how many runs are in which state."""
+    scale = claims_mod.scale_of(df)
+    states = df["state"].fillna("not started").value_counts().to_dict() if len(df) else {}
+    return (f"<p class='scale'><b>Scale: {html.escape(scale)}.</b> {html.escape(claims_mod.scale_statement(scale))}</p>"
+            "<p>Runs: " + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none") + "</p>")
+
+
+def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str | Path | None = None) -> str:
+    """The summary from run folders: scale, claim ledger, Table 1, Figure 2, AdaLoRA heatmaps."""
+    from . import report_charts as rc
+
+    df = rc.runs_frame(runs_dir)
+    if df.empty:
+        return f"<p class='empty'>No run folders in {html.escape(str(runs_dir))}.</p>"
+    ranks = rc.ranks_frame(df)
+    parts = [scale_html(df), "<h2 id='claims'>Claim ledger</h2>", ledger_html(claims_mod.ledger(df, ranks, full_size, cache_dir))]
+    t1 = rc.table1(df)
+    parts += ["<h2 id='table1'>Table 1: accuracy and trainable parameters of every cell</h2>", rc.table1_html(t1)]
+    parts.append("<h2 id='figure2'>Figure 2: accuracy against trainable parameters</h2>")
+    parts.append(_figure(rc.figure2(t1), "chart-figure2", "Mean test accuracy of each cell against its trainable "
+                         "parameters (log scale), one line per sublayer/target set, colour = setup.")
+                 if not t1.empty and t1["trainable"].notna().any() else
+                 "<p class='empty'>No finished LoRA runs with parameter counts yet.</p>")
+    parts.append("<h2 id='adalora'>AdaLoRA: where the rank goes</h2>")
+    if ranks.empty:
+        parts.append("<p class='empty'>No finished AdaLoRA runs yet.</p>")
+    else:
+        values = rc.heatmap_values(rc.final_ranks(ranks))
+        parts.append(_figure(rc.heatmap(values), "chart-heatmaps", "Final AdaLoRA rank averaged over each "
+                             "sublayer's modules per layer (and over seeds); cross-attention exists on odd layers "
+                             "only. Benchmarks side by side, one row per LLM."))
+    return "\n".join(parts)
+
+
+def grid_status_html(notebooks_dir: Path, out: Path) -> str:
+    f = notebooks_dir / "grid.json"
+    if not f.exists():
+        return ""
+    cells = runs.read_json(f).get("cells", {})
+    failed = {k: v for k, v in cells.items() if v.get("state") == "failed"}
+    if not failed:
+        return ""
+    rel = Path(os.path.relpath(notebooks_dir, out)).as_posix()
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v.get('error')))} "
+                    f"(<a href='{html.escape(rel)}/{html.escape(k)}.log'>log</a>)</li>" for k, v in failed.items())
+    return f"<h2 class='failed'>Failed notebooks ({len(failed)})</h2><ul class='failed'>{items}</ul>"
+
+
+def _notebooks(notebooks_dir: Path | None) -> list[Path]:
+    """Executed notebooks to render: the last grid's cells when its manifest is there, else all."""
+    if notebooks_dir is None or not notebooks_dir.exists():
+        return []
+    manifest = notebooks_dir / "grid.json"
+    if manifest.exists():
+        names = list(runs.read_json(manifest).get("cells", {}))
+        return [notebooks_dir / f"{n}.ipynb" for n in names if (notebooks_dir / f"{n}.ipynb").exists()]
+    return sorted(notebooks_dir.glob("*.ipynb"))
+
+
+def build_report(runs_dir: str | Path, *, notebooks_dir: str | Path | None = None, out: str | Path = "reports",
+                 title: str = "Q-Former PEFT study", full_size: Any = None, cache_dir: str | Path | None = None,
+                 log=print) -> Path:
+    """Render the sections and write out/index.html; returns its path.
+
+    full_size: the full-size parameter ledger per LLM (None: computed, cached in cache_dir)."""
+    import nbformat
+
+    out = Path(out)
+    sections_dir = out / "sections"
+    sections_dir.mkdir(parents=True, exist_ok=True)
+    for stale in sections_dir.glob("*.html"):
+        stale.unlink()
+    nb_dir = Path(notebooks_dir) if notebooks_dir else None
+    links = []
+    for nb_path in _notebooks(nb_dir):
+        target = sections_dir / f"{nb_path.stem}.html"
+        try:
+            render_section(nb_path, target)
+        except Exception as err:  # noqa: BLE001 - one unreadable notebook must not sink the report
+            log(f"[report] could not render {nb_path}: {type(err).__name__}: {err}")
+            continue
+        failed = (nb_dir / f"{nb_path.stem}.failed.json").exists()
+        name = notebook_title(nbformat.read(str(nb_path), as_version=4), nb_path.stem)
+        links.append(f"<li><a href='sections/{target.name}'>{html.escape(nb_path.stem)}</a> — {html.escape(name)}"
+                     + (" <span class='failed'>(failed)</span>" if failed else "") + "</li>")
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p class='note'>Generated {when} from {html.escape(str(runs_dir))}.</p>"
+            + summary_html(runs_dir, full_size=full_size, cache_dir=cache_dir)
+            + (grid_status_html(nb_dir, out) if nb_dir else "")
+            + "<h2 id='sections'>Notebooks</h2>"
+            + (f"<ul>{''.join(links)}</ul>" if links else "<p class='empty'>No executed notebooks.</p>")
+            + "</body></html>")
+    index = out / "index.html"
+    runs.atomic_write(index, page)
+    return index
+
+
+EXTERNAL_RESOURCE = re.compile(
+    r"""<script[^>]*\bsrc\s*=\s*["']?\s*(https?:)?//|<link[^>]*\bhref\s*=\s*["']?\s*(https?:)?//"""
+    r"""|@import\s+(url\()?\s*["']?\s*(https?:)?//|\bimport\s*\(\s*["'](https?:)?//|url\(\s*["']?(https?:)?//""",
+    re.IGNORECASE)
+
+
+def external_references(page: str) -> list[str]:
+    """Scripts, stylesheets, modules or CSS urls a page would fetch from the network."""
+    return [m.group(0) for m in EXTERNAL_RESOURCE.finditer(page)]
+
+
+# --- command line ---------------------------------------------------------------------------------------
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("report", help="render run folders into reports/index.html",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default="mini", help="whose runs: runs/<profile> under the study root (default mini)")
+    p.add_argument("--root", default=".", help="study root (default: .)")
+    p.add_argument("--runs", help="run folders (default: ROOT/runs/PROFILE)")
+    p.add_argument("--notebooks", help="executed notebooks (default: ROOT/reports/notebooks)")
+    p.add_argument("--out", help="report folder (default: ROOT/reports)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from .grid import Layout
+
+    layout = Layout(Path(args.root).resolve())
+    runs_dir = Path(args.runs) if args.runs else layout.runs(args.profile)
+    nb_dir = Path(args.notebooks) if args.notebooks else layout.notebooks_out
+    out = Path(args.out) if args.out else layout.reports
+    if not runs.iter_runs(runs_dir) and not _notebooks(nb_dir):
+        print(f"qformer-peft report: nothing to report: no run folders in {runs_dir} and no executed notebooks "
+              f"in {nb_dir}", file=sys.stderr)
+        return 1
+    index = build_report(runs_dir, notebooks_dir=nb_dir, out=out, cache_dir=layout.root / "cache")
+    print(f"[report] {index}")
+    return 0
