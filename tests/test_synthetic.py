@@ -49,6 +49,15 @@ def test_loaders_read_the_synthetic_benchmarks_without_problems(world):
     assert {c for r in sqa for c in r.meta["categories"]} >= {"NAT", "SOC", "LAN", "TXT", "IMG", "G1-6"}
 
 
+def test_rewrites_an_interrupted_synthesis(tmp_path):
+    synthesize(tmp_path, "tiny", 0)
+    (tmp_path / "scenes.jsonl").unlink()  # as if the run had died before the end
+    (tmp_path / "iconqa" / "stale.txt").write_text("from an older run")
+    synthesize(tmp_path, "tiny", 0)
+    assert not (tmp_path / "iconqa" / "stale.txt").exists() and (tmp_path / "scenes.jsonl").is_file()
+    assert json.loads((tmp_path / "synth.json").read_text())["complete"] is True
+
+
 def test_refuses_to_write_over_a_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="holds no earlier synthesis"):

@@ -10,7 +10,7 @@
       out/scenes.jsonl one line per image: {image: path relative to out, benchmark, split, id, qtype, scene}
                        (objects with shape, color, size class, extent, centre, bbox, region: dense labels)
       out/vocab.txt    every token of every prompt, target, caption, lecture and option (closed vocabulary)
-      out/synth.json   version, size, seed, counts
+      out/synth.json   version, size, seed, complete (false while writing), counts
 Each benchmark folder is a valid --root for its loader; side files sit outside them. Same (size, seed, version):
 same bytes (no timestamps anywhere). The held-in images are separate draws from the benchmarks' and the held-in
 questions use other phrasings (data/synthetic_questions.py), so base models never see a benchmark item.
@@ -155,6 +155,8 @@ def synthesize(out: str | Path, size: str = "smoke", seed: int = 0) -> dict[str,
     out = Path(out)
     items = build_items(size, seed)
     _prepare(out)
+    # Written first, so an interrupted run leaves a folder the next run recognises and clears.
+    _dump(out / "synth.json", {"version": SYNTH_VERSION, "size": size, "seed": seed, "complete": False})
     scenes: list[dict] = []
     counts: dict[str, dict[str, int]] = {}
 
@@ -172,7 +174,8 @@ def synthesize(out: str | Path, size: str = "smoke", seed: int = 0) -> dict[str,
         for line in scenes:
             f.write(json.dumps(line, separators=(",", ":")) + "\n")
     (out / "vocab.txt").write_text("\n".join(vocabulary()) + "\n", encoding="utf-8")
-    _dump(out / "synth.json", {"version": SYNTH_VERSION, "size": size, "seed": seed, "counts": counts})
+    _dump(out / "synth.json", {"version": SYNTH_VERSION, "size": size, "seed": seed, "complete": True,
+                               "counts": counts})
     paths = {name: out / name for name in BENCHMARKS + ("heldin",)}
     paths.update(scenes=out / "scenes.jsonl", vocab=out / "vocab.txt", manifest=out / "synth.json")
     return paths
