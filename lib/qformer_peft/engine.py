@@ -137,27 +137,33 @@ def save_trained(model, directory: str | Path) -> Path:
 
 
 def load_trained(run_path: str | Path, *, device: torch.device | str = "cpu"):
-    """(bundle, model) of a finished run: the base model rebuilt from its config, the adapter loaded
-    with PeftModel.from_pretrained, and trainable.safetensors copied in."""
+    """(bundle, model) of a finished run: its base model rebuilt from the config, then `attach_trained`."""
+    run = runs.RunDir(run_path)
+    bundle = resolve_bundle(ExperimentConfig.from_dict(run.config), device=device)
+    return bundle, attach_trained(bundle.model, run.adapter_dir)
+
+
+def attach_trained(base_model, directory: str | Path):
+    """The inverse of save_trained: the peft adapter loaded with PeftModel.from_pretrained (if one was
+    saved) and trainable.safetensors copied in. Returns the model to use, in eval mode."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    run = runs.RunDir(run_path)
-    config = ExperimentConfig.from_dict(run.config)
-    bundle = resolve_bundle(config, device=device)
-    model = bundle.model
-    if (run.adapter_dir / "adapter_config.json").exists():
-        model = PeftModel.from_pretrained(bundle.model, run.adapter_dir)
-    rest = load_file(run.adapter_dir / TRAINABLE_FILE)
+    directory = Path(directory)
+    model = base_model
+    if (directory / "adapter_config.json").exists():
+        model = PeftModel.from_pretrained(base_model, directory)
+    rest = load_file(directory / TRAINABLE_FILE)
     params = dict(unwrap(model).named_parameters())
     unknown = sorted(set(rest) - set(params))
     if unknown:
-        raise ValueError(f"{run.adapter_dir / TRAINABLE_FILE}: tensors {unknown[:3]} do not exist in the rebuilt model")
+        raise ValueError(f"{directory / TRAINABLE_FILE}: tensors {unknown[:3]} do not exist in this model "
+                         "(was it saved from another base model?)")
     with torch.no_grad():
         for n, t in rest.items():
             params[n].copy_(t.to(params[n].device))
     model.eval()
-    return bundle, model
+    return model
 
 
 # --- the run ------------------------------------------------------------------------------------------

@@ -121,10 +121,14 @@ def load_trainable_state(model: torch.nn.Module, state: Mapping[str, torch.Tenso
 # --- AdaLoRA ---------------------------------------------------------------------------------------------
 
 def adalora_tuner(model):
-    """peft's AdaLoraModel inside a PeftModel, or None for any other model."""
+    """peft's AdaLoraModel inside a PeftModel while it trains (has a rank allocator), else None.
+
+    An adapter loaded for inference has no allocator and no trainable adapter name: None too.
+    """
     from peft.tuners.adalora import AdaLoraModel
 
-    if isinstance(model, PeftModel) and isinstance(model.base_model, AdaLoraModel):
+    if isinstance(model, PeftModel) and isinstance(model.base_model, AdaLoraModel) \
+            and hasattr(model.base_model, "trainable_adapter_name"):
         return model.base_model
     return None
 

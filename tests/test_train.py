@@ -1,0 +1,161 @@
+"""The training loop: optimizer groups, schedules, what each setup trains, best-epoch restore, early
+stopping, and AdaLoRA's budget."""
+import itertools
+import math
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from qformer_peft import features, peft_setup
+from qformer_peft.evaluate import Example
+from qformer_peft.features import FeatureCache, ImageEncoder
+from qformer_peft.models.build import build_model, default_tokenizers
+from qformer_peft.models.inputs import forward, make_batch, unwrap
+from qformer_peft.train import (adalora_ranks, fit, make_schedule, param_groups, seed_everything, steps_per_epoch,
+                                trainable_state)
+
+WORDS = "<Image> Question: what color is it ? Options: ( a ) b red blue . Short answer:".split()
+SETUPS = [("baseline", None, None, None), ("qf-fft+llm-lora", None, "all", 2), ("qf-lora", "all", None, 2),
+          ("qf-lora+llm-lora", "all", "all", 2)]
+
+
+def _bundle(llm="t5"):
+    qtok, ltok = default_tokenizers(WORDS)
+    return build_model("tiny", llm, qformer_tokenizer=qtok, llm_tokenizer=ltok, seed=1)
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("img")
+    out = []
+    for i in range(6):
+        color = ["red", "blue"][i % 2]
+        img = Image.new("RGB", (32, 32), "white")
+        ImageDraw.Draw(img).rectangle([4 + i, 4, 24, 24 + i % 3], fill=color)
+        img.save(folder / f"{i}.png")
+        cands = ("(a) red", "(b) blue")
+        out.append(Example(id=str(i), image=str(folder / f"{i}.png"), candidates=cands, answer=i % 2,
+                           target=cands[i % 2], prompt="<Image> Question: what color is it ? Options: (a) red "
+                           "(b) blue. Short answer:"))
+    features.clear_memory()
+    return out
+
+
+def _batch(bundle, examples):
+    pixels = bundle.image_processor([Image.open(e.image).convert("RGB") for e in examples])
+    return make_batch(bundle, pixels, [e.prompt for e in examples], [e.target for e in examples])
+
+
+def test_weight_decay_only_on_matrices():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.05)
+    assert [tuple(p.shape) for p in decay["params"]] == [(4, 3)] and decay["weight_decay"] == 0.05
+    assert sorted(tuple(p.shape) for p in no_decay["params"]) == [(4,), (4,), (4,)] and no_decay["weight_decay"] == 0
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        param_groups(model, 0.05)
+
+
+def test_schedules():
+    def lrs(schedule, steps, **kw):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, per_step = make_schedule(opt, schedule, **kw)
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out, per_step
+
+    linear, per_step = lrs("linear", 4, max_epochs=4, steps_per_epoch=10, warmup_steps=0)
+    assert linear == pytest.approx([1.0, 0.75, 0.5, 0.25]) and not per_step  # per epoch, no warm-up, to 0
+    cosine, per_step = lrs("cosine", 10, max_epochs=2, steps_per_epoch=5, warmup_steps=2)
+    assert per_step and cosine[:3] == pytest.approx([0.0, 0.5, 1.0])
+    assert cosine[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert steps_per_epoch(33, 4, 2) == 5  # 9 micro-batches, the last group of one still steps
+
+
+@pytest.mark.parametrize("setup, qf, llm_targets, rank", SETUPS)
+def test_each_setup_updates_exactly_its_trainable_parameters(setup, qf, llm_targets, rank, examples):
+    bundle = _bundle()
+    seed_everything(0)
+    model = peft_setup.apply_peft(bundle.model, setup, qf_sublayers=qf, llm_targets=llm_targets, rank=rank)
+    counts = peft_setup.trainable_parameters(model)
+    batch = _batch(bundle, examples[:4])
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-2)
+    model.train()
+    for _ in range(2):  # LoRA's B starts at 0, so A gets a gradient only from the second step on
+        opt.zero_grad()
+        forward(model, batch).loss.backward()
+        opt.step()
+    named = dict(unwrap(model).named_parameters())
+    with_grad = {n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    # Only the query outputs reach the LLM, so the text-token FFN of the LAST Q-Former layer (and its
+    # LoRA) never gets a gradient: trainable by the ledger, unreachable by the loss.
+    last = unwrap(model).config.qformer_config.num_hidden_layers - 1
+    dead = {n for n in trainable if n.startswith((f"qformer.encoder.layer.{last}.intermediate.",
+                                                  f"qformer.encoder.layer.{last}.output."))}
+    assert dead  # every setup here trains that FFN (fully, or with LoRA on the 'all' sublayers)
+    assert with_grad == trainable - dead
+    assert sum(named[n].numel() for n in with_grad | dead) == sum(counts.values())
+    assert counts["other"] == 0 and not any(n.startswith("vision_model.encoder") for n in with_grad)
+
+
+def _fit(model, bundle, examples, scores, **kw):
+    """fit() with a scripted validation metric per epoch; returns (result, weights after each epoch)."""
+    script = iter(scores)
+    snapshots = []
+    cache = FeatureCache(bundle.model, bundle.image_processor)
+    result = fit(model, bundle, examples, validate=lambda: ({"accuracy": next(script)}, []), primary="accuracy",
+                 images=ImageEncoder(bundle.model, bundle.image_processor, cache=cache), lr=5e-3, batch_size=2,
+                 on_epoch_end=lambda st: snapshots.append(st["weights"]), **kw)
+    return result, snapshots
+
+
+def test_best_epoch_is_restored_unmerged_and_patience_stops(examples):
+    bundle = _bundle()
+    seed_everything(0)
+    model = peft_setup.apply_peft(bundle.model, "qf-lora", qf_sublayers="all", rank=2)
+    result, snaps = _fit(model, bundle, examples, [50, 80, 60, 70, 75], max_epochs=5, patience=10)
+    assert result.best_epoch == 2 and not result.stopped_early and len(result.history) == 5
+    final = trainable_state(model)
+    assert final.keys() == snaps[1].keys()
+    assert all(torch.equal(final[k], snaps[1][k]) for k in final)
+    assert not all(torch.equal(snaps[1][k], snaps[4][k]) for k in final)  # training did move on after it
+    assert [h["lr"] for h in result.history] == pytest.approx([5e-3 * (1 - e / 5) for e in range(5)])
+    from peft.tuners.lora import LoraLayer
+    assert not any(m.merged for m in unwrap(model).modules() if isinstance(m, LoraLayer))
+
+    bundle = _bundle()
+    model = peft_setup.apply_peft(bundle.model, "qf-lora", qf_sublayers="all", rank=2)
+    result, snaps = _fit(model, bundle, examples, [50, 40, 50, 60], max_epochs=4, patience=2)
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_adalora_budget_penalty_and_final_ranks(examples):
+    bundle = _bundle()
+    seed_everything(0)
+    per_epoch, epochs = steps_per_epoch(len(examples), 2, 1), 3
+    schedule = {"init_r": 6, "target_r": 2, "total_step": per_epoch * epochs, "tinit": per_epoch, "tfinal": 2,
+                "deltaT": 2}  # epoch 1 is the warm-up at full rank
+    model = peft_setup.apply_peft(bundle.model, "qf-lora", qf_sublayers="all", adalora=schedule)
+    n_modules = len(peft_setup.lora_module_names(model))
+
+    # the orthogonality penalty is in the training loss (it is lost through PeftModel.forward)
+    batch = _batch(bundle, examples[:2])
+    plain = model(**batch).loss
+    penalised = forward(model, batch).loss
+    assert float((penalised - plain).detach()) > 0.01
+
+    result, _ = _fit(model, bundle, examples, itertools.count(), max_epochs=epochs, patience=5)
+    first, last = (r for r in (result.ranks[:n_modules], result.ranks[-n_modules:]))
+    assert {r["rank"] for r in first} == {6} and {r["phase"] for r in last} == {"final"}
+    assert sum(r["rank"] for r in last) == 2 * n_modules  # target_r is peft's AVERAGE final rank
+    assert len({r["rank"] for r in last}) > 1  # the budget was reallocated, not cut evenly
+    assert {r["sublayer"] for r in last} == {"self_attn", "cross_attn", "ffn"}
+    assert {r["branch"] for r in last if r["sublayer"] == "ffn"} == {"text", "query"}
+    assert {r["layer"] for r in last if r["sublayer"] == "cross_attn"} == {0}  # every 2nd layer, 0-based
+    assert adalora_ranks(peft_setup.apply_peft(_bundle().model, "qf-lora", qf_sublayers="all", rank=2),
+                         step=0, epoch=0, phase="epoch") == []
