@@ -252,8 +252,7 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
     peft = profile.peft_cells or tuple((llm, b, *row) for llm in LLMS for b in PEFT_BENCHMARKS for row in PEFT_ROWS)
     for llm, bench, setup, qf, llm_t in peft:
         seeds = profile.claim_seeds if (setup, qf, llm_t) in CLAIM_ROWS else profile.seeds
-        targets = "_".join(t for t in (qf and f"qf-{qf}", llm_t and f"llm-{llm_t}") if t)
-        name = "_".join(p for p in ("peft", llm, bench, setup.replace("+", "-"), targets) if p)
+        name = "_".join(p for p in ("peft", llm, bench, setup.replace("+", "-"), qf, llm_t) if p)
         cells.append(Cell(name, PEFT, {
             "benchmark": bench, "llm": llm, "model": model(llm), "setup": setup, "qf_sublayers": qf,
             "llm_targets": llm_t, "ranks": list(profile.ranks), "seeds": list(seeds),

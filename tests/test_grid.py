@@ -1,0 +1,225 @@
+"""The grid: every profile expands into valid configs; papermill cells are skipped when finished,
+failures are recorded without stopping the grid, and a killed grid resumes without redoing work.
+
+The executions use fixture notebooks (tests/fixtures/notebooks) that write run folders through
+runs.RunDir without training, so these tests do not depend on the engine.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from qformer_peft import grid, runs
+from qformer_peft.config import ExperimentConfig
+
+FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
+
+
+# --- profiles as data ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(grid.PROFILES))
+def test_every_profile_expands_into_valid_configs(name, tmp_path):
+    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ckpt"))
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names)), "cell names must be unique: they name the executed notebooks"
+    assert cells[0].kind == "environment" and cells[-1].kind == "report"
+    for c in cells:
+        for cfg in c.configs():
+            assert isinstance(cfg, ExperimentConfig)
+            assert cfg.data_root == str(tmp_path / "data" / cfg.benchmark)
+            assert f"profile:{name}" in cfg.tags
+    every = [cfg for c in cells for cfg in c.configs()]
+    assert len({cfg.hash for cfg in every}) == len(every), "two cells would share a run"
+
+
+@pytest.mark.parametrize("name", ["mini", "paper"])
+def test_full_profiles_hold_the_papers_grid(name, tmp_path):
+    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    peft = [c for c in cells if c.notebook == grid.PEFT]
+    adalora = [c for c in cells if c.notebook == grid.ADALORA]
+    assert len(peft) == 2 * 2 * 9 and len(adalora) == 2 * 4        # PROTOCOL §2 and §6
+    first_seed = {(cfg.llm, cfg.benchmark, cfg.setup, cfg.qf_sublayers, cfg.llm_targets, cfg.rank)
+                  for c in peft for cfg in c.configs() if cfg.seed == 42}
+    assert len(first_seed) == 132                                     # 33 runs x 2 LLMs x 2 benchmarks
+    for c in peft:
+        row = (c.parameters["setup"], c.parameters["qf_sublayers"], c.parameters["llm_targets"])
+        seeds = {cfg.seed for cfg in c.configs()}
+        assert seeds == ({42, 43, 44} if row in grid.CLAIM_ROWS else {42}), c.name
+    assert all({cfg.seed for cfg in c.configs()} == {42, 43, 44} for c in adalora)
+    assert all(cfg.method == "adalora" and cfg.adalora_init_r == 12 and cfg.adalora_target_r == 8
+               for c in adalora for cfg in c.configs())
+
+
+def test_paper_profile_uses_the_papers_hyperparameters(tmp_path):
+    cells = {c.name: c for c in grid.expand("paper", root=tmp_path, data_root="/real", checkpoints="Salesforce")}
+    llama = cells["peft_llama_scienceqa_qf-lora_all"].configs()[0]
+    assert (llama.batch_size, llama.grad_accum, llama.max_epochs, llama.patience) == (8, 2, 15, 3)
+    assert llama.model == "Salesforce/instructblip-vicuna-7b"
+    assert cells["peft_t5_iconqa_baseline"].configs()[0].learning_rate == 2e-5
+    assert cells["peft_t5_iconqa_qf-lora_all"].configs()[0].learning_rate == 5e-4
+    flickr = cells["adalora_t5_flickr30k"].configs()[0]
+    assert (flickr.max_epochs, flickr.schedule, flickr.lr, flickr.batch_size) == (5, "cosine", 5e-5, 60)
+    vizwiz = cells["adalora_t5_vizwiz"].configs()[0]
+    assert (vizwiz.lr, vizwiz.batch_size) == (1e-4, 8)
+
+
+def test_paper_profile_without_data_says_how_to_supply_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("QFP_DATA_ROOT", raising=False)
+    monkeypatch.delenv("QFP_CHECKPOINTS", raising=False)
+    with pytest.raises(grid.GridError, match="--data-root DIR or set QFP_DATA_ROOT"):
+        grid.expand("paper", root=tmp_path)
+    with pytest.raises(grid.GridError, match="--checkpoints DIR"):
+        grid.expand("paper", root=tmp_path, data_root=str(tmp_path))
+    monkeypatch.setenv("QFP_DATA_ROOT", str(tmp_path / "real"))
+    monkeypatch.setenv("QFP_CHECKPOINTS", str(tmp_path / "ckpt"))
+    cfg = grid.expand("paper", root=tmp_path)[1].configs()[0]
+    assert cfg.data_root.startswith(str(tmp_path / "real")) and cfg.model.startswith(str(tmp_path / "ckpt"))
+
+
+def test_only_keeps_matching_experiments_and_the_environment_and_report(tmp_path):
+    cells = grid.select(grid.expand("smoke", root=tmp_path), "adalora_t5_(vizwiz|flickr)")
+    assert [c.name for c in cells] == ["environment", "adalora_t5_flickr30k", "adalora_t5_vizwiz", "report"]
+    with pytest.raises(grid.GridError, match="not a valid regular expression"):
+        grid.select(cells, "(")
+
+
+def test_exit_status_counts_failures_capped():
+    outcomes = [grid.Outcome(f"c{i}", "failed") for i in range(300)] + [grid.Outcome("ok", "done")]
+    assert grid.GridResult(outcomes).exit_status == grid.MAX_EXIT_STATUS
+    assert grid.GridResult(outcomes[:3] + outcomes[-1:]).exit_status == 3
+
+
+# --- executing cells -------------------------------------------------------------------------------------
+def fake_cell(tmp_path, label, *, ranks=(1, 2), **extra):
+    params = {"benchmark": "iconqa", "llm": "t5", "model": "tiny", "setup": "qf-lora", "qf_sublayers": "all",
+              "llm_targets": None, "ranks": list(ranks), "seeds": [42], "hparams": {"max_epochs": 1},
+              "tags": [f"cell:{label}"], "data_dir": str(tmp_path / "data"), "data_size": "smoke", "data_seed": 0,
+              "runs_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "label": label,
+              "executions_log": str(tmp_path / "executions.log"), **extra}
+    # distinct benchmarks keep the cells' runs apart
+    params["benchmark"] = {"a": "iconqa", "b": "scienceqa", "c": "vizwiz"}.get(label[-1], "iconqa")
+    return grid.Cell(label, "fake_experiment.ipynb", params)
+
+
+def report_cell(tmp_path):
+    return grid.Cell("report", grid.REPORT, {"runs_dir": str(tmp_path / "runs"), "notebooks_dir": str(tmp_path / "nb"),
+                                             "executions_log": str(tmp_path / "executions.log")})
+
+
+def executions(tmp_path):
+    f = tmp_path / "executions.log"
+    return f.read_text().split() if f.exists() else []
+
+
+def run(cells, tmp_path, **kw):
+    return grid.run_grid(cells, out_dir=tmp_path / "nb", notebooks_dir=FIXTURES, log=lambda m: None, **kw)
+
+
+def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
+    cells = [fake_cell(tmp_path, "cell_a"), fake_cell(tmp_path, "cell_b", fail=True), fake_cell(tmp_path, "cell_c"),
+             report_cell(tmp_path)]
+    result = run(cells, tmp_path, jobs=2)
+    states = {o.cell: o.state for o in result.outcomes}
+    assert states == {"cell_a": "done", "cell_b": "failed", "cell_c": "done", "report": "done"}
+    assert result.exit_status == 1
+    failed = runs.read_json(tmp_path / "nb" / "cell_b.failed.json")
+    assert "RuntimeError: fixture failure in cell_b" in failed["error"]
+    manifest = runs.read_json(tmp_path / "nb" / "grid.json")["cells"]
+    assert manifest["cell_b"]["state"] == "failed" and manifest["cell_c"]["state"] == "done"
+    assert sorted(executions(tmp_path)) == ["cell_a", "cell_b", "cell_c", "report"]
+
+    # provenance: the executed notebook carries the injected parameters, the run folders the config,
+    # and the kernel was this interpreter with the cores split between the two workers
+    nb = json.loads((tmp_path / "nb" / "cell_a.ipynb").read_text())
+    assert nb["metadata"]["papermill"]["parameters"] == json.loads(json.dumps(dict(cells[0].parameters)))
+    done = [r for r in runs.iter_runs(tmp_path / "runs") if r.is_done()]
+    assert len(done) == 4 and {tuple(r.config["tags"]) for r in done} == {("cell:cell_a",), ("cell:cell_c",)}
+    cores = len(os.sched_getaffinity(0))
+    assert {r.result["kernel_python"] for r in done} == {sys.executable}
+    assert {r.result["threads"] for r in done} == {str(max(1, cores // 2))}
+
+    # rerun with the failing cell fixed: only it and the report execute; then nothing does
+    cells[1] = fake_cell(tmp_path, "cell_b")
+    result = run(cells, tmp_path, jobs=2)
+    assert {o.cell: o.state for o in result.outcomes} == {"cell_a": "skipped", "cell_b": "done",
+                                                          "cell_c": "skipped", "report": "done"}
+    assert result.exit_status == 0 and not (tmp_path / "nb" / "cell_b.failed.json").exists()
+    assert run(cells, tmp_path).count("skipped") == 4
+    assert sorted(executions(tmp_path)) == ["cell_a", "cell_b", "cell_b", "cell_c", "report", "report"]
+
+
+def test_cell_with_all_runs_done_is_skipped_and_changed_parameters_rerun(tmp_path):
+    cell = fake_cell(tmp_path, "cell_a")
+    for cfg in cell.configs():                                 # runs finished outside the grid
+        r = runs.RunDir.open(tmp_path / "runs", cfg.to_dict(), prefix=cfg.run_name)
+        r.mark_done({"test_score": 1.0})
+    assert not grid.is_finished(cell, tmp_path / "nb")        # no executed notebook yet: run it
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "nb" / "cell_a.ipynb").write_text("{}")       # its notebook kept, its marker lost
+    assert run([cell], tmp_path).count("skipped") == 1 and executions(tmp_path) == []
+    more = fake_cell(tmp_path, "cell_a", ranks=(1, 2, 4))      # one more rank: the cell is not finished
+    assert run([more], tmp_path).count("done") == 1
+    assert executions(tmp_path) == ["cell_a"]
+    assert [r.result["test_score"] for r in runs.iter_runs(tmp_path / "runs")].count(1.0) == 2  # not redone
+    assert len(runs.iter_runs(tmp_path / "runs")) == 3
+
+
+def test_missing_checkpoint_fails_the_cell_without_starting_it(tmp_path):
+    cell = fake_cell(tmp_path, "cell_a", model=str(tmp_path / "no-such-checkpoint"))
+    result = run([cell], tmp_path)
+    assert result.exit_status == 1 and "no-such-checkpoint not found" in result.failures[0].error
+    assert executions(tmp_path) == []
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_grid import fake_cell, FIXTURES
+from qformer_peft import grid
+tmp = Path({tmp!r})
+cells = [fake_cell(tmp, f"cell_{{x}}", sleep_s=0.3) for x in "abc"]
+sys.exit(grid.run_grid(cells, out_dir=tmp / "nb", notebooks_dir=FIXTURES).exit_status)
+"""
+
+
+def test_killed_grid_reruns_only_what_is_missing(tmp_path):
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (tmp_path / "nb" / "cell_a.done.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the grid ended before its first cell finished"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)                       # the grid and its papermill children, at once
+    proc.wait()
+    assert not (tmp_path / "nb" / "cell_c.done.json").exists()
+
+    cells = [fake_cell(tmp_path, f"cell_{x}", sleep_s=0.3) for x in "abc"]
+    result = run(cells, tmp_path)
+    assert result.exit_status == 0
+    assert {o.cell: o.state for o in result.outcomes}["cell_a"] == "skipped"
+    log = executions(tmp_path)
+    assert log.count("cell_a") == 1 and log.count("cell_c") == 1 and log[-1] == "cell_c"
+    assert all(r.is_done() for r in runs.iter_runs(tmp_path / "runs")) and len(runs.iter_runs(tmp_path / "runs")) == 6
+
+
+def test_submitit_backend_with_its_local_executor(tmp_path):
+    submitit = pytest.importorskip("submitit", reason="submitit is an optional extra (pip install '.[slurm]')")
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    outcomes = []
+    cells = [fake_cell(tmp_path, "cell_a"), fake_cell(tmp_path, "cell_b", fail=True)]
+    grid._run_submitit(cells, notebooks_dir=FIXTURES, out_dir=tmp_path / "nb", kernel="python3", env={},
+                       timeout=None, record=outcomes.append, run_final=lambda: False, executor=executor)
+    assert {o.cell: o.state for o in outcomes} == {"cell_a": "done", "cell_b": "failed"}
+
+
+def test_submitit_missing_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(grid.GridError, match=r"qformer-peft\[slurm\]"):
+        run([fake_cell(tmp_path, "cell_a")], tmp_path, backend="submitit")
