@@ -1,0 +1,228 @@
+"""The report: tables, heatmaps and claim verdicts computed from run folders (constructed here), and
+the HTML it writes: every chart inline, no script or stylesheet from the network, code one click away."""
+import json
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures.study_runs import PAPER_PATTERN, SETUP_EFFECT, write_study
+
+from qformer_peft import claims, grid, report
+from qformer_peft import report_charts as rc
+
+FULL_SIZE = {"flan-t5-xl": [  # the shape of qformer_peft.ledger's rows, with the PROTOCOL §2 figures
+    {"llm": "flan-t5-xl", "setup": "qf-lora", "qf_sublayers": "all", "llm_targets": None, "rank": 8,
+     "qformer_lora": 2_125_824, "llm_lora": 0, "total": 3_728_128, "pct_of_baseline": 1.99, "pct_of_qformer": 1.15},
+    {"llm": "flan-t5-xl", "setup": "qf-lora+llm-lora", "qf_sublayers": "all", "llm_targets": "all", "rank": 8,
+     "qformer_lora": 2_125_824, "llm_lora": 12_976_128, "total": 16_704_256, "pct_of_baseline": 8.92,
+     "pct_of_qformer": 8.13}]}
+
+
+def study(tmp_path, name="s", **kw):
+    root = tmp_path / name
+    root.mkdir()
+    runs_dir = write_study(root, ranks=kw.pop("ranks", (2,)), **kw)
+    df = rc.runs_frame(runs_dir)
+    return df, rc.ranks_frame(df)
+
+
+def by_id(df, ranks):
+    out = {}
+    for c in claims.ledger(df, ranks, full_size=FULL_SIZE):
+        if c.scale != "full size (derived)":
+            out.setdefault(c.id, c.verdict)
+    return out
+
+
+# --- heatmap values ------------------------------------------------------------------------------------
+def test_heatmap_is_the_mean_rank_per_layer_and_sublayer_from_the_final_allocation():
+    rows = []
+    for phase, scale in (("epoch", 10), ("final", 1)):   # same step: the 'final' rows win
+        rows += [{"layer": 0, "sublayer": "self_attn", "branch": None, "module": m, "rank": r * scale, "step": 5,
+                  "phase": phase} for m, r in (("query", 4), ("value", 6))]
+        rows += [{"layer": 0, "sublayer": "cross_attn", "branch": None, "module": "key", "rank": 3 * scale, "step": 5,
+                  "phase": phase}]
+        rows += [{"layer": layer, "sublayer": "ffn", "branch": b, "module": m, "rank": r * scale, "step": 5,
+                  "phase": phase} for layer, b, m, r in ((0, "text", "intermediate", 8), (0, "query", "output", 2),
+                                                          (1, "text", "output", 1))]
+    rows += [{"layer": 1, "sublayer": "self_attn", "branch": None, "module": "query", "rank": 12, "step": 1,
+              "phase": "epoch"}]  # an earlier step: not final
+    ranks = pd.DataFrame(rows).assign(run_id="r", llm="t5", benchmark="iconqa", seed=42)
+    ranks["layer"] += 1   # ranks_frame reports 1-based layers
+    v = rc.heatmap_values(rc.final_ranks(ranks)).set_index(["layer", "sublayer"])["mean_rank"].to_dict()
+    assert v == {(1, "self_attn"): 5.0, (1, "cross_attn"): 3.0, (1, "ffn"): 5.0, (2, "ffn"): 1.0}
+
+
+def test_ranks_frame_numbers_layers_from_one(tmp_path):
+    df, ranks = study(tmp_path, benchmarks=(), adalora=("iconqa",), seeds=(42,))
+    assert ranks["layer"].min() == 1
+    cross_layers = set(ranks[ranks["sublayer"] == "cross_attn"]["layer"])
+    assert cross_layers == {1, 3}            # 0-based 0 and 2: odd layers in the paper's numbering
+    final = rc.final_ranks(ranks)
+    assert set(final["phase"]) == {"final"} and len(final) == len(ranks) // 3
+
+
+# --- Table 1 ---------------------------------------------------------------------------------------------
+def test_table1_marks_the_best_rank_of_each_row_and_the_best_of_each_setup(tmp_path):
+    df, _ = study(tmp_path, ranks=(2, 8), adalora=(), seeds=(42, 43), benchmarks=("scienceqa",))
+    t = rc.table1(df)
+    assert len(t) == 8 * 2 + 1                             # 8 LoRA rows x 2 ranks + the baseline
+    assert (t.groupby(["benchmark", "setup", "targets"])["best_in_row"].sum() == 1).all()
+    assert (t.groupby(["benchmark", "setup"])["best_in_setup"].sum() >= 1).all()
+    best = t[t["best_in_row"] & (t["setup"] == "qf-lora")]
+    assert set(best["rank"]) == {8}                       # the fixture's accuracy grows with the rank
+    assert set(t["n_seeds"]) == {2}
+    baseline = t[t["setup"] == "baseline"].iloc[0]
+    assert baseline["trainable"] == 101_000 and pd.isna(baseline["rank"])
+    html = rc.table1_html(t)
+    assert html.count("★") == int(t["best_in_setup"].sum()) + 1   # + the legend
+    assert "r=8" in html and "full Q-Former" in html and "101.00k" in html
+
+
+# --- claim verdicts --------------------------------------------------------------------------------------
+def test_judge_reads_mean_and_spread_over_seeds():
+    assert claims.judge([1.0, 1.1, 0.9]) == claims.HOLDS
+    assert claims.judge([-1.0, -1.1, -0.9]) == claims.FAILS
+    assert claims.judge([1.0, -1.0, 0.5]) == claims.INCONCLUSIVE
+    assert claims.judge([5.0]) == claims.INCONCLUSIVE      # one seed: no spread to judge by
+    assert claims.judge([0.5, 0.6], margin=1.0) == claims.FAILS
+    assert claims.combine([claims.HOLDS, claims.INCONCLUSIVE]) == claims.INCONCLUSIVE
+    assert claims.combine([claims.HOLDS, claims.FAILS, claims.INCONCLUSIVE]) == claims.FAILS
+
+
+def test_headline_claims_flip_with_the_data(tmp_path):
+    kw = dict(adalora=(), rows=grid.CLAIM_ROWS, benchmarks=("iconqa",))
+    df, ranks = study(tmp_path, "paper_like", **kw)
+    v = by_id(df, ranks)
+    assert v["H1-acc"] == claims.HOLDS and v["H2-acc"] == claims.HOLDS
+
+    worse = {**SETUP_EFFECT, "qf-lora": -5.0, "qf-lora+llm-lora": -2.0}
+    df2, ranks2 = study(tmp_path, "worse", effects=worse, **kw)
+    v = by_id(df2, ranks2)
+    assert v["H1-acc"] == claims.FAILS and v["H2-acc"] == claims.FAILS
+
+    noisy = {**SETUP_EFFECT, "qf-lora": -1.0, "qf-lora+llm-lora": 0.0}
+    df3, ranks3 = study(tmp_path, "noisy", effects=noisy, noise=3.0, **kw)
+    v = by_id(df3, ranks3)
+    assert v["H1-acc"] == claims.INCONCLUSIVE and v["H2-acc"] == claims.INCONCLUSIVE
+
+    single = study(tmp_path, "single", seeds=(42,), **kw)
+    assert by_id(*single)["H1-acc"] == claims.INCONCLUSIVE
+
+
+def test_parameter_claims_show_both_denominators(tmp_path):
+    df, ranks = study(tmp_path, adalora=(), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS)
+    rows = claims.ledger(df, ranks, full_size=FULL_SIZE)
+    params = [c for c in rows if c.id == "H1-params"]
+    assert len(params) == 4 and {c.scale for c in params} == {"embedded", "full size (derived)"}
+    full = {c.statement.split("[")[1]: c for c in params if c.scale == "full size (derived)"}
+    assert all(c.verdict == claims.HOLDS for c in full.values())
+    assert "1.99%" in next(c.evidence for k, c in full.items() if k.startswith("share of all"))
+    measured = next(c for c in params if c.scale == "embedded" and "share of all" in c.statement)
+    # fixture: qf-lora r=2 trains 1,000 LoRA + 1,000 extras against the baseline's 101,000
+    assert measured.verdict == claims.HOLDS and "2,000 trainable / 101,000 = 1.98%" in measured.evidence
+    over = [dict(FULL_SIZE["flan-t5-xl"][0], pct_of_baseline=2.81)]
+    assert claims.params_claim_full_size(over, "qf-lora", 2.0).verdict == claims.FAILS
+
+
+def swapped(pattern, bench, a, b):
+    p = {k: dict(v) for k, v in pattern.items()}
+    p[bench][a], p[bench][b] = p[bench][b], p[bench][a]
+    return p
+
+
+def test_adalora_claims_hold_on_the_papers_pattern_and_flip_when_it_changes(tmp_path):
+    kw = dict(benchmarks=(), ranks=())
+    v = by_id(*study(tmp_path, "paper", **kw))
+    assert [v[c] for c in ("C1", "C2", "C3", "C4", "C5")] == [claims.HOLDS] * 5
+
+    v = by_id(*study(tmp_path, "c1", pattern=swapped(PAPER_PATTERN, "iconqa", "self_attn", "cross_attn"), **kw))
+    assert v["C1"] == claims.FAILS
+
+    reversed_ = dict(PAPER_PATTERN, iconqa=PAPER_PATTERN["scienceqa"], scienceqa=PAPER_PATTERN["iconqa"])
+    v = by_id(*study(tmp_path, "c2", pattern=reversed_, **kw))
+    assert v["C2"] == claims.FAILS                        # ScienceQA less balanced than IconQA
+
+    like = dict(PAPER_PATTERN, flickr30k=PAPER_PATTERN["scienceqa"], vizwiz=PAPER_PATTERN["iconqa"])
+    assert by_id(*study(tmp_path, "c5", pattern=like, **kw))["C5"] == claims.FAILS
+
+    v = by_id(*study(tmp_path, "missing", benchmarks=(), ranks=(), adalora=("iconqa",)))
+    assert v["C1"] == claims.HOLDS and v["C5"] == claims.INCONCLUSIVE
+    assert "no AdaLoRA runs on flickr30k" in next(c.evidence for c in claims.ledger(
+        *study(tmp_path, "missing2", benchmarks=(), ranks=(), adalora=("iconqa",)), full_size={}) if c.id == "C5")
+
+
+def test_ffn_claims_flip(tmp_path, monkeypatch):
+    import fixtures.study_runs as fx
+
+    def rank_of(pattern, benchmark, sublayer, layer, seed):  # even (1-based) layers' FFN get more, the last the most
+        r = pattern[benchmark][sublayer] + (1.0 if sublayer == "ffn" and layer % 2 == 1 else 0.0)
+        r += 3.0 if sublayer == "ffn" and layer == fx.LAYERS - 1 else 0.0
+        return int(round(r + np.random.default_rng(seed * 100 + layer).normal(0, 0.2)))
+
+    monkeypatch.setattr(fx, "rank_of", rank_of)
+    v = by_id(*study(tmp_path, benchmarks=(), ranks=()))
+    assert v["C3"] == claims.FAILS and v["C4"] == claims.FAILS
+
+
+# --- the HTML ---------------------------------------------------------------------------------------------
+def executed_notebook(path, svg):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# A fixture section\n\nIts question."),
+        nbformat.v4.new_code_cell("chart", outputs=[nbformat.v4.new_output(
+            "execute_result", {"image/svg+xml": svg, "text/plain": "chart"}, execution_count=1)])])
+    nbformat.write(nb, str(path))
+
+
+def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
+    runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43), benchmarks=("iconqa",))
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    executed_notebook(nb_dir / "peft_t5_iconqa_qf-lora_all.ipynb", rc.to_svg(rc.figure2(rc.table1(rc.runs_frame(runs_dir)))))
+    executed_notebook(nb_dir / "adalora_t5_vizwiz.ipynb", "<svg xmlns='http://www.w3.org/2000/svg'></svg>")
+    (nb_dir / "adalora_t5_vizwiz.failed.json").write_text("{}")
+    (nb_dir / "grid.json").write_text(json.dumps({"cells": {
+        "peft_t5_iconqa_qf-lora_all": {"state": "done"},
+        "adalora_t5_vizwiz": {"state": "failed", "error": "RuntimeError: out of budget (cell 4)"}}}))
+    index = report.build_report(runs_dir, notebooks_dir=nb_dir, out=tmp_path / "reports", full_size=FULL_SIZE,
+                                log=lambda m: None)
+    page = index.read_text()
+    for fid in ("chart-figure2", "chart-heatmaps"):
+        start = page.index(f"id='{fid}'")
+        assert page.index("<svg", start) < page.index("</figure>", start)
+    assert page.count("<svg") == 2 and "<rect" in page
+    for cid in claims.CLAIMS:
+        assert f"<td>{cid}</td>" in page
+    assert "Synthetic-scale replication" in page and "Scale: embedded" in page
+    assert "RuntimeError: out of budget (cell 4)" in page and "notebooks/adalora_t5_vizwiz.log" in page
+    assert "sections/peft_t5_iconqa_qf-lora_all.html" in page and "A fixture section" in page
+    assert "(failed)" in page
+
+    section = (tmp_path / "reports" / "sections" / "peft_t5_iconqa_qf-lora_all.html").read_text()
+    assert "body:not(.show-code) .jp-CodeCell .jp-Cell-inputWrapper { display: none; }" in section
+    assert "classList.toggle('show-code')" in section and "../index.html" in section
+    assert "data:image/svg+xml" in section               # nbconvert embeds SVG outputs as data URIs
+    for p in [index, *(tmp_path / "reports" / "sections").glob("*.html")]:
+        assert report.external_references(p.read_text()) == [], p
+
+
+def test_external_reference_check_catches_network_scripts_and_styles():
+    bad = ['<script src="https://cdn.example/vega.js"></script>', "<link rel='stylesheet' href='//cdn.x/a.css'>",
+           "<style>@import url('https://fonts.example/f.css');</style>", 'await import("https://cdn.x/m.mjs")',
+           "<style>body { background: url(http://x/y.png) }</style>"]
+    for b in bad:
+        assert report.external_references(b), b
+    fine = "<svg xmlns='http://www.w3.org/2000/svg'></svg><a href='https://example.org'>paper</a><script>x()</script>"
+    assert report.external_references(fine) == []
+
+
+def test_report_command_says_when_there_is_nothing_to_report(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    report.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["report", "--root", str(tmp_path), "--profile", "smoke"])
+    assert args.func(args) == 1
+    assert "nothing to report" in capsys.readouterr().err
+    assert not (tmp_path / "reports" / "index.html").exists()
