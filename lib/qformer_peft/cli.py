@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("qformer_peft.ledger", "trainable-parameter ledger of the paper's grid at full size"),
     "base": ("qformer_peft.models.base", "build the embedded base models"),
     "run": ("qformer_peft.engine", "run one experiment from a config"),
+    "bench": ("qformer_peft.bench", "measure the feature cache, batched ranking and full-size speed"),
     "grid": ("qformer_peft.grid", "execute a profile's notebooks with papermill"),
     "report": ("qformer_peft.report", "render run folders into reports/index.html"),
     "study": ("qformer_peft.study", "a profile end to end: data, base models, grid, report"),

@@ -191,6 +191,25 @@ def _load_adalora_state(tuner, state: Mapping[str, Any]) -> None:
 
 # --- the loop ----------------------------------------------------------------------------------------------
 
+def backward_step(model, bundle, examples: Sequence[Example], *, images: Callable[..., torch.Tensor],
+                  rng: random.Random | None = None, max_prompt_tokens: int = 128, device: torch.device | str = "cpu",
+                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                  scaler=None, divide: int = 1) -> float:
+    """Forward and backward of one micro-batch (gradients accumulate); returns its loss.
+
+    The loss goes through peft's tuner (models.inputs.forward), so AdaLoRA's orthogonality penalty is in it.
+    """
+    embeds = images([e.image for e in examples], rng=rng)  # [B, P+1, Dv], cached or computed
+    batch = make_batch(bundle, None, [e.prompt for e in examples], [e.target for e in examples],
+                       max_prompt_tokens=max_prompt_tokens)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with autocast():
+        loss = forward(model, batch, image_embeds=embeds).loss
+    scaled = loss / divide
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    return float(loss.detach())
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]            # one row per epoch
@@ -278,16 +297,9 @@ def fit(
         for g in range(0, len(micro), grad_accum):
             group = micro[g:g + grad_accum]
             for idx in group:
-                exs = [train_set[i] for i in idx]
-                embeds = images([e.image for e in exs], rng=aug_rng)
-                batch = make_batch(bundle, None, [e.prompt for e in exs], [e.target for e in exs],
-                                   max_prompt_tokens=max_prompt_tokens)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast():
-                    loss = forward(model, batch, image_embeds=embeds).loss  # + AdaLoRA's orthogonality penalty
-                scaled = loss / len(group)
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                losses.append(float(loss.detach()))
+                losses.append(backward_step(model, bundle, [train_set[i] for i in idx], images=images, rng=aug_rng,
+                                            max_prompt_tokens=max_prompt_tokens, device=device, autocast=autocast,
+                                            scaler=scaler, divide=len(group)))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if scaler is not None:

@@ -1,0 +1,249 @@
+"""`qformer-peft bench`: what the frozen-feature cache and batched ranking buy, measured in one process.
+
+CPU (always), on the `mini` preset and the synthetic IconQA (smoke size, written to a temp folder):
+  training samples/s per setup, with the feature cache and without it (images decoded, resized and
+  run through the frozen ViT every step), batch 16, the real training step (train.backward_step +
+  AdamW); evaluation questions/s of batched ranking against a one-candidate-at-a-time loop; the
+  process's peak resident memory.
+CUDA (when torch.cuda.is_available()): the full-size Flan-T5-XL preset with random weights in bf16,
+  batch 16, qf-lora and qf-lora+llm-lora (r=8, all targets): samples/s, peak GPU memory, and achieved
+  TFLOP/s (FLOPs of one step counted by torch's FlopCounterMode) against the card's dense bf16 peak.
+Timings take the median of timed steps after warm-up steps. Prints a table of ratios; --json writes
+every number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SETUPS = {  # setup -> apply_peft arguments (rank 8, 'all' targets: the paper's largest PEFT configurations)
+    "baseline": dict(qf_sublayers=None, llm_targets=None, rank=None),
+    "qf-fft+llm-lora": dict(qf_sublayers=None, llm_targets="all", rank=8),
+    "qf-lora": dict(qf_sublayers="all", llm_targets=None, rank=8),
+    "qf-lora+llm-lora": dict(qf_sublayers="all", llm_targets="all", rank=8),
+}
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by device-name substring.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+                    "A10G": 70.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return kb / 1024 if platform.system() == "Linux" else kb / 2**20
+
+
+def _median_time(step, warmup: int, steps: int, sync=lambda: None) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --- CPU: mini preset, cache and batching ------------------------------------------------------------
+
+def _mini_examples(folder: Path):
+    from .config import ExperimentConfig
+    from .data import synthetic
+    from .engine import load_examples
+
+    synthetic.synthesize(folder, size="smoke", seed=0)
+    cfg = ExperimentConfig(benchmark="iconqa", data_root=str(folder / "iconqa"), model="mini")
+    return cfg, load_examples(cfg)
+
+
+def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_questions: int = 32,
+              llm: str = "t5", progress: bool = True) -> dict[str, Any]:
+    from . import features, peft_setup
+    from .engine import resolve_bundle
+    from .evaluate import candidate_nll, candidate_nll_loop
+    from .features import FeatureCache, ImageEncoder
+    from .models.inputs import encode_images
+    from .train import backward_step, param_groups, seed_everything
+
+    out: dict[str, Any] = {"preset": "mini", "llm": llm, "batch_size": batch_size, "threads": torch.get_num_threads(),
+                           "train": [], "eval": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, splits = _mini_examples(Path(tmp))
+        cfg = cfg.replace(llm=llm)
+        train = splits["train"]
+        batches = [train[i:i + batch_size] for i in range(0, len(train) - batch_size + 1, batch_size)]
+        for setup, kwargs in SETUPS.items():
+            seed_everything(0)
+            bundle = resolve_bundle(cfg)
+            model = peft_setup.apply_peft(bundle.model, setup, **kwargs)
+            model.train()
+            bundle.model.vision_model.eval()
+            optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-5)
+            row: dict[str, Any] = {"setup": setup, "trainable": sum(peft_setup.trainable_parameters(model).values())}
+            for cached in (True, False):
+                features.clear_memory()
+                cache = FeatureCache(bundle.model, bundle.image_processor) if cached else None
+                if cache is not None:
+                    cache.precompute([e.image for b in batches for e in b])
+                images = ImageEncoder(bundle.model, bundle.image_processor, cache=cache)
+                cursor = iter(range(10**9))
+
+                def step():
+                    batch = batches[next(cursor) % len(batches)]
+                    backward_step(model, bundle, batch, images=images)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+                seconds = _median_time(step, warmup, steps)
+                row["cached_samples_per_s" if cached else "uncached_samples_per_s"] = batch_size / seconds
+            row["cache_speedup"] = row["cached_samples_per_s"] / row["uncached_samples_per_s"]
+            out["train"].append(row)
+            if progress:
+                print(f"  train {setup}: {row['cached_samples_per_s']:.1f} samples/s cached, "
+                      f"{row['uncached_samples_per_s']:.1f} uncached", file=sys.stderr)
+
+        # evaluation: batched ranking vs one forward per candidate, on the same cached ViT outputs
+        seed_everything(0)
+        bundle = resolve_bundle(cfg)
+        model = peft_setup.apply_peft(bundle.model, "qf-lora", **SETUPS["qf-lora"])
+        model.eval()
+        questions = splits["test"][:eval_questions]
+        from .data.records import load_image
+
+        with torch.no_grad():
+            embeds = encode_images(model, bundle.image_processor([load_image(e.image) for e in questions]))
+        chunks = [(slice(i, i + batch_size)) for i in range(0, len(questions), batch_size)]
+
+        def run(fn):
+            def go():
+                for sl in chunks:
+                    fn(bundle, embeds[sl], [e.prompt for e in questions[sl]], [e.candidates for e in questions[sl]],
+                       model=model)
+            return go
+
+        batched = _median_time(run(candidate_nll), 1, 3)
+        looped = _median_time(run(candidate_nll_loop), 1, 3)
+        out["eval"] = {"questions": len(questions),
+                       "candidates_per_question": sum(len(e.candidates) for e in questions) / len(questions),
+                       "batched_questions_per_s": len(questions) / batched,
+                       "loop_questions_per_s": len(questions) / looped, "batched_speedup": looped / batched}
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+# --- CUDA: full-size Flan-T5-XL --------------------------------------------------------------------------
+
+def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_tokens: int = 64,
+               target_tokens: int = 8, progress: bool = True) -> dict[str, Any]:
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import InstructBlipForConditionalGeneration
+
+    from . import peft_setup
+    from .models.inputs import forward
+    from .models.presets import build_config
+    from .train import param_groups
+
+    name = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    config = build_config("flan-t5-xl")
+    out: dict[str, Any] = {"device": name, "bf16_peak_tflops": peak, "preset": "flan-t5-xl", "batch_size": batch_size,
+                           "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "train": []}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n_query, image_id = config.num_query_tokens, config.image_token_index
+    size = config.vision_config.image_size
+    prompt = torch.randint(2, 32000, (batch_size, prompt_tokens), device="cuda", generator=gen)
+    batch = {
+        "pixel_values": torch.randn(batch_size, 3, size, size, device="cuda", generator=gen, dtype=torch.bfloat16),
+        "qformer_input_ids": torch.randint(1, 30000, (batch_size, prompt_tokens), device="cuda", generator=gen),
+        "input_ids": torch.cat([torch.full((batch_size, n_query), image_id, device="cuda"), prompt], dim=1),
+        "labels": torch.randint(2, 32000, (batch_size, target_tokens), device="cuda", generator=gen),
+    }
+    for setup in ("qf-lora", "qf-lora+llm-lora"):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = InstructBlipForConditionalGeneration(config).to(torch.bfloat16)  # random weights
+        model = peft_setup.apply_peft(model, setup, **SETUPS[setup])
+        model.train()
+        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-5)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = forward(model, batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # allocate the optimizer state before counting
+        with FlopCounterMode(display=False) as counter:
+            step()
+        torch.cuda.reset_peak_memory_stats()
+        seconds = _median_time(step, warmup, steps, sync=torch.cuda.synchronize)
+        tflops = counter.get_total_flops() / seconds / 1e12
+        row = {"setup": setup, "samples_per_s": batch_size / seconds, "step_s": seconds,
+               "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "tflops": tflops,
+               "mfu": tflops / peak if peak else None}
+        out["train"].append(row)
+        if progress:
+            print(f"  cuda {setup}: {row['samples_per_s']:.1f} samples/s, {tflops:.0f} TFLOP/s", file=sys.stderr)
+        del model, optimizer
+        torch.cuda.empty_cache()
+    return out
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+def table(result: dict[str, Any]) -> str:
+    cpu = result["cpu"]
+    lines = [f"CPU, {cpu['preset']} preset ({cpu['llm']}), batch {cpu['batch_size']}, {cpu['threads']} threads",
+             f"{'setup':<18}{'trainable':>11}{'cached/s':>11}{'uncached/s':>12}{'cache x':>9}"]
+    for r in cpu["train"]:
+        lines.append(f"{r['setup']:<18}{r['trainable']:>11,}{r['cached_samples_per_s']:>11.1f}"
+                     f"{r['uncached_samples_per_s']:>12.1f}{r['cache_speedup']:>9.2f}")
+    e = cpu["eval"]
+    lines.append(f"ranking {e['questions']} questions ({e['candidates_per_question']:.1f} candidates each): "
+                 f"batched {e['batched_questions_per_s']:.1f} q/s, per-candidate loop {e['loop_questions_per_s']:.1f} "
+                 f"q/s, batched x {e['batched_speedup']:.2f}")
+    lines.append(f"peak resident memory {cpu['peak_rss_mb']:.0f} MB")
+    cuda = result.get("cuda")
+    if cuda:
+        lines.append(f"CUDA {cuda['device']}, flan-t5-xl bf16 random weights, batch {cuda['batch_size']}")
+        for r in cuda["train"]:
+            mfu = f", {100 * r['mfu']:.0f}% of the bf16 peak" if r["mfu"] is not None else ""
+            lines.append(f"  {r['setup']:<18}{r['samples_per_s']:.1f} samples/s, {r['peak_gpu_memory_gb']:.1f} GB, "
+                         f"{r['tflops']:.0f} TFLOP/s{mfu}")
+    else:
+        lines.append("CUDA: not available here (the full-size Flan-T5-XL measurement needs a GPU)")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="measure the feature cache, batched ranking and (on CUDA) full-size speed",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+    p.add_argument("--llm", choices=("t5", "llama"), default="t5", help="LLM kind of the mini model (default t5)")
+    p.add_argument("--steps", type=int, default=6, help="timed training steps per measurement (median)")
+    p.add_argument("--no-cuda", action="store_true", help="skip the CUDA measurement even where a GPU exists")
+    p.set_defaults(func=_cli_bench)
+
+
+def _cli_bench(args: argparse.Namespace) -> int:
+    from .runs import environment
+
+    result: dict[str, Any] = {"env": environment(), "cpu": bench_cpu(steps=args.steps, llm=args.llm)}
+    result["cuda"] = bench_cuda() if torch.cuda.is_available() and not args.no_cuda else None
+    print(table(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
