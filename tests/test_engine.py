@@ -166,14 +166,25 @@ def test_save_and_attach_round_trip_gives_identical_outputs(setup, qf, llm_targe
     assert ((tmp_path / "adapter" / "adapter_config.json").exists()) == (setup != "baseline")
 
 
-def test_adalora_run_writes_its_rank_table(config, tmp_path):
-    cfg = {**config, "method": "adalora", "rank": None, "max_epochs": 2, "adalora_init_r": 4, "adalora_target_r": 2}
-    run_experiment(cfg, out=tmp_path)
-    ranks = _only_run(tmp_path).ranks()
+def test_adalora_run_writes_its_rank_table_and_resumes_its_budget(config, tmp_path):
+    cfg = {**config, "method": "adalora", "rank": None, "max_epochs": 2, "adalora_init_r": 4, "adalora_target_r": 2,
+           "adalora_delta_t": 1}
+    run_experiment(cfg, out=tmp_path / "a")
+    ranks = _only_run(tmp_path / "a").ranks()
     final = [r for r in ranks if r["phase"] == "final"]
     assert len(final) == 16 and sum(r["rank"] for r in final) == 2 * 16  # 2 layers: 4 self, 4 cross (layer 0), 8 ffn
     assert {r["epoch"] for r in ranks if r["phase"] == "epoch"} == {1, 2}
     assert set(final[0]) == {"layer", "sublayer", "branch", "module", "name", "rank", "step", "epoch", "phase"}
+
+    def crash(state):
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, out=tmp_path / "b", on_epoch_end=crash)
+    run_experiment(cfg, out=tmp_path / "b")  # the allocator's importance scores come back from the checkpoint
+    b = _only_run(tmp_path / "b")
+    assert b.ranks() == ranks and _timeless(b.metrics()) == _timeless(_only_run(tmp_path / "a").metrics())
 
 
 def test_cli_run_writes_a_run_folder(data_root, tmp_path, capsys):
