@@ -303,8 +303,13 @@ def fit(
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if scaler is not None:
+                scale = scaler.get_scale()
                 scaler.step(optimizer)  # unscales the gradients first, so AdaLoRA sees true ones below
                 scaler.update()
+                if tuner is not None and scaler.get_scale() < scale:  # an overflow skipped this step:
+                    for p in model.parameters():  # keep inf/nan out of AdaLoRA's importance scores
+                        if p.grad is not None:
+                            p.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             else:
                 optimizer.step()
             st["global_step"] += 1
