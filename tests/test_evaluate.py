@@ -31,7 +31,16 @@ def _embeds(bundle, n=2, seed=0):
 
 def test_batched_ranking_equals_the_per_candidate_loop(bundle):
     embeds = _embeds(bundle)
-    batched = candidate_nll(bundle, embeds, PROMPTS, CANDIDATES)
+    calls = []  # batch sizes seen by the Q-Former and (T5) the LLM encoder
+    parts = [bundle.model.qformer] + ([bundle.model.language_model.get_encoder()] if bundle.llm_kind == "t5" else [])
+    hooks = [m.register_forward_hook(lambda mod, args, kwargs, out: calls.append(len(out[0])), with_kwargs=True)
+             for m in parts]
+    try:
+        batched = candidate_nll(bundle, embeds, PROMPTS, CANDIDATES)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [2] * len(parts)  # once per question (2), not once per candidate (5)
     looped = candidate_nll_loop(bundle, embeds, PROMPTS, CANDIDATES)
     assert [len(b) for b in batched] == [3, 2]
     for b, lp in zip(batched, looped):

@@ -313,6 +313,8 @@ def add_parser(subparsers) -> None:
 
 
 def _metavar(tp) -> str:
+    if typing.get_origin(tp) is tuple:
+        return "A,B,..."
     names = [getattr(a, "__name__", str(a)) for a in typing.get_args(tp)] or [getattr(tp, "__name__", str(tp))]
     return "|".join("none" if n == "NoneType" else n for n in names).upper()
 
