@@ -364,26 +364,29 @@ def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
 def full_size_ledger(llms: Sequence[str], cache_dir: str | Path | None = None) -> dict[str, list[dict]]:
     """The full-size parameter ledger rows of each LLM ({} when the ledger module is not built).
 
-    Cached under cache_dir, keyed by the source of the modules that determine the counts.
+    Cached under cache_dir (full_size_cache_file), keyed by the source of the modules that determine
+    the counts: building the full-size models on the meta device takes a while.
     """
     try:
         from . import ledger as ledger_mod
     except ImportError:
         return {}
     names = [LLM_FULL_SIZE[llm] for llm in llms if llm in LLM_FULL_SIZE]
-    cache = None
-    if cache_dir is not None:
-        pkg = Path(__file__).parent
-        sources = [pkg / "ledger.py", pkg / "peft_setup.py", *sorted((pkg / "models").glob("*.py"))]
-        key = runs.config_hash({str(p.relative_to(pkg)): p.read_text() for p in sources if p.exists()})
-        cache = Path(cache_dir) / f"full-size-ledger-{key}.json"
-        stored = runs.read_json(cache) if cache.exists() else {}
-        if all(n in stored for n in names):
-            return {n: stored[n] for n in names}
+    cache = full_size_cache_file(cache_dir) if cache_dir is not None else None
+    stored = runs.read_json(cache) if cache is not None and cache.exists() else {}
+    if all(n in stored for n in names):
+        return {n: stored[n] for n in names}
     out = {n: [dict(r) for r in ledger_mod.ledger(n)] for n in names}
     if cache is not None:
-        runs.write_json(cache, {**(runs.read_json(cache) if cache.exists() else {}), **out})
+        runs.write_json(cache, {**stored, **out})
     return out
+
+
+def full_size_cache_file(cache_dir: str | Path) -> Path:
+    pkg = Path(__file__).parent
+    sources = [pkg / "ledger.py", pkg / "peft_setup.py", *sorted((pkg / "models").glob("*.py"))]
+    key = runs.config_hash({str(p.relative_to(pkg)): p.read_text() for p in sources if p.exists()})
+    return Path(cache_dir) / f"full-size-ledger-{key}.json"
 
 
 def ledger_frame(claims: Sequence[Claim]) -> pd.DataFrame:

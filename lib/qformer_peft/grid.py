@@ -105,7 +105,7 @@ PROFILES: dict[str, Profile] = {
                     ("llama", "scienceqa", "qf-fft+llm-lora", None, "attn"),
                     ("llama", "scienceqa", "qf-lora", "self_attn", None)),
         adalora_cells=(("t5", "iconqa"), ("t5", "scienceqa"), ("t5", "flickr30k"), ("t5", "vizwiz")),
-        ranks=(2, 4), seeds=(42,), claim_seeds=(42, 43),
+        ranks=(2, 4), seeds=(42,), claim_seeds=(42,),
         hparams={"max_epochs": 2, "patience": 2, "batch_size": 8, "train_limit": 32, "val_limit": 16,
                  "test_limit": 16},
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 2} for b in ("flickr30k", "vizwiz")},
@@ -262,7 +262,8 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
         cells.append(Cell(f"adalora_{llm}_{bench}", ADALORA, {
             "benchmark": bench, "llm": llm, "model": model(llm), "method": "adalora",
             "seeds": list(profile.claim_seeds), "hparams": hparams(llm, bench), "tags": tags, **common}))
-    cells.append(Cell("report", REPORT, {"runs_dir": runs_dir, "notebooks_dir": str(layout.notebooks_out)}))
+    cells.append(Cell("report", REPORT, {"runs_dir": runs_dir, "notebooks_dir": str(layout.notebooks_out),
+                                         "cache_dir": str(layout.root / "cache")}))
     for c in cells:
         c.configs()  # validate now: a bad profile fails before anything runs
     return cells
@@ -570,12 +571,13 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
         with lock:
             outcomes.append(o)
             manifest[o.cell].update(state=o.state, seconds=o.seconds, error=o.error)
-            runs.write_json(out_dir / "grid.json", {"cells": manifest, "updated": runs._now()})
+            runs.write_json(out_dir / "grid.json", {"order": order, "cells": manifest, "updated": runs._now()})
             done = sum(x.state != "skipped" for x in outcomes)
             msg = f"[grid] {o.state:7s} {o.cell} ({o.seconds:.1f} s)" + (f": {o.error}" if o.error else "")
             log(msg + f"  [{done}/{len(todo) + len(final)}]")
 
-    runs.write_json(out_dir / "grid.json", {"cells": manifest, "updated": runs._now()})
+    order = [c.name for c in cells]  # grid.json's keys get sorted; the report lists cells in this order
+    runs.write_json(out_dir / "grid.json", {"order": order, "cells": manifest, "updated": runs._now()})
     log(f"[grid] {len(cells)} cells: {len(outcomes)} already finished, {len(todo)} to execute "
         f"({jobs} worker{'s' if jobs > 1 else ''}, backend {backend})")
     if backend == "submitit":

@@ -161,7 +161,8 @@ def _notebooks(notebooks_dir: Path | None) -> list[Path]:
         return []
     manifest = notebooks_dir / "grid.json"
     if manifest.exists():
-        names = list(runs.read_json(manifest).get("cells", {}))
+        grid_json = runs.read_json(manifest)
+        names = grid_json.get("order") or list(grid_json.get("cells", {}))
         return [notebooks_dir / f"{n}.ipynb" for n in names if (notebooks_dir / f"{n}.ipynb").exists()]
     return sorted(notebooks_dir.glob("*.ipynb"))
 

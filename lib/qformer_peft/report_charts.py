@@ -183,7 +183,8 @@ def table1_html(t: pd.DataFrame) -> str:
     head = "".join(f"<th colspan='2'>{LLM_LABELS.get(l, l)}<br>{b}</th>" for l, b in pairs)
     sub = "<th>accuracy %</th><th>trainable</th>" * len(pairs)
     body = []
-    for (setup, targets, rank), g in t.groupby(["setup", "targets", "rank"], dropna=False, sort=False):
+    order = t.assign(_s=t["setup"].map({s: i for i, s in enumerate(SETUPS)})).sort_values(["_s", "targets", "rank"])
+    for (_, setup, targets, rank), g in order.groupby(["_s", "setup", "targets", "rank"], dropna=False, sort=False):
         cells = []
         for l, b in pairs:
             m = g[(g["llm"] == l) & (g["benchmark"] == b)]
@@ -242,7 +243,7 @@ def figure2(t: pd.DataFrame) -> alt.FacetChart:
     y = alt.Y("acc:Q", title="test accuracy %", scale=alt.Scale(zero=False))
     base = alt.Chart(d).encode(x=x, y=y, color=color)
     lines = base.mark_line(opacity=0.5).encode(detail="targets:N")
-    points = base.mark_point(filled=True, size=50).encode(shape=alt.Shape("setup_label:N", title="setup", sort=order))
+    points = base.mark_point(filled=True, size=50)
     return (alt.layer(lines, points, data=d).properties(width=260, height=200)
             .facet(row=alt.Row("llm_label:N", title=None), column=alt.Column("benchmark:N", title=None)))
 
@@ -256,8 +257,10 @@ def heatmap(values: pd.DataFrame, *, title: str = "mean AdaLoRA rank") -> alt.Fa
     base = alt.Chart(d).encode(x=alt.X("sublayer_label:N", sort=order, title=None),
                                y=alt.Y("layer:O", title="layer"))
     rect = base.mark_rect().encode(color=alt.Color("mean_rank:Q", title=title, scale=alt.Scale(scheme="viridis")))
+    mid = float(d["mean_rank"].mean()) if len(d) else 0.0  # viridis: dark below the middle, light above
     text = base.mark_text(fontSize=9).encode(text=alt.Text("mean_rank:Q", format=".1f"),
-                                             color=alt.value("white"))
+                                             color=alt.condition(alt.datum.mean_rank > mid, alt.value("black"),
+                                                                 alt.value("white")))
     return (alt.layer(rect, text, data=d).properties(width=150, height=16 * max(1, d["layer"].nunique()))
             .facet(row=alt.Row("llm_label:N", title=None),
                    column=alt.Column("benchmark:N", title=None, sort=["iconqa", "scienceqa", "flickr30k", "vizwiz"])))

@@ -1,0 +1,139 @@
+"""A profile end to end: synthetic data -> embedded base models -> the grid of notebooks -> the report.
+
+    qformer-peft study --profile smoke|mini|paper [--jobs N] [--only PATTERN] [--data-root DIR]
+                       [--checkpoints DIR] [--out DIR]
+
+This is what ./run_all.sh runs. Each stage reuses what is already there (data with its completion
+marker, base models, finished notebooks and runs), so a rerun after an interruption only does what is
+missing. A stage whose module is not built yet says so and the others go on; the wall time of every
+stage is printed at the end and kept in reports/study_timings.json.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import runs
+from .grid import PROFILES, GridError, Layout, add_common_arguments, ensure_data, expand, run_grid, select
+
+
+class NotBuilt(Exception):
+    """A stage whose library module does not exist yet."""
+
+
+def _require(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            raise NotBuilt(f"{module} is missing") from None
+        raise
+
+
+def build_base_models(profile_name: str, *, data_dir: Path, checkpoints: str, log: Callable[[str], None]) -> int:
+    """Build the profile's embedded base models into CHECKPOINTS/<preset>-<llm>, where its notebooks
+    look for them (models.base.ensure_base reuses a build whose key is current)."""
+    profile = PROFILES[profile_name]
+    if not profile.base_models:
+        log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
+        return 0
+    base = _require("qformer_peft.models.base")
+    for preset, llm in profile.base_models:
+        expected = Path(profile.models[llm].format(checkpoints=checkpoints))
+        start = time.time()
+        path = base.ensure_base(preset, llm, base.DEFAULT_SEED, data_dir, checkpoints, log=log)
+        if Path(path).resolve() != expected.resolve():
+            raise RuntimeError(f"base model {preset}-{llm} was built into {path}, but the {profile_name} profile's "
+                               f"notebooks read {expected}")
+        log(f"[study] base model {preset}-{llm}: {path} ({time.time() - start:.1f} s)")
+    return 0
+
+
+def run_study(profile: str, *, root: str | Path = ".", jobs: int = 1, only: str | None = None,
+              data_root: str | None = None, checkpoints: str | None = None,
+              log: Callable[[str], None] = print) -> int:
+    """Every stage of a profile; returns the number of failures (capped like the grid's)."""
+    layout = Layout(Path(root).resolve())
+    prof = PROFILES[profile]
+    cells = select(expand(prof, root=layout.root, data_root=data_root, checkpoints=checkpoints), only)
+    data_dir = Path(cells[0].parameters["data_dir"])
+    ckpt = cells[0].parameters["checkpoints"]
+    timings: dict[str, float] = {}
+    failures = 0
+
+    def stage(name: str, fn: Callable[[], int]) -> None:
+        nonlocal failures
+        start = time.time()
+        try:
+            failures += fn()
+        except NotBuilt as err:
+            log(f"[study] {name}: not built yet ({err})")
+        except Exception as err:  # noqa: BLE001 - one stage failing must not hide the others' results
+            failures += 1
+            log(f"[study] {name}: FAILED: {type(err).__name__}: {err}")
+        timings[name] = round(time.time() - start, 1)
+
+    def data() -> int:
+        if prof.data_size is None:
+            missing = [b for b in ("scienceqa", "iconqa", "vizwiz", "flickr30k") if not (data_dir / b).exists()]
+            log(f"[study] data: real benchmarks in {data_dir}" + (f"; missing: {', '.join(missing)}" if missing else ""))
+            return 0
+        fresh = not (data_dir / ".complete").exists()
+        if fresh:
+            _require("qformer_peft.data.synthetic")
+        ensure_data(data_dir, prof.data_size, prof.data_seed)
+        log(f"[study] data: synthetic '{prof.data_size}' benchmarks {'written to' if fresh else 'present in'} {data_dir}")
+        return 0
+
+    def grid_stage() -> int:
+        _require("qformer_peft.engine")
+        result = run_grid(cells, out_dir=layout.notebooks_out, jobs=jobs, log=log)
+        log(f"[study] grid: {result.count('done')} executed, {result.count('skipped')} already finished, "
+            f"{len(result.failures)} failed")
+        for o in result.failures:
+            log(f"[study]   FAILED {o.cell}: {o.error}")
+        return len(result.failures)
+
+    def report_stage() -> int:
+        from .report import build_report
+
+        runs_dir = layout.runs(profile)
+        if not runs.iter_runs(runs_dir):
+            log(f"[study] report: nothing to report yet (no run folders in {runs_dir})")
+            return 0
+        index = build_report(runs_dir, notebooks_dir=layout.notebooks_out, out=layout.reports,
+                             title=f"Q-Former PEFT study ({profile} profile)", cache_dir=layout.root / "cache", log=log)
+        log(f"[study] report: {index}")
+        return 0
+
+    log(f"[study] profile {profile} ({prof.description}); study root {layout.root}")
+    stage("data", data)
+    stage("base models", lambda: build_base_models(profile, data_dir=data_dir, checkpoints=ckpt, log=log))
+    stage("grid", grid_stage)
+    stage("report", report_stage)
+    log("[study] wall time by stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+        + f"; total {sum(timings.values()):.1f} s")
+    layout.reports.mkdir(parents=True, exist_ok=True)
+    runs.write_json(layout.reports / "study_timings.json", {"profile": profile, "jobs": jobs, "stages_s": timings,
+                                                            "failures": failures, "finished": runs._now()})
+    return min(failures, 100)
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("study", help="a profile end to end: data, base models, grid, report",
+                              description=__doc__.splitlines()[0])
+    add_common_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return run_study(args.profile, root=args.out, jobs=max(1, args.jobs), only=args.only,
+                         data_root=args.data_root, checkpoints=args.checkpoints)
+    except GridError as err:
+        print(f"qformer-peft study: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,113 @@
+"""The notebooks: each opens with its question and how to run it, has one `parameters` cell that
+accepts everything the grid injects, keeps its logic in the library; the report notebook runs on
+constructed run folders; and (with the engine) the smoke profile runs end to end."""
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+from fixtures.study_runs import write_study
+
+from qformer_peft import claims, grid, report
+
+NOTEBOOKS = sorted(grid.NOTEBOOKS_DIR.glob("*.ipynb"))
+# the shape of qformer_peft.ledger's rows: tests seed the report's cache with these instead of building
+# the full-size models on the meta device (the ledger has its own tests)
+FAKE_FULL_SIZE = {n: [{"llm": n, "setup": s, "qf_sublayers": "all", "llm_targets": t, "rank": 8, "qformer_lora": 1,
+                       "llm_lora": 0, "total": 10, "pct_of_baseline": p, "pct_of_qformer": p}
+                      for s, t, p in (("qf-lora", None, 1.9), ("qf-lora+llm-lora", "all", 9.0))]
+                  for n in claims.LLM_FULL_SIZE.values()}
+
+
+def parameters_of(nb):
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged `parameters`"
+    names = {t.id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign) for t in node.targets}
+    values = {}
+    exec(cells[0].source, {}, values)  # literals only: a parameters cell computes nothing
+    assert set(values) == names
+    return values
+
+
+def test_the_four_notebooks_exist():
+    assert [p.name for p in NOTEBOOKS] == [grid.ENVIRONMENT, grid.PEFT, grid.ADALORA, grid.REPORT]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_with_its_question_then_parameters_and_holds_no_logic(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert "**Question.**" in nb.cells[0].source and "How to run" in nb.cells[0].source
+    assert "parameters" in nb.cells[1].metadata.get("tags", [])
+    parameters_of(nb)
+    logic = (ast.FunctionDef, ast.ClassDef, ast.For, ast.While, ast.If, ast.With, ast.Try, ast.Lambda)
+    for c in nb.cells[2:]:
+        assert "parameters" not in c.metadata.get("tags", [])
+        if c.cell_type == "code":
+            assert not c.outputs, "notebooks are committed without outputs"
+            found = [type(n).__name__ for n in ast.walk(ast.parse(c.source)) if isinstance(n, logic)]
+            assert not found, f"logic belongs in the library, not the notebook: {found} in {c.source!r}"
+
+
+@pytest.mark.parametrize("profile", sorted(grid.PROFILES))
+def test_every_injected_parameter_is_declared_by_its_notebook(profile, tmp_path):
+    declared = {p.name: set(parameters_of(nbformat.read(str(p), as_version=4))) for p in NOTEBOOKS}
+    for cell in grid.expand(profile, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path)):
+        extra = set(cell.parameters) - declared[cell.notebook]
+        assert not extra, f"{cell.name}: {cell.notebook} does not declare {extra}"
+
+
+@pytest.mark.parametrize("name", [grid.PEFT, grid.ADALORA])
+def test_default_parameters_build_valid_smoke_sized_configs(name):
+    p = parameters_of(nbformat.read(str(grid.NOTEBOOKS_DIR / name), as_version=4))
+    keys = ("benchmark", "llm", "model", "data_dir", "setup", "qf_sublayers", "llm_targets", "method", "ranks",
+            "seeds", "hparams", "tags")
+    configs = grid.experiment_configs(**{k: p[k] for k in keys if k in p})
+    assert configs and all(c.model == "tiny" and c.train_limit <= 64 and c.max_epochs <= 2 for c in configs)
+    assert p["data_size"] == "smoke"
+
+
+def test_report_notebook_runs_on_run_folders(tmp_path):
+    runs_dir = write_study(tmp_path, ranks=(2,), seeds=(42, 43), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+                           adalora=("iconqa",))
+    from qformer_peft import runs
+
+    runs.write_json(claims.full_size_cache_file(tmp_path / "cache"), FAKE_FULL_SIZE)
+    out = tmp_path / "90_report.ipynb"
+    pm.execute_notebook(str(grid.NOTEBOOKS_DIR / grid.REPORT), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(grid.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir),
+                                                                 "notebooks_dir": str(tmp_path / "nb"),
+                                                                 "cache_dir": str(tmp_path / "cache")})
+    nb = nbformat.read(str(out), as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/svg+xml" in o.get("data", {}) for o in outputs) == 2          # Figure 2, heatmaps
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "Synthetic-scale replication" in html and "<td>C5</td>" in html and "★" in html
+    assert not any("vega" in json.dumps(o.get("data", {})).lower() and "cdn" in json.dumps(o.get("data", {})).lower()
+                   for o in outputs)
+
+
+def test_smoke_profile_end_to_end(tmp_path):
+    pytest.importorskip("qformer_peft.engine", reason="the engine (issue 4) is not built yet")
+    from qformer_peft import runs, study
+
+    runs.write_json(claims.full_size_cache_file(tmp_path / "cache"), FAKE_FULL_SIZE)
+    lines = []
+    assert study.run_study("smoke", root=tmp_path, jobs=2, log=lines.append) == 0, "\n".join(lines)
+    cells = grid.expand("smoke", root=tmp_path)
+    expected = {cfg.hash for c in cells for cfg in c.configs()}
+    done = {runs.config_hash(r.config) for r in runs.iter_runs(tmp_path / "runs" / "smoke") if r.is_done()}
+    assert expected <= done
+    index = tmp_path / "reports" / "index.html"
+    page = index.read_text()
+    assert "id='chart-figure2'" in page and "id='chart-heatmaps'" in page and "Failed notebooks" not in page
+    for c in cells:
+        section = tmp_path / "reports" / "sections" / f"{c.name}.html"
+        assert section.exists() and f"sections/{c.name}.html" in page
+    for p in [index, *(tmp_path / "reports" / "sections").glob("*.html")]:
+        assert report.external_references(p.read_text()) == [], p
+    assert any(line.startswith("[study] wall time by stage") for line in lines)
