@@ -18,13 +18,13 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
-from .models.inputs import IGNORE, image_features, make_batch, unwrap
+from .models.inputs import IGNORE, forward, image_features, make_batch, unwrap
 
 # The number each benchmark's early stopping and headline use (higher is better for all).
 PRIMARY = {"scienceqa": "accuracy", "iconqa": "accuracy", "vizwiz": "vqa_acc", "flickr30k": "cider"}
@@ -103,17 +103,17 @@ def candidate_nll(bundle, image_embeds: torch.Tensor, prompts: Sequence[str], ca
 @torch.no_grad()
 def candidate_nll_loop(bundle, image_embeds: torch.Tensor, prompts: Sequence[str],
                        candidates: Sequence[Sequence[str]], *, max_prompt_tokens: int = 128, model=None) -> list[torch.Tensor]:
-    """The reference: one full forward pass per (question, candidate), through transformers' own forward."""
-    from .models.inputs import forward
-
-    model = bundle.model if model is None else model
+    """The reference: one full forward pass per (question, candidate), through transformers' own forward
+    (on the unwrapped model: the adapters sit inside its modules, and peft's tuner would add AdaLoRA's
+    penalty to a loss that is not used here)."""
+    model = unwrap(bundle.model if model is None else model)
     out = []
     for i, (prompt, cands) in enumerate(zip(prompts, candidates)):
         scores = []
         for cand in cands:
             batch = make_batch(bundle, None, [prompt], [cand], max_prompt_tokens=max_prompt_tokens)
             batch = {k: v.to(image_embeds.device) for k, v in batch.items()}
-            logits = forward(model, {k: v for k, v in batch.items()}, image_embeds=image_embeds[i:i + 1]).logits
+            logits = forward(model, batch, image_embeds=image_embeds[i:i + 1]).logits
             labels = batch["labels"]
             scores.append(token_nll(logits, labels) if bundle.llm_kind == "t5"
                           else token_nll(logits[:, :-1], labels[:, 1:]))
@@ -390,7 +390,3 @@ def bleu4(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> flo
         score *= math.exp(1 - 1 / ratio)
     return 100.0 * score
 
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
