@@ -59,6 +59,16 @@ def test_cache_is_exact_persistent_and_computes_each_image_once(bundle, images, 
     assert again.stats["computed"] == 0 and again.stats["disk"] == 3
 
 
+def test_large_precomputes_are_written_in_bounded_shards(bundle, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(FeatureCache, "SHARD_BYTES", 1)  # every batch of one image overflows a shard
+    cache = FeatureCache(bundle.model, bundle.image_processor, tmp_path, batch_size=1)
+    cache.precompute(images)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 3 and not list(tmp_path.rglob("*.tmp"))
+    features.clear_memory()
+    again = FeatureCache(bundle.model, bundle.image_processor, tmp_path)
+    assert torch.equal(again(images), cache(images)) and again.stats["disk"] == 3
+
+
 def test_loss_is_identical_with_and_without_the_cache(bundle, images):
     batch = make_batch(bundle, bundle.image_processor([Image.open(p).convert("RGB") for p in images]),
                        ["<Image> a short image description:"] * 4, ["red", "blue", "red", "green"])

@@ -25,14 +25,13 @@ import os
 import random
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
 
 from .data.records import load_image
 from .models.inputs import encode_images, unwrap
-from .runs import atomic_write
 
 # In-process memory shared by every FeatureCache: prefix -> {image digest -> [P+1, Dv] tensor (CPU)}.
 _MEMORY: dict[str, OrderedDict[str, torch.Tensor]] = {}
@@ -118,8 +117,11 @@ class FeatureCache:
     """image refs -> the frozen ViT's outputs [B, P+1, Dv], computed once per image.
 
     directory=None keeps it in memory only. Entries computed since the last `flush()` are written to
-    disk as one new shard (atomic, so parallel runs sharing the directory never see half a file).
+    disk as one new shard (atomic, so parallel runs sharing the directory never see half a file);
+    `precompute` flushes every SHARD_BYTES so that a full-size dataset never sits in memory twice.
     """
+
+    SHARD_BYTES = 512 << 20
 
     def __init__(self, model, image_processor, directory: str | Path | None = None, *,
                  device: torch.device | str = "cpu",
@@ -133,13 +135,11 @@ class FeatureCache:
         self.pending: dict[str, torch.Tensor] = {}
         self.stats = {"memory": 0, "disk": 0, "computed": 0}
         self._shards: dict[str, Path] = {}  # digest -> shard file holding it
+        self._open: dict[Path, Any] = {}  # shard -> open safetensors handle (its header parsed once)
         if self.directory is not None and self.directory.exists():
-            from safetensors import safe_open
-
             for shard in sorted(self.directory.glob("*.safetensors")):
-                with safe_open(shard, framework="pt") as f:
-                    for key in f.keys():
-                        self._shards.setdefault(key, shard)
+                for key in self._handle(shard).keys():
+                    self._shards.setdefault(key, shard)
 
     def __call__(self, refs: Sequence[str]) -> torch.Tensor:
         """[len(refs), P+1, Dv] on the cache's device."""
@@ -162,18 +162,23 @@ class FeatureCache:
         for i in tqdm(range(0, len(keys), self.batch_size), desc="vision features", disable=not progress, leave=False):
             chunk = keys[i:i + self.batch_size]
             self._compute([todo[k] for k in chunk], chunk)
+            if sum(t.numel() * t.element_size() for t in self.pending.values()) > self.SHARD_BYTES:
+                self.flush()
         self.flush()
 
     def flush(self) -> None:
         if self.directory is None or not self.pending:
             self.pending.clear()
             return
-        from safetensors.torch import save
+        from safetensors.torch import save_file
 
         keys = sorted(self.pending)
         name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
         shard = self.directory / f"{name}.safetensors"
-        atomic_write(shard, save({k: self.pending[k].contiguous() for k in keys}))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = shard.with_name(f".{shard.name}.{os.getpid()}.tmp")
+        save_file({k: self.pending[k].contiguous() for k in keys}, tmp)
+        os.replace(tmp, shard)  # atomic: readers see the old state or the whole shard
         for k in keys:
             self._shards[k] = shard
         self.pending.clear()
@@ -187,13 +192,17 @@ class FeatureCache:
         shard = self._shards.get(digest)
         if shard is None:
             return None
-        from safetensors import safe_open
-
-        with safe_open(shard, framework="pt") as f:
-            t = f.get_tensor(digest)
+        t = self._handle(shard).get_tensor(digest)
         self.stats["disk"] += 1
         self._remember(digest, t)
         return t
+
+    def _handle(self, shard: Path):
+        if shard not in self._open:
+            from safetensors import safe_open
+
+            self._open[shard] = safe_open(shard, framework="pt")
+        return self._open[shard]
 
     def _compute(self, refs: list[str], digests: list[str]) -> None:
         pixels = self.image_processor([load_image(r) for r in refs]).to(self.device)
