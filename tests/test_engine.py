@@ -213,3 +213,23 @@ def test_cli_config_parsing(tmp_path):
         config_from_args(parser.parse_args(base + ["--rank", "x"]))
     with pytest.raises(ConfigError, match="unknown config key"):
         config_from_args(parser.parse_args(base + ["--set", "rnak=2"]))
+
+
+def test_bench_full_size_path_runs_on_a_tiny_config_and_prints_ratios():
+    """The CUDA measurement's code path (random bf16 weights, FLOP count) on a tiny config on the CPU."""
+    from qformer_peft.bench import bench_cuda, table
+    from qformer_peft.models.presets import build_config
+
+    cfg = build_config("tiny", "t5", llm_vocab_size=50, qformer_vocab_size=40, image_token_index=4)
+    full = bench_cuda(device="cpu", preset="tiny", config=cfg, batch_size=2, prompt_tokens=6, target_tokens=3,
+                      warmup=0, steps=1, progress=False)
+    assert [r["setup"] for r in full["train"]] == ["qf-lora", "qf-lora+llm-lora"]
+    assert all(r["flops_per_step"] > 0 and r["samples_per_s"] > 0 for r in full["train"])
+    cpu = {"preset": "mini", "llm": "t5", "batch_size": 16, "threads": 1, "peak_rss_mb": 500.0,
+           "train": [{"setup": "qf-lora", "trainable": 64832, "cached_samples_per_s": 150.0,
+                      "uncached_samples_per_s": 100.0, "cache_speedup": 1.5}],
+           "eval": {"questions": 32, "candidates_per_question": 2.7, "batched_questions_per_s": 300.0,
+                    "loop_questions_per_s": 30.0, "batched_speedup": 10.0}}
+    text = table({"cpu": cpu, "cuda": full})
+    assert "qf-lora                64,832      150.0       100.0     1.50" in text
+    assert "batched x 10.00" in text and "tiny bf16 random weights, batch 2" in text

@@ -145,7 +145,10 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
 # --- CUDA: full-size Flan-T5-XL --------------------------------------------------------------------------
 
 def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_tokens: int = 64,
-               target_tokens: int = 8, progress: bool = True) -> dict[str, Any]:
+               target_tokens: int = 8, device: str = "cuda", preset: str = "flan-t5-xl", config=None,
+               progress: bool = True) -> dict[str, Any]:
+    """A full-size preset (or a given InstructBlipConfig) with random bf16 weights: training steps of
+    qf-lora and of qf-lora+llm-lora on random token ids (no tokenizer needed)."""
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import InstructBlipForConditionalGeneration
 
@@ -154,31 +157,37 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
     from .models.presets import build_config
     from .train import param_groups
 
-    name = torch.cuda.get_device_name(0)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-    config = build_config("flan-t5-xl")
-    out: dict[str, Any] = {"device": name, "bf16_peak_tflops": peak, "preset": "flan-t5-xl", "batch_size": batch_size,
-                           "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "train": []}
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    config = build_config(preset) if config is None else config
+    out: dict[str, Any] = {"device": name, "bf16_peak_tflops": peak, "preset": preset,
+                           "batch_size": batch_size, "prompt_tokens": prompt_tokens, "target_tokens": target_tokens,
+                           "train": []}
+    gen = torch.Generator(device=device).manual_seed(0)
     n_query, image_id = config.num_query_tokens, config.image_token_index
     size = config.vision_config.image_size
-    prompt = torch.randint(2, 32000, (batch_size, prompt_tokens), device="cuda", generator=gen)
+    llm_vocab, qf_vocab = config.text_config.vocab_size, config.qformer_config.vocab_size
+    prompt = torch.randint(0, image_id, (batch_size, prompt_tokens), device=device, generator=gen)
+    prompt[prompt == image_id] = 0
     batch = {
-        "pixel_values": torch.randn(batch_size, 3, size, size, device="cuda", generator=gen, dtype=torch.bfloat16),
-        "qformer_input_ids": torch.randint(1, 30000, (batch_size, prompt_tokens), device="cuda", generator=gen),
-        "input_ids": torch.cat([torch.full((batch_size, n_query), image_id, device="cuda"), prompt], dim=1),
-        "labels": torch.randint(2, 32000, (batch_size, target_tokens), device="cuda", generator=gen),
+        "pixel_values": torch.randn(batch_size, 3, size, size, device=device, generator=gen, dtype=torch.bfloat16),
+        "qformer_input_ids": torch.randint(1, qf_vocab, (batch_size, prompt_tokens), device=device, generator=gen),
+        "input_ids": torch.cat([torch.full((batch_size, n_query), image_id, device=device), prompt], dim=1),
+        "labels": torch.randint(1, llm_vocab, (batch_size, target_tokens), device=device, generator=gen),
     }
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for setup in ("qf-lora", "qf-lora+llm-lora"):
         torch.manual_seed(0)
-        with torch.device("cuda"):
+        with torch.device(device):
             model = InstructBlipForConditionalGeneration(config).to(torch.bfloat16)  # random weights
         model = peft_setup.apply_peft(model, setup, **SETUPS[setup])
         model.train()
         optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-5)
 
         def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 loss = forward(model, batch).loss
             loss.backward()
             optimizer.step()
@@ -187,17 +196,19 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
         step()  # allocate the optimizer state before counting
         with FlopCounterMode(display=False) as counter:
             step()
-        torch.cuda.reset_peak_memory_stats()
-        seconds = _median_time(step, warmup, steps, sync=torch.cuda.synchronize)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = _median_time(step, warmup, steps, sync=sync)
         tflops = counter.get_total_flops() / seconds / 1e12
         row = {"setup": setup, "samples_per_s": batch_size / seconds, "step_s": seconds,
-               "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "tflops": tflops,
-               "mfu": tflops / peak if peak else None}
+               "flops_per_step": counter.get_total_flops(), "tflops": tflops, "mfu": tflops / peak if peak else None,
+               "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
         out["train"].append(row)
         if progress:
-            print(f"  cuda {setup}: {row['samples_per_s']:.1f} samples/s, {tflops:.0f} TFLOP/s", file=sys.stderr)
+            print(f"  {name} {setup}: {row['samples_per_s']:.1f} samples/s, {tflops:.1f} TFLOP/s", file=sys.stderr)
         del model, optimizer
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     return out
 
 
@@ -217,11 +228,11 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"peak resident memory {cpu['peak_rss_mb']:.0f} MB")
     cuda = result.get("cuda")
     if cuda:
-        lines.append(f"CUDA {cuda['device']}, flan-t5-xl bf16 random weights, batch {cuda['batch_size']}")
+        lines.append(f"CUDA {cuda['device']}, {cuda['preset']} bf16 random weights, batch {cuda['batch_size']}")
         for r in cuda["train"]:
             mfu = f", {100 * r['mfu']:.0f}% of the bf16 peak" if r["mfu"] is not None else ""
-            lines.append(f"  {r['setup']:<18}{r['samples_per_s']:.1f} samples/s, {r['peak_gpu_memory_gb']:.1f} GB, "
-                         f"{r['tflops']:.0f} TFLOP/s{mfu}")
+            memory = f", {r['peak_gpu_memory_gb']:.1f} GB" if r["peak_gpu_memory_gb"] is not None else ""
+            lines.append(f"  {r['setup']:<18}{r['samples_per_s']:.1f} samples/s{memory}, {r['tflops']:.1f} TFLOP/s{mfu}")
     else:
         lines.append("CUDA: not available here (the full-size Flan-T5-XL measurement needs a GPU)")
     return "\n".join(lines)
