@@ -91,6 +91,7 @@ def test_report_notebook_runs_on_run_folders(tmp_path):
                    for o in outputs)
 
 
+@pytest.mark.slow
 def test_smoke_profile_end_to_end(tmp_path):
     pytest.importorskip("qformer_peft.engine", reason="the engine (issue 4) is not built yet")
     from qformer_peft import runs, study

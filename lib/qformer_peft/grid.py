@@ -106,8 +106,8 @@ PROFILES: dict[str, Profile] = {
                     ("llama", "scienceqa", "qf-lora", "self_attn", None)),
         adalora_cells=(("t5", "iconqa"), ("t5", "scienceqa"), ("t5", "flickr30k"), ("t5", "vizwiz")),
         ranks=(2, 4), seeds=(42,), claim_seeds=(42,),
-        hparams={"max_epochs": 2, "patience": 2, "batch_size": 8, "train_limit": 32, "val_limit": 16,
-                 "test_limit": 16},
+        hparams={"max_epochs": 2, "patience": 2, "batch_size": 8, "train_limit": 16, "val_limit": 8,
+                 "test_limit": 8},
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 2} for b in ("flickr30k", "vizwiz")},
     ),
     "mini": Profile(

@@ -241,6 +241,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"qformer-peft report: nothing to report: no run folders in {runs_dir} and no executed notebooks "
               f"in {nb_dir}", file=sys.stderr)
         return 1
-    index = build_report(runs_dir, notebooks_dir=nb_dir, out=out, cache_dir=layout.root / "cache")
+    index = build_report(runs_dir, notebooks_dir=nb_dir, out=out, cache_dir=layout.root / "cache",
+                         title=f"Q-Former PEFT study ({runs_dir.name})")
     print(f"[report] {index}")
     return 0
