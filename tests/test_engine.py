@@ -39,6 +39,7 @@ def write_iconqa(data, n=(8, 4, 4), seed=0):
     (root / "pid_splits.json").write_text(json.dumps(splits))
     words = "<Image> Question: What color is the square ? Options: ( a ) b c . Short answer: blue green red"
     (data / "vocab.txt").write_text("\n".join(words.split()))
+    (data / "synth.json").write_text("{}")  # marks DATA as `data synth` output: one root per benchmark
     return data / "iconqa"
 
 
@@ -190,7 +191,7 @@ def test_adalora_run_writes_its_rank_table_and_resumes_its_budget(config, tmp_pa
 def test_cli_run_writes_a_run_folder(data_root, tmp_path, capsys):
     features.clear_memory()
     status = cli.main(["run", "--preset", "tiny", "--setup", "qf-lora", "--qf-sublayers", "all", "--rank", "4",
-                       "--dataset", "iconqa", "--data-root", str(data_root), "--out", str(tmp_path),
+                       "--dataset", "iconqa", "--data-root", str(data_root.parent), "--out", str(tmp_path),
                        "--max-epochs", "1", "--set", "batch_size=6", "--no-progress"])
     out = capsys.readouterr().out
     assert status == 0 and "test accuracy:" in out

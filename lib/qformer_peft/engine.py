@@ -46,7 +46,7 @@ def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cp
     A preset name builds a randomly initialised model (seeded by config.seed) whose word-level
     tokenizers come from the synthetic world's vocabulary: DATA/vocab.txt beside the benchmark roots
     (`data synth` writes it), else data.synthetic.vocabulary(). Anything else is a checkpoint
-    directory or hub id, read with load_bundle.
+    directory or hub id, read with load_bundle (a local directory never touches the network).
     """
     from .models import build
     from .models.presets import PRESETS
@@ -58,9 +58,18 @@ def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cp
     return build.load_bundle(config.model, device=device)
 
 
+def benchmark_root(config: ExperimentConfig) -> Path:
+    """The benchmark's own root: data_root itself, or data_root/<benchmark> when data_root is the folder
+    `qformer-peft data synth` wrote (it holds synth.json and one root per benchmark)."""
+    root = Path(config.data_root)
+    if (root / "synth.json").is_file() and (root / config.benchmark).is_dir():
+        return root / config.benchmark
+    return root
+
+
 def _vocabulary(config: ExperimentConfig) -> list[str]:
     if config.data_root:
-        vocab = Path(config.data_root).resolve().parent / "vocab.txt"
+        vocab = benchmark_root(config).resolve().parent / "vocab.txt"
         if vocab.is_file():
             return [w for w in vocab.read_text(encoding="utf-8").splitlines() if w]
     from .data import synthetic
@@ -100,9 +109,9 @@ def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
                           "as `qformer-peft data synth --out DATA` writes it)")
     out = {}
     for split, limit in (("train", config.train_limit), ("val", config.val_limit), ("test", config.test_limit)):
-        records = data.load(config.benchmark, config.data_root, split).records[:limit]
+        records = data.load(config.benchmark, benchmark_root(config), split).records[:limit]
         if not records:
-            raise ValueError(f"{config.data_root}: the {split} split of {config.benchmark} is empty")
+            raise ValueError(f"{benchmark_root(config)}: the {split} split of {config.benchmark} is empty")
         out[split] = examples_of(records, train=split == "train")
     return out
 
