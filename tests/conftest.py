@@ -1,6 +1,14 @@
-"""Shared test fixtures: everything offline, seeded, tiny."""
+"""Shared test settings: everything offline, seeded, tiny, one thread.
+
+One torch thread: the test models are so small that a second thread only adds synchronisation,
+and under load (parallel sessions, CI neighbours) it made the suite several times slower.
+"""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402  (after the offline switches)
+
+torch.set_num_threads(1)

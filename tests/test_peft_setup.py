@@ -154,3 +154,27 @@ def test_apply_peft_rejects_inconsistent_requests():
     with pytest.raises(ValueError, match="unknown setup 'lora'"):
         apply_peft(model, "lora")
     assert set(QF_SUBLAYERS) == {"self_attn", "cross_attn", "ffn", "all"}
+
+
+def test_lora_alpha_sets_the_scaling():
+    model = apply_peft(tiny("t5").model, "qf-lora", qf_sublayers="self_attn", rank=4, lora_alpha=16)
+    layer = unwrap(model).qformer.encoder.layer[0].attention.attention.query
+    assert layer.scaling["default"] == 16 / 4
+
+
+def test_adalora_adapter_loaded_for_inference_scores_a_batch(tmp_path):
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    bundle = tiny("t5")
+    model = apply_peft(bundle.model, "qf-lora", qf_sublayers="all", adalora={"total_step": 10})
+    with torch.no_grad():
+        for name, p in unwrap(model).named_parameters():
+            if "lora_E" in name:
+                p.fill_(0.5)  # a non-zero update, so the reloaded adapter matters
+    model.eval()
+    batch = batch_for(bundle)
+    expected = forward(unwrap(model), batch).loss  # the adapted model without the training-only penalty
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny("t5").model, tmp_path).eval()  # inference mode: no allocator
+    assert torch.allclose(forward(reloaded, batch).loss, expected, atol=1e-5)

@@ -217,13 +217,11 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
     splits = load_examples(config)
     total_steps = steps_per_epoch(len(splits["train"]), config.batch_size, config.grad_accum) * config.max_epochs
 
-    if (config.lora_alpha, config.lora_dropout) != (peft_setup.LORA_ALPHA, peft_setup.LORA_DROPOUT):
-        raise ConfigError(f"lora_alpha={config.lora_alpha}, lora_dropout={config.lora_dropout}: peft_setup applies "
-                          f"the paper's {peft_setup.LORA_ALPHA} and {peft_setup.LORA_DROPOUT} only")
     seed_everything(config.seed)  # LoRA's initialisation draws from torch's generator
     model = peft_setup.apply_peft(
         bundle.model, config.setup, qf_sublayers=config.qf_sublayers, llm_targets=config.llm_targets,
-        rank=config.rank, adalora=config.adalora_schedule(total_steps) if config.method == "adalora" else None)
+        rank=config.rank, adalora=config.adalora_schedule(total_steps) if config.method == "adalora" else None,
+        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
     trainable = peft_setup.trainable_parameters(model)
 
     cache = None

@@ -113,13 +113,13 @@ def target_module_names(model, qf_sublayers: str | None = None, llm_targets: str
     return names
 
 
-def _peft_config(targets: list[str], rank: int | None, adalora: dict | None):
+def _peft_config(targets: list[str], rank: int | None, adalora: dict | None, alpha: float, dropout: float):
     if adalora is None:
-        return LoraConfig(r=rank, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=targets, bias="none")
+        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     options = {**ADALORA, **adalora}
     if "total_step" not in options:
         raise ValueError("apply_peft: AdaLoRA needs adalora={'total_step': <optimizer steps of the run>, ...}")
-    return AdaLoraConfig(lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=targets, bias="none", **options)
+    return AdaLoraConfig(lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", **options)
 
 
 def apply_peft(
@@ -130,6 +130,8 @@ def apply_peft(
     llm_targets: str | None = None,
     rank: int | None = None,
     adalora: dict | None = None,
+    lora_alpha: float = LORA_ALPHA,
+    lora_dropout: float = LORA_DROPOUT,
 ):
     """Adapt `model` (an InstructBlipForConditionalGeneration) for `setup` and set what is trainable.
 
@@ -160,7 +162,7 @@ def apply_peft(
         targets = target_module_names(model, qf_sublayers, llm_targets)
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            model = get_peft_model(model, _peft_config(targets, rank, adalora))
+            model = get_peft_model(model, _peft_config(targets, rank, adalora, lora_alpha, lora_dropout))
     for name, param in unwrap(model).named_parameters():
         group = parameter_group(name)
         param.requires_grad = group in ("query_tokens", "projection", "vit_layernorm") or (

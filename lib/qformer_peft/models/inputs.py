@@ -16,7 +16,7 @@ that every prompt ends where generation starts.
 from __future__ import annotations
 
 import torch
-from peft import PeftModel
+from peft import AdaLoraModel, PeftModel
 from transformers import InstructBlipForConditionalGeneration
 from transformers.models.instructblip.modeling_instructblip import BaseModelOutputWithVisionQformerOutputs
 
@@ -31,7 +31,14 @@ def unwrap(model) -> InstructBlipForConditionalGeneration:
 def _entry(model):
     # Through peft's tuner (LoraModel / AdaLoraModel) rather than PeftModel.forward: AdaLoraModel.forward
     # adds the orthogonality penalty to the loss, which PeftModel.forward would skip (PROTOCOL §6).
-    return model.base_model if isinstance(model, PeftModel) else model
+    # An AdaLoRA adapter loaded for inference has no trainable adapter, hence no penalty to add:
+    # its tuner's forward would fail looking for one, so go straight to the adapted model.
+    if not isinstance(model, PeftModel):
+        return model
+    tuner = model.base_model
+    if isinstance(tuner, AdaLoraModel) and not hasattr(tuner, "trainable_adapter_name"):
+        return tuner.model
+    return tuner
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
