@@ -1,0 +1,550 @@
+"""The embedded base models: small InstructBLIPs built in stages the way the real one was (issue 5), cached.
+
+    qformer-peft base build --preset mini --llm t5|llama|both [--seed N] [--data DIR] [--cache DIR]
+    qformer-peft base list [--cache DIR]        qformer-peft base path --preset mini --llm t5 [--seed N]
+
+    from qformer_peft.models.base import ensure_base
+    path = ensure_base("mini", "t5", 0, "data/mini", "cache/base")   # builds what is missing; load_bundle(path)
+
+A build runs models/base_stages.py (1: vision encoder on dense labels, then frozen; 2: language model on the
+world's text; 3: Q-Former + queries + projection on the held-in tasks from cached encoder features), saves
+the result with its tokenizers as an ordinary checkpoint directory (Bundle.save, read by load_bundle), and
+measures it (models/base_quality.py): build_report.json and build_report.md lie beside the weights.
+
+Cache layout (default $QFP_CACHE/base, else ~/.cache/qformer-peft/base; outside git):
+    <preset>-<llm>[-s<seed>]/     the checkpoint + build_key.json + build_report.{json,md}
+    vision/<preset>-s<seed>-<key>/  the stage-1 encoder and its report, shared by both LLMs
+    features/                     the frozen encoder's outputs (features.FeatureCache), shared by both LLMs
+A checkpoint is current when its build_key.json equals the key of (preset, LLM, seed, data version, recipe,
+BUILD_VERSION); anything else is rebuilt in place (built in a temporary folder, then swapped in).
+The `tiny` preset on the `smoke` (or `tiny`) synthetic data is the smoke variant: it builds in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import runs
+
+BUILD_VERSION = "1"  # bump when a change here or in base_stages changes the weights a recipe builds
+DEFAULT_SEED = 0
+LLMS = ("t5", "llama")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How long each stage trains and what the report measures. Part of the cache key."""
+
+    # stage 1: vision encoder on dense labels
+    vision_epochs: int
+    vision_batch: int = 32
+    vision_lr: float = 1e-3
+    vision_flip: bool = True
+    # stage 2: language model on text (0 epochs: no text stage)
+    text_epochs: int = 0
+    text_batch: int = 32
+    text_lr: float = 1e-3
+    # stage 3: Q-Former between them; stage3_llm 'frozen' (BLIP-2's recipe) or 'trained' alongside
+    qformer_epochs: int = 1
+    qformer_batch: int = 16
+    qformer_lr: float = 5e-4
+    qformer_warmup: int = 50
+    stage3_llm: str = "frozen"
+    # report
+    eval_limit: int | None = 300          # held-in val task lines scored (3 per picture)
+    zero_shot_limit: int | None = 300     # synthetic IconQA / ScienceQA val items ranked
+    adapt_train: int = 0                  # qf-lora adaptability check on IconQA: training items (0: skip)
+    adapt_epochs: int = 2
+    adapt_val: int = 200
+    # torch intra-op threads during the build (None: torch's default). Fixed per recipe so that a build
+    # does the same arithmetic on any machine; 1 for the tiny preset, whose tensors are too small to share
+    # (two threads fighting other processes for two cores were measured 15x slower there).
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage3_llm not in ("frozen", "trained"):
+            raise ValueError(f"stage3_llm={self.stage3_llm!r}: use 'frozen' or 'trained'")
+        if self.vision_epochs < 1 or self.qformer_epochs < 1 or self.text_epochs < 0:
+            raise ValueError("vision_epochs and qformer_epochs must be >= 1, text_epochs >= 0")
+        if self.stage3_llm == "frozen" and self.text_epochs == 0:
+            raise ValueError("stage3_llm='frozen' needs a text stage (text_epochs >= 1): a random LLM cannot stay frozen")
+
+    def replace(self, **changes: Any) -> "Recipe":
+        fields = {f.name: f.type for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+        return dataclasses.replace(self, **changes)
+
+
+RECIPES: dict[str, Recipe] = {
+    # the smoke variant: seconds on a CPU (tests, CI); numbers mean nothing
+    "tiny": Recipe(vision_epochs=1, vision_batch=16, text_epochs=1, text_batch=16, qformer_epochs=1,
+                   qformer_batch=8, qformer_warmup=2, eval_limit=24, zero_shot_limit=8, adapt_train=16,
+                   adapt_epochs=1, adapt_val=8),
+    # the embedded default: sized by measurement to stay within 10 minutes a build on a 2-core CPU
+    "mini": Recipe(vision_epochs=6, vision_batch=32, vision_lr=1e-3, text_epochs=3, text_batch=32, text_lr=1e-3,
+                   qformer_epochs=3, qformer_batch=16, qformer_lr=5e-4, qformer_warmup=100, stage3_llm="frozen",
+                   eval_limit=600, zero_shot_limit=400, adapt_train=1600, adapt_epochs=2, adapt_val=300),
+}
+
+
+# --- names, keys, paths ---------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    """$QFP_CACHE/base, else ~/.cache/qformer-peft/base (XDG_CACHE_HOME respected)."""
+    if os.environ.get("QFP_CACHE"):
+        return Path(os.environ["QFP_CACHE"]) / "base"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qformer-peft" / "base"
+
+
+def base_name(preset: str, llm: str, seed: int = DEFAULT_SEED) -> str:
+    """'mini-t5' for the default seed (the grid's {checkpoints}/mini-t5), 'mini-t5-s1' otherwise."""
+    if llm not in LLMS:
+        raise ValueError(f"llm must be one of {LLMS}, got {llm!r}")
+    return f"{preset}-{llm}" + (f"-s{seed}" if seed != DEFAULT_SEED else "")
+
+
+def base_path(preset: str, llm: str, seed: int = DEFAULT_SEED, cache_dir: str | Path | None = None) -> Path:
+    """Where the checkpoint of (preset, llm, seed) lives (built or not)."""
+    return Path(cache_dir or default_cache_dir()) / base_name(preset, llm, seed)
+
+
+def data_version(data_dir: str | Path) -> str:
+    """sha256 (16 hex) of what a build reads: the held-in tasks and text, the held-in scenes, the vocabulary
+    and the generator's version. The benchmarks are not part of it (a build never reads them)."""
+    root = Path(data_dir)
+    h = hashlib.sha256()
+    synth = root / "synth.json"
+    h.update(str(json.loads(synth.read_text()).get("version") if synth.is_file() else None).encode())
+    for rel in ("heldin/train.jsonl", "heldin/val.jsonl", "heldin/text_train.txt", "heldin/text_val.txt",
+                "vocab.txt"):
+        path = root / rel
+        h.update(f"{rel}:".encode() + (path.read_bytes() if path.is_file() else b"<absent>"))
+    scenes = root / "scenes.jsonl"
+    if scenes.is_file():
+        with open(scenes, "rb") as f:
+            for line in f:
+                if b'"benchmark":"heldin"' in line.replace(b" ", b""):
+                    h.update(line)
+    return h.hexdigest()[:16]
+
+
+def build_key(preset: str, llm: str, seed: int, data_dir: str | Path, recipe: Recipe) -> dict[str, Any]:
+    return {"preset": preset, "llm": llm, "seed": seed, "data_version": data_version(data_dir),
+            "recipe": dataclasses.asdict(recipe), "build_version": BUILD_VERSION}
+
+
+def _vision_key(key: dict[str, Any]) -> str:
+    stage1 = {k: v for k, v in key["recipe"].items() if k.startswith("vision_")}
+    return runs.config_hash({"preset": key["preset"], "seed": key["seed"], "data": key["data_version"],
+                             "recipe": stage1, "build_version": key["build_version"]})
+
+
+def is_current(path: str | Path, key: dict[str, Any]) -> bool:
+    """Does `path` hold a finished build of exactly this key?"""
+    path = Path(path)
+    try:
+        return (path / "model.safetensors").is_file() and runs.read_json(path / "build_key.json") == key
+    except (OSError, ValueError):
+        return False
+
+
+def recipe_for(preset: str, overrides: dict[str, Any] | None = None) -> Recipe:
+    if preset not in RECIPES:
+        raise ValueError(f"no base-model recipe for preset {preset!r}; embedded presets: {', '.join(RECIPES)}")
+    return RECIPES[preset].replace(**(overrides or {}))
+
+
+# --- building ---------------------------------------------------------------------------------------
+
+def ensure_base(preset: str, llm: str, seed: int = DEFAULT_SEED, data_dir: str | Path = "data/mini",
+                cache_dir: str | Path | None = None, *, recipe: Recipe | None = None, quality: bool = True,
+                log: Callable[[str], None] | None = print) -> Path:
+    """The checkpoint of (preset, llm, seed) built on data_dir, building what is missing; its path."""
+    recipe = recipe or recipe_for(preset)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    path = base_path(preset, llm, seed, cache_dir)
+    key = build_key(preset, llm, seed, data_dir, recipe)
+    if is_current(path, key):
+        return path
+    with _lock(cache_dir / f".{path.name}.lock"):
+        if not is_current(path, key):  # another process may have built it meanwhile
+            build_base(preset, llm, seed, data_dir, cache_dir, recipe=recipe, quality=quality, log=log)
+    return path
+
+
+def build_base(preset: str, llm: str, seed: int = DEFAULT_SEED, data_dir: str | Path = "data/mini",
+               cache_dir: str | Path | None = None, *, recipe: Recipe | None = None, quality: bool = True,
+               log: Callable[[str], None] | None = print) -> Path:
+    """Build (or rebuild) one base model into the cache: train_base, save, measure; its checkpoint directory."""
+    recipe = recipe or recipe_for(preset)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    data_dir = Path(data_dir)
+    final = base_path(preset, llm, seed, cache_dir)
+    key = build_key(preset, llm, seed, data_dir, recipe)
+    _say(log, f"[base] building {final.name} from {data_dir} (recipe {runs.config_hash(key['recipe'])})")
+    with _threads(recipe.threads):
+        bundle, report, images, clock = train_base(preset, llm, seed, data_dir, cache_dir, recipe=recipe, log=log)
+        report = {"name": final.name, "key": key, **report}
+        tmp = cache_dir / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        bundle.save(tmp)
+        if quality:
+            with clock("quality"):
+                report["quality"] = _measure(bundle, tmp, data_dir, cache_dir, images, recipe, log)
+    report["time_s"], report["cpu_s"] = clock.times, clock.cpu
+    report["machine"]["load_average_end"] = _loadavg()
+    runs.write_json(tmp / "build_report.json", report)
+    (tmp / "build_report.md").write_text(report_markdown(report), encoding="utf-8")
+    runs.write_json(tmp / "build_key.json", key)
+    _swap_in(tmp, final)
+    _say(log, f"[base] {final.name} built in {sum(clock.times.values()):.0f} s: {final}")
+    return final
+
+
+def train_base(preset: str, llm: str, seed: int, data_dir: str | Path, cache_dir: str | Path, *,
+               recipe: Recipe | None = None, log: Callable[[str], None] | None = print):
+    """Stages 1-3 in memory: (bundle, report, images, clock). images: the frozen encoder's cached features
+    (features.ImageEncoder) for the measurements; clock: wall / CPU seconds per stage so far.
+    Stage 1 is read from (or written to) CACHE/vision/, the features from (or to) CACHE/features/."""
+    recipe = recipe or recipe_for(preset)
+    with _threads(recipe.threads):
+        return _train_base(preset, llm, seed, Path(data_dir), Path(cache_dir), recipe, log)
+
+
+def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Recipe, log):
+    from . import base_stages
+    from ..features import FeatureCache, ImageEncoder
+    from .build import build_model, default_tokenizers
+
+    key = build_key(preset, llm, seed, data_dir, recipe)
+    clock = _Clock()
+    report: dict[str, Any] = {"stages": {}, "quality": {},
+                              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                          "load_average_start": _loadavg()}}
+    heldin = base_stages.read_heldin(data_dir)
+    qformer_tokenizer, llm_tokenizer = default_tokenizers(_vocabulary(data_dir))
+
+    # stage 1: shared by both LLMs (cached under vision/)
+    with clock("stage1_vision"):
+        vision_dir = cache_dir / "vision" / f"{preset}-s{seed}-{_vision_key(key)}"
+        vision_state, report["stages"]["stage1_vision"] = _stage1(vision_dir, preset, heldin, recipe, seed, log)
+    bundle = build_model(preset, llm, qformer_tokenizer=qformer_tokenizer, llm_tokenizer=llm_tokenizer, seed=seed)
+    bundle.model.vision_model.load_state_dict(vision_state)
+    for param in bundle.model.parameters():
+        param.requires_grad = False
+
+    # stage 2: the LLM alone on text
+    if recipe.text_epochs:
+        with clock("stage2_text"):
+            report["stages"]["stage2_text"] = base_stages.train_language(
+                bundle.model.language_model, llm_tokenizer, llm, heldin, epochs=recipe.text_epochs,
+                batch_size=recipe.text_batch, lr=recipe.text_lr, seed=seed, log=log)
+
+    # the frozen encoder's features, once (shared by both LLMs through the disk cache)
+    with clock("features"):
+        cache = FeatureCache(bundle.model, bundle.image_processor, cache_dir / "features")
+        cache.precompute(heldin.images("train") + heldin.images("val"))
+        report["stages"]["features"] = {"stats": dict(cache.stats)}
+    images = ImageEncoder(bundle.model, bundle.image_processor, cache=cache)
+
+    # stage 3: Q-Former + queries + projection (+ LLM) on the held-in tasks
+    with clock("stage3_qformer"):
+        report["stages"]["stage3_qformer"] = base_stages.train_qformer(
+            bundle, heldin, images, epochs=recipe.qformer_epochs, batch_size=recipe.qformer_batch,
+            lr=recipe.qformer_lr, warmup_steps=recipe.qformer_warmup, train_llm=recipe.stage3_llm == "trained",
+            seed=seed, log=log)
+    changed = [n for n, t in bundle.model.vision_model.state_dict().items()
+               if not n.startswith("post_layernorm.") and not torch.equal(t, vision_state[n])]
+    if changed:
+        raise AssertionError(f"stage 3 changed the frozen vision encoder: {changed[:3]}")
+    return bundle, report, images, clock
+
+
+def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
+    from safetensors.torch import load_file, save
+
+    from . import base_stages
+
+    weights, meta = vision_dir / "vision.safetensors", vision_dir / "stage1.json"
+    if weights.is_file() and meta.is_file():
+        _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
+        return load_file(weights), {**runs.read_json(meta), "reused": True}
+    state, report = base_stages.train_vision(preset, heldin, epochs=recipe.vision_epochs,
+                                             batch_size=recipe.vision_batch, lr=recipe.vision_lr,
+                                             flip=recipe.vision_flip, seed=seed, log=log)
+    runs.atomic_write(weights, save(state))
+    runs.write_json(meta, report)
+    return state, {**report, "reused": False}
+
+
+def _measure(bundle, checkpoint: Path, data_dir: Path, cache_dir: Path, images, recipe: Recipe, log) -> dict:
+    from . import base_quality
+
+    q: dict[str, Any] = {}
+    limit = recipe.eval_limit
+    q["heldin"] = base_quality.heldin_score(bundle, data_dir, limit, images=images)
+    q["heldin_shuffled"] = base_quality.heldin_score(bundle, data_dir, limit, images=images, shuffle=True)
+    q["heldin_chance"] = base_quality.heldin_chance(data_dir, limit)
+    _say(log, "[base] held-in VQA exact match {} (shuffled images {}, blind prior {}); caption CIDEr {} "
+              "(shuffled {}, prior {})".format(*(q[k]["vqa_em"] for k in ("heldin", "heldin_shuffled", "heldin_chance")),
+                                               *(q[k]["caption_cider"] for k in ("heldin", "heldin_shuffled",
+                                                                                  "heldin_chance"))))
+    for bench in ("iconqa", "scienceqa"):
+        if not (data_dir / bench).is_dir():
+            q[f"zero_shot_{bench}"] = {"skipped": f"{data_dir / bench} absent"}
+            continue
+        q[f"zero_shot_{bench}"] = base_quality.zero_shot(bundle, data_dir, bench, limit=recipe.zero_shot_limit,
+                                                         images=_cached(bundle, cache_dir))
+        _say(log, f"[base] zero-shot {bench} val accuracy {q[f'zero_shot_{bench}']['accuracy']} "
+                  f"(chance {q[f'zero_shot_{bench}']['chance']})")
+    if recipe.adapt_train and (data_dir / "iconqa").is_dir():
+        work = cache_dir / f".adapt-{checkpoint.name}"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            q["adaptability"] = base_quality.adaptability(
+                checkpoint, data_dir, work, cache_dir=cache_dir / "features", train_limit=recipe.adapt_train,
+                epochs=recipe.adapt_epochs, val_limit=recipe.adapt_val, heldin_limit=recipe.eval_limit, log=log)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return q
+
+
+def _cached(bundle, cache_dir: Path):
+    from ..features import FeatureCache, ImageEncoder
+
+    return ImageEncoder(bundle.model, bundle.image_processor,
+                        cache=FeatureCache(bundle.model, bundle.image_processor, cache_dir / "features"))
+
+
+def _vocabulary(data_dir: Path) -> list[str]:
+    """The synthetic world's closed vocabulary, as engine.resolve_bundle reads it."""
+    vocab = data_dir / "vocab.txt"
+    if vocab.is_file():
+        return [w for w in vocab.read_text(encoding="utf-8").splitlines() if w]
+    from ..data import synthetic
+
+    return list(synthetic.vocabulary())
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op thread count set to n inside the block (unchanged for None)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive file lock (POSIX); two processes never build the same checkpoint at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock, the atomic swap still keeps it consistent
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _Clock:
+    """Wall and CPU seconds per named stage."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.times[name] = round(time.perf_counter() - wall, 2)
+            self.cpu[name] = round(time.process_time() - cpu, 2)
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on every platform
+        return None
+
+
+def _say(log, text: str) -> None:
+    if log is not None:
+        log(text)
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """build_report.md: the headline numbers of build_report.json."""
+    s, q = report["stages"], report.get("quality", {})
+    lines = [f"# Base model {report['name']}", "",
+             f"preset {report['key']['preset']}, LLM {report['key']['llm']}, seed {report['key']['seed']}, "
+             f"data version {report['key']['data_version']}, build version {report['key']['build_version']}", ""]
+    v = s["stage1_vision"]
+    lines += ["## Stage 1: vision encoder (dense labels, then frozen)" + (" - reused" if v.get("reused") else ""),
+              "held-out attribute accuracy (majority-class reference in brackets):", ""]
+    for k, val in v["quality"].items():
+        if k != "majority":
+            ref = v["quality"]["majority"].get(k)
+            lines.append(f"- {k}: {val}" + (f" ({ref})" if ref is not None else ""))
+    if "stage2_text" in s:
+        t = s["stage2_text"]
+        lines += ["", f"## Stage 2: language model ({t['objective']}, {t['steps']} steps)",
+                  f"held-out perplexity {t['quality']['perplexity_before']} -> {t['quality']['perplexity']}"]
+    else:
+        lines += ["", "## Stage 2: no text stage (the LLM trains alongside the Q-Former in stage 3)"]
+    t = s["stage3_qformer"]
+    lines += ["", f"## Stage 3: Q-Former on held-in tasks ({t['steps']} steps, LLM {t['llm']})",
+              f"val loss by epoch: {[h['val_loss'] for h in t['history']]}"]
+    if q:
+        h, sh, ch = q["heldin"], q["heldin_shuffled"], q["heldin_chance"]
+        lines += ["", "## Quality", "", "| held-in (val) | model | shuffled images | blind prior |", "|---|---|---|---|",
+                  f"| VQA exact match | {h['vqa_em']} | {sh['vqa_em']} | {ch['vqa_em']} |",
+                  f"| caption CIDEr | {h['caption_cider']} | {sh['caption_cider']} | {ch['caption_cider']} |",
+                  f"| caption BLEU-4 | {h['caption_bleu4']} | {sh['caption_bleu4']} | {ch['caption_bleu4']} |", "",
+                  "VQA exact match by question type: " + ", ".join(f"{k} {v}" for k, v in h["vqa_by_type"].items()), ""]
+        for bench in ("iconqa", "scienceqa"):
+            z = q.get(f"zero_shot_{bench}", {})
+            lines.append(f"- zero-shot {bench} val: " + (f"{z['accuracy']} (chance {z['chance']}, n {z['n']})"
+                                                          if "accuracy" in z else z.get("skipped", "not measured")))
+        a = q.get("adaptability")
+        if a:
+            c = a["heldin_vqa_em"]
+            lines += [f"- adaptability ({a['setup']}, {a['steps']} steps on {a['train_items']} IconQA items): val "
+                      f"{a['val_before']} -> {a['val_after']} (chance {a['chance']})",
+                      f"- what adapting costs on held-in VQA: base {c['base']}, adapted {c['adapted']}, adapter "
+                      f"switched off {c.get('adapter_off')}"]
+    lines += ["", "## Time (wall s; CPU s in brackets)", ""]
+    lines += [f"- {k}: {v} ({report['cpu_s'].get(k)})" for k, v in report["time_s"].items()]
+    lines += [f"- load average at start / end: {report['machine']['load_average_start']} / "
+              f"{report['machine'].get('load_average_end')} on {report['machine']['cpus']} CPUs", ""]
+    return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def list_bases(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every finished build in the cache: name, path, key and headline numbers."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    out = []
+    for path in sorted(cache_dir.glob("*/build_key.json")):
+        report_path = path.parent / "build_report.json"
+        report = runs.read_json(report_path) if report_path.is_file() else {}
+        q = report.get("quality", {})
+        out.append({"name": path.parent.name, "path": str(path.parent), "key": runs.read_json(path),
+                    "heldin_vqa_em": q.get("heldin", {}).get("vqa_em"),
+                    "build_s": round(sum(report.get("time_s", {}).values()), 1) if report else None})
+    return out
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("base", help="build the embedded base models", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="base_command", required=True)
+    build = sub.add_parser("build", help="build (or reuse) a base model: stages 1-3 and the build report")
+    build.add_argument("--preset", default="mini", choices=sorted(RECIPES))
+    build.add_argument("--llm", default="both", choices=(*LLMS, "both"))
+    build.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    build.add_argument("--data", type=Path, default=None,
+                       help="synthetic world (default: data/<size> here; written first if absent)")
+    build.add_argument("--cache", type=Path, default=None, help=f"cache folder (default: {default_cache_dir()})")
+    build.add_argument("--force", action="store_true", help="rebuild even if a current build exists")
+    build.add_argument("--no-quality", action="store_true", help="skip the measurements (not for real builds)")
+    build.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a recipe field (JSON value), e.g. --set stage3_llm='\"trained\"'")
+    build.set_defaults(func=_cli_build)
+    listing = sub.add_parser("list", help="list the finished builds in the cache")
+    listing.add_argument("--cache", type=Path, default=None)
+    listing.set_defaults(func=_cli_list)
+    path = sub.add_parser("path", help="print where a base model lives (exit 1 if it is not built)")
+    path.add_argument("--preset", default="mini", choices=sorted(RECIPES))
+    path.add_argument("--llm", required=True, choices=LLMS)
+    path.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    path.add_argument("--cache", type=Path, default=None)
+    path.set_defaults(func=_cli_path)
+
+
+DATA_SIZE = {"tiny": "smoke", "mini": "mini"}  # the synthetic world each preset is built on by default
+
+
+def _cli_build(args: argparse.Namespace) -> int:
+    overrides = {}
+    for item in args.set:
+        field, sep, raw = item.partition("=")
+        if not sep:
+            print(f"qformer-peft base build: --set {item!r}: expected FIELD=VALUE", file=sys.stderr)
+            return 2
+        try:
+            overrides[field] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[field] = raw
+    try:
+        recipe = recipe_for(args.preset, overrides)
+    except (ValueError, TypeError) as err:
+        print(f"qformer-peft base build: {err}", file=sys.stderr)
+        return 2
+    data_dir = args.data or Path("data") / DATA_SIZE[args.preset]
+    if not data_dir.exists():
+        from ..data.synthetic import synthesize
+
+        print(f"[base] {data_dir} does not exist: writing the {DATA_SIZE[args.preset]} synthetic world there")
+        synthesize(data_dir, DATA_SIZE[args.preset], 0)
+    for llm in LLMS if args.llm == "both" else (args.llm,):
+        if args.force:
+            path = build_base(args.preset, llm, args.seed, data_dir, args.cache, recipe=recipe,
+                              quality=not args.no_quality)
+        else:
+            path = ensure_base(args.preset, llm, args.seed, data_dir, args.cache, recipe=recipe,
+                               quality=not args.no_quality)
+        report = path / "build_report.md"
+        print(report.read_text() if report.is_file() else path)
+    return 0
+
+
+def _cli_list(args: argparse.Namespace) -> int:
+    rows = list_bases(args.cache)
+    if not rows:
+        print(f"no base models in {args.cache or default_cache_dir()}")
+    for r in rows:
+        print(f"{r['name']:16s} data {r['key']['data_version']}  held-in VQA {r['heldin_vqa_em']}  "
+              f"built in {r['build_s']} s  {r['path']}")
+    return 0
+
+
+def _cli_path(args: argparse.Namespace) -> int:
+    path = base_path(args.preset, args.llm, args.seed, args.cache)
+    print(path)
+    return 0 if (path / "build_key.json").is_file() else 1

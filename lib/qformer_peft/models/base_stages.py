@@ -1,0 +1,465 @@
+"""The three training stages of an embedded base model, each with its own direct signal (issue 5).
+
+  stage 1  vision encoder (stands in for EVA-CLIP): the preset's InstructBLIP vision tower, alone, on the
+           held-in pictures with dense labels from the scenes side file: per patch the shape, colour, size
+           class and region (row, column) of the object covering it (or background) plus its centre and
+           extent; the object count from the CLS token. Linear heads, thrown away afterwards, so that every
+           attribute the benchmarks ask about is linearly readable from the patch tokens. Then frozen for good.
+  stage 2  language model (stands in for Flan-T5 / Vicuna): the LLM alone on the world's held-in text
+           (captions, questions with answers, facts and lectures): prefix LM for T5, causal LM for LLaMA.
+  stage 3  Q-Former + query tokens + projection (+ the post-ViT LayerNorm, trainable as in every setup)
+           on the held-in tasks (captioning, open VQA) with the ordinary InstructBLIP loss through the
+           engine's training loop (train.fit), from cached encoder features; optionally the LLM too.
+Only DATA/heldin and the held-in lines of DATA/scenes.jsonl are read here: never a benchmark.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.synthetic_world import COLOR_NAMES, SHAPES, SIZE_NAMES, patch_labels
+from .presets import build_config, get_preset
+
+# per-patch classification targets (class 0 = background, k + 1 = the k-th value) and their class counts
+PATCH_ATTRIBUTES = {"shape": len(SHAPES), "color": len(COLOR_NAMES), "size": len(SIZE_NAMES), "row": 3, "col": 3}
+GEOMETRY = ("cx", "cy", "extent")  # per-patch regression of the covering object's centre and extent
+MAX_COUNT = 9  # the CLS head predicts 0..MAX_COUNT objects
+EXTENT_SCALE = 27.0  # the largest object extent in px (synthetic_world.SIZES)
+
+
+def _log(log: Callable[[str], None] | None, text: str) -> None:
+    if log is not None:
+        log(text)
+
+
+# --- held-in data ---------------------------------------------------------------------------------
+
+@dataclass
+class HeldIn:
+    """DATA/heldin: the tasks (caption / vqa lines), the world's text, and the scenes of its pictures."""
+
+    root: Path                                 # DATA
+    tasks: dict[str, list[dict]]               # split -> [{image (absolute), task, qtype, prompt, answer}]
+    text: dict[str, list[str]]                 # split -> facts and lectures
+    scenes: dict[str, list[tuple[str, dict]]]  # split -> [(image path, scene)], one per picture
+
+    def images(self, split: str) -> list[str]:
+        return [path for path, _ in self.scenes[split]]
+
+
+def read_heldin(data_dir: str | Path) -> HeldIn:
+    """Read DATA/heldin/{train,val}.jsonl, text_{train,val}.txt and the held-in lines of DATA/scenes.jsonl."""
+    root = Path(data_dir)
+    heldin = root / "heldin"
+    fix = f"write the synthetic world with `qformer-peft data synth --out {root}`"
+    tasks: dict[str, list[dict]] = {}
+    text: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        path = heldin / f"{split}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the base models train on the held-in tasks; {fix}")
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                row = json.loads(line)
+                rows.append({**row, "image": str(heldin / row["image"]), "prompt": str(row["prompt"]),
+                             "answer": str(row["answer"]), "task": row["task"]})
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path} line {n}: not a held-in task ({err!r}); expected JSON with image, task, "
+                                 f"prompt, answer; {fix}") from None
+        if not rows:
+            raise ValueError(f"{path} is empty; {fix}")
+        tasks[split] = rows
+        text_path = heldin / f"text_{split}.txt"
+        text[split] = [t for t in text_path.read_text(encoding="utf-8").splitlines() if t] if text_path.is_file() else []
+    scenes_path = root / "scenes.jsonl"
+    if not scenes_path.is_file():
+        raise FileNotFoundError(f"{scenes_path} not found: stage 1 reads the held-in pictures' dense labels from it; "
+                                f"{fix}")
+    scenes: dict[str, list[tuple[str, dict]]] = {"train": [], "val": []}
+    with open(scenes_path, encoding="utf-8") as f:
+        for line in f:
+            if '"benchmark":"heldin"' not in line.replace(" ", ""):
+                continue  # a benchmark picture: never read here
+            entry = json.loads(line)
+            scenes[entry["split"]].append((str(root / entry["image"]), entry["scene"]))
+    for split in ("train", "val"):
+        if not scenes[split]:
+            raise ValueError(f"{scenes_path}: no held-in {split} pictures; {fix}")
+    return HeldIn(root=root, tasks=tasks, text=text, scenes=scenes)
+
+
+def load_pixels(paths: list[str], image_processor, batch: int = 512) -> torch.Tensor:
+    """[N, 3, H, W] float32, preprocessed as the model sees them."""
+    from ..data.records import load_image
+
+    out = [image_processor([load_image(p) for p in paths[i:i + batch]]) for i in range(0, len(paths), batch)]
+    return torch.cat(out)
+
+
+# --- stage 1: the vision encoder ------------------------------------------------------------------
+
+def vision_config(preset: str):
+    """The preset's vision tower config (independent of the LLM and of the vocabularies)."""
+    return build_config(preset, "t5", llm_vocab_size=8, qformer_vocab_size=8, image_token_index=4).vision_config
+
+
+def dense_labels(scenes: list[dict], preset: str) -> dict[str, torch.Tensor]:
+    """Per-picture labels on the model's patch grid: attributes [N, G*G] (-1 background), geometry
+    [N, G*G, 3] (cx, cy, extent scaled to ~[0, 1]; 0 on background) and count [N]."""
+    p = get_preset(preset)
+    grid = p.image_size // p.patch_size
+    out: dict[str, list] = {k: [] for k in (*PATCH_ATTRIBUTES, "geometry", "count")}
+    for sc in scenes:
+        if sc["size"] % grid:
+            raise ValueError(f"a {sc['size']} px scene does not split into the model's {grid}x{grid} patch grid")
+        labels = patch_labels(sc, patch=sc["size"] // grid)
+        for k in PATCH_ATTRIBUTES:
+            out[k].append(labels[k].reshape(-1))
+        geometry = np.zeros((grid * grid, 3), dtype=np.float32)
+        owner = labels["object"].reshape(-1)
+        for i, obj in enumerate(sc["objects"]):
+            geometry[owner == i] = (obj["cx"] / sc["size"], obj["cy"] / sc["size"], obj["extent"] / EXTENT_SCALE)
+        out["geometry"].append(geometry)
+        out["count"].append(min(int(labels["count"]), MAX_COUNT))
+    return {k: torch.as_tensor(np.stack(v)) if k != "count" else torch.tensor(v) for k, v in out.items()}
+
+
+def flip_labels(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The labels of the horizontally mirrored pictures (every shape of the world is left-right symmetric)."""
+    n, cells = labels["shape"].shape
+    grid = math.isqrt(cells)
+
+    def mirror(t):  # [N, G*G, ...] -> columns reversed
+        return t.reshape(n, grid, grid, *t.shape[2:]).flip(2).reshape(t.shape)
+
+    out = {k: mirror(labels[k]) for k in PATCH_ATTRIBUTES}
+    out["col"] = torch.where(out["col"] >= 0, 2 - out["col"], out["col"])
+    geometry = mirror(labels["geometry"]).clone()
+    on_object = out["shape"] >= 0
+    geometry[..., 0] = torch.where(on_object, 1 - geometry[..., 0], geometry[..., 0])
+    out["geometry"] = geometry
+    out["count"] = labels["count"]
+    return out
+
+
+class DenseHeads(nn.Module):
+    """Linear read-outs of the post-LayerNorm ViT tokens: per patch attributes and geometry, count from CLS."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.attributes = nn.ModuleDict({k: nn.Linear(hidden, n + 1) for k, n in PATCH_ATTRIBUTES.items()})
+        self.geometry = nn.Linear(hidden, len(GEOMETRY))
+        self.count = nn.Linear(hidden, MAX_COUNT + 1)
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tokens [B, 1 + P, D] -> logits per attribute [B, P, n + 1], geometry [B, P, 3], count [B, MAX_COUNT + 1]."""
+        patches = tokens[:, 1:]
+        out = {k: head(patches) for k, head in self.attributes.items()}
+        out["geometry"] = self.geometry(patches)
+        out["count"] = self.count(tokens[:, 0])
+        return out
+
+
+def dense_loss(pred: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the attribute cross-entropies (background = class 0), the geometry error on object patches
+    (x10: the coordinates are fractions of the picture) and the count cross-entropy."""
+    loss = sum(F.cross_entropy(pred[k].flatten(0, 1), labels[k].flatten() + 1) for k in PATCH_ATTRIBUTES)
+    on_object = labels["shape"] >= 0  # [B, P]
+    if on_object.any():
+        loss = loss + 10 * ((pred["geometry"] - labels["geometry"]) ** 2).sum(-1)[on_object].mean()
+    return loss + F.cross_entropy(pred["count"], labels["count"])
+
+
+@torch.no_grad()
+def vision_quality(vision, heads: DenseHeads, pixels: torch.Tensor, labels: dict[str, torch.Tensor],
+                   batch: int = 256) -> dict[str, float]:
+    """Held-out attribute accuracy: per attribute on the patches an object covers, background vs object
+    on all patches, the count from CLS, and the mean centre error in px of a 64 px picture."""
+    vision.eval()
+    hits: dict[str, list[torch.Tensor]] = {k: [] for k in (*PATCH_ATTRIBUTES, "background", "count")}
+    centre_err: list[torch.Tensor] = []
+    for i in range(0, len(pixels), batch):
+        sl = slice(i, i + batch)
+        pred = heads(vision(pixel_values=pixels[sl]).last_hidden_state)
+        obj = labels["shape"][sl] >= 0
+        for k in PATCH_ATTRIBUTES:
+            hits[k].append((pred[k].argmax(-1) - 1 == labels[k][sl])[obj])
+        hits["background"].append(((pred["shape"].argmax(-1) == 0) == ~obj).flatten())
+        hits["count"].append(pred["count"].argmax(-1) == labels["count"][sl])
+        err = (pred["geometry"][..., :2] - labels["geometry"][sl][..., :2]).norm(dim=-1)[obj]
+        centre_err.append(err * 64)
+    out = {f"{k}_acc": round(float(torch.cat(v).float().mean()), 4) for k, v in hits.items()}
+    out["centre_error_px"] = round(float(torch.cat(centre_err).mean()), 3)
+    return out
+
+
+def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, lr: float, flip: bool, seed: int,
+                 log: Callable[[str], None] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Stage 1. Returns the vision tower's state dict (embeddings, encoder, post_layernorm) and a report:
+    held-out attribute accuracy (vision_quality), the majority-class reference, steps and time."""
+    from transformers import InstructBlipVisionModel
+
+    from .build import ImageProcessor
+
+    start = time.perf_counter()
+    p = get_preset(preset)
+    processor = ImageProcessor.for_size(p.image_size)
+    data = {}
+    for split in ("train", "val"):
+        paths, scenes = zip(*heldin.scenes[split])
+        data[split] = (load_pixels(list(paths), processor), dense_labels(list(scenes), preset))
+    pixels, labels = data["train"]
+    mirrored = (pixels.flip(-1), flip_labels(labels)) if flip else None
+    prep_s = time.perf_counter() - start
+
+    torch.manual_seed(seed)
+    vision = InstructBlipVisionModel(vision_config(preset))
+    heads = DenseHeads(vision.config.hidden_size)
+    params = list(vision.parameters()) + list(heads.parameters())
+    decay = [q for q in params if q.ndim >= 2]
+    rest = [q for q in params if q.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=lr)
+    n = len(pixels)
+    per_epoch = n // batch_size
+    total = max(1, per_epoch * epochs)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.1,
+                                                    anneal_strategy="cos")
+    generator = torch.Generator().manual_seed(seed)
+    step, losses = 0, []
+    train_start = time.perf_counter()
+    vision.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for b in range(per_epoch):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            source = mirrored if mirrored is not None and step % 2 else (pixels, labels)
+            pred = heads(vision(pixel_values=source[0][idx]).last_hidden_state)
+            loss = dense_loss(pred, {k: v[idx] for k, v in source[1].items()})
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+        _log(log, f"[base] stage 1 epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-per_epoch:]):.3f} "
+                  f"({time.perf_counter() - train_start:.0f} s)")
+    train_s = time.perf_counter() - train_start
+    quality = vision_quality(vision, heads, *data["val"])
+    quality["majority"] = _majority(data["train"][1], data["val"][1])
+    report = {"quality": quality, "steps": step, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+              "flip": flip, "final_loss": round(float(np.mean(losses[-max(1, per_epoch // 4):])), 4) if losses else None,
+              "n_train_images": n, "n_val_images": len(data["val"][0]),
+              "time_s": {"prepare": round(prep_s, 2), "train": round(train_s, 2),
+                         "total": round(time.perf_counter() - start, 2)}}
+    _log(log, f"[base] stage 1 held-out: " + ", ".join(f"{k} {v}" for k, v in quality.items() if k != "majority"))
+    state = {k: v.detach().clone().contiguous() for k, v in vision.state_dict().items()}
+    return state, report
+
+
+def _majority(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> dict[str, float]:
+    """What always answering the training set's most common value scores (the floor of vision_quality)."""
+    out = {}
+    for k in PATCH_ATTRIBUTES:
+        obj_train, obj_val = train[k][train[k] >= 0], val[k][val[k] >= 0]
+        common = int(torch.mode(obj_train).values) if len(obj_train) else 0
+        out[f"{k}_acc"] = round(float((obj_val == common).float().mean()), 4) if len(obj_val) else None
+    common = int(torch.mode(train["count"]).values)
+    out["count_acc"] = round(float((val["count"] == common).float().mean()), 4)
+    return out
+
+
+# --- stage 2: the language model --------------------------------------------------------------------
+
+def text_corpus(heldin: HeldIn, split: str) -> list[tuple[str, str]]:
+    """(prefix, continuation) pairs of the held-in text: every task as (prompt, answer), and every fact,
+    lecture sentence and caption as itself with an empty prefix (the caller cuts it)."""
+    pairs = [(t["prompt"], t["answer"]) for t in heldin.tasks[split]]
+    pairs += [("", t["answer"]) for t in heldin.tasks[split] if t["task"] == "caption"]
+    pairs += [("", s) for s in heldin.text[split]]
+    return pairs
+
+
+def _cut(words: list[str], rng: random.Random) -> tuple[str, str]:
+    """Prefix-LM: a random cut point, at least one word on each side where possible."""
+    if len(words) < 2:
+        return "", " ".join(words)
+    k = rng.randint(1, len(words) - 1)
+    return " ".join(words[:k]), " ".join(words[k:])
+
+
+def lm_batch(tokenizer, llm_kind: str, pairs: list[tuple[str, str]], max_tokens: int = 128) -> dict[str, torch.Tensor]:
+    """T5: encoder prefix + </s>, decoder labels = continuation + </s>. LLaMA: <s> prefix continuation </s>,
+    loss on every token after <s> (causal LM pretraining has no prompt mask)."""
+    from .inputs import IGNORE, _pad
+
+    prefixes = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    targets = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if llm_kind == "t5":
+        enc = [p[-(max_tokens - 1):] + [eos] for p in prefixes]
+        dec = [t[:max_tokens - 1] + [eos] for t in targets]
+        return {"input_ids": _pad(enc, pad), "attention_mask": _pad([[1] * len(r) for r in enc], 0),
+                "labels": _pad(dec, IGNORE), "decoder_attention_mask": _pad([[1] * len(r) for r in dec], 0)}
+    rows = [([tokenizer.bos_token_id] + p + t + [eos])[:max_tokens] for p, t in zip(prefixes, targets)]
+    labels = [[IGNORE] + r[1:] for r in rows]
+    return {"input_ids": _pad(rows, pad), "attention_mask": _pad([[1] * len(r) for r in rows], 0),
+            "labels": _pad(labels, IGNORE)}
+
+
+def _lm_examples(pairs: list[tuple[str, str]], llm_kind: str, rng: random.Random) -> list[tuple[str, str]]:
+    """One epoch's training pairs: text without a prompt is cut at a random point for T5 (prefix LM);
+    LLaMA reads prompt and answer as one text."""
+    out = []
+    for prefix, text in pairs:
+        if not prefix and llm_kind == "t5":
+            out.append(_cut(text.split(), rng))
+        else:
+            out.append((prefix, text))
+    return out
+
+
+@torch.no_grad()
+def lm_perplexity(language_model, tokenizer, llm_kind: str, pairs: list[tuple[str, str]], batch: int = 64) -> float:
+    """exp(mean NLL per predicted token) on held-out text; unprompted text is cut in half for T5."""
+    language_model.eval()
+    examples = [(p, t) if p or llm_kind != "t5" else
+                (" ".join(t.split()[: len(t.split()) // 2]), " ".join(t.split()[len(t.split()) // 2:]))
+                for p, t in pairs]
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch):
+        b = lm_batch(tokenizer, llm_kind, examples[i:i + batch])
+        logits = language_model(**b).logits  # T5 derives its decoder inputs from the labels
+        labels = b["labels"]
+        if llm_kind != "t5":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        total += float(nll)
+        count += int((labels != -100).sum())
+    return round(math.exp(total / max(1, count)), 4)
+
+
+def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, epochs: int, batch_size: int,
+                   lr: float, seed: int, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Stage 2: the LLM alone on the held-in text, in place. Returns held-out perplexity before and after."""
+    start = time.perf_counter()
+    train_pairs, val_pairs = text_corpus(heldin, "train"), text_corpus(heldin, "val")
+    before = lm_perplexity(language_model, tokenizer, llm_kind, val_pairs)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    for param in language_model.parameters():
+        param.requires_grad = True
+    decay = [q for q in language_model.parameters() if q.ndim >= 2]
+    rest = [q for q in language_model.parameters() if q.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=lr)
+    per_epoch = max(1, len(train_pairs) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, per_epoch * epochs),
+                                                    pct_start=0.05, anneal_strategy="cos")
+    losses = []
+    for epoch in range(epochs):
+        language_model.train()
+        examples = _lm_examples(train_pairs, llm_kind, rng)
+        rng.shuffle(examples)
+        for b in range(per_epoch):
+            batch = lm_batch(tokenizer, llm_kind, examples[b * batch_size:(b + 1) * batch_size])
+            loss = language_model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        _log(log, f"[base] stage 2 epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-per_epoch:]):.3f} "
+                  f"({time.perf_counter() - start:.0f} s)")
+    language_model.eval()
+    for param in language_model.parameters():
+        param.requires_grad = False
+    after = lm_perplexity(language_model, tokenizer, llm_kind, val_pairs)
+    _log(log, f"[base] stage 2 held-out perplexity {before} -> {after}")
+    return {"quality": {"perplexity_before": before, "perplexity": after, "n_val_texts": len(val_pairs)},
+            "objective": "prefix LM" if llm_kind == "t5" else "causal LM", "epochs": epochs,
+            "steps": per_epoch * epochs, "batch_size": batch_size, "lr": lr, "n_train_texts": len(train_pairs),
+            "time_s": {"total": round(time.perf_counter() - start, 2)}}
+
+
+# --- stage 3: Q-Former between them ---------------------------------------------------------------
+
+def heldin_examples(tasks: list[dict]):
+    """Held-in task lines -> evaluate.Example (prompt and target as the engine feeds them)."""
+    from ..evaluate import Example
+
+    return [Example(id=f"{i}", image=t["image"], prompt=t["prompt"], target=t["answer"], answers=(t["answer"],),
+                    meta={"task": t["task"], "qtype": t.get("qtype", t["task"])}) for i, t in enumerate(tasks)]
+
+
+def set_stage3_trainable(model, train_llm: bool) -> dict[str, int]:
+    """Q-Former, query tokens, projection and post-ViT LayerNorm trainable (+ the LLM if asked); the vision
+    encoder never. Returns trainable scalars per part."""
+    counts = {"qformer": 0, "query_tokens": 0, "projection": 0, "vit_layernorm": 0, "llm": 0}
+    for name, param in model.named_parameters():
+        part = ("qformer" if name.startswith("qformer.") else "query_tokens" if name == "query_tokens"
+                else "projection" if name.startswith("language_projection.")
+                else "vit_layernorm" if name.startswith("vision_model.post_layernorm.")
+                else "llm" if name.startswith("language_model.") else "vision")
+        param.requires_grad = part != "vision" and (part != "llm" or train_llm)
+        if param.requires_grad:
+            counts[part] += param.numel()
+    return counts
+
+
+def train_qformer(bundle, heldin: HeldIn, images, *, epochs: int, batch_size: int, lr: float, warmup_steps: int,
+                  train_llm: bool, seed: int, val_limit: int = 256, max_prompt_tokens: int = 128,
+                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Stage 3 with the engine's loop (train.fit: AdamW, weight decay on >= 2-dim tensors, warm-up + cosine
+    per step). images: features.ImageEncoder over the frozen encoder (cached features). Validation each
+    epoch is the mean held-in loss of the first `val_limit` val tasks; the best epoch's weights are kept."""
+    from ..train import fit, seed_everything
+    from .inputs import forward, make_batch
+
+    start = time.perf_counter()
+    model = bundle.model
+    trainable = set_stage3_trainable(model, train_llm)
+    train_set = heldin_examples(heldin.tasks["train"])
+    val_set = heldin_examples(heldin.tasks["val"][:val_limit])
+
+    @torch.no_grad()
+    def validate():
+        model.eval()
+        total, n = 0.0, 0
+        for i in range(0, len(val_set), 64):
+            chunk = val_set[i:i + 64]
+            batch = make_batch(bundle, None, [e.prompt for e in chunk], [e.target for e in chunk],
+                               max_prompt_tokens=max_prompt_tokens)
+            total += float(forward(model, batch, image_embeds=images([e.image for e in chunk])).loss) * len(chunk)
+            n += len(chunk)
+        return {"neg_val_loss": -total / n}, []
+
+    seed_everything(seed)
+    fitted = fit(model, bundle, train_set, validate=validate, primary="neg_val_loss", images=images, lr=lr,
+                 weight_decay=0.05, max_epochs=epochs, patience=epochs, batch_size=batch_size, schedule="cosine",
+                 warmup_steps=warmup_steps, max_prompt_tokens=max_prompt_tokens, seed=seed, device="cpu",
+                 progress=False, on_epoch_end=lambda st: _log(
+                     log, f"[base] stage 3 epoch {st['epoch']}/{epochs}: train loss "
+                          f"{st['history'][-1]['train_loss']:.3f}, val loss {-st['history'][-1]['val']['neg_val_loss']:.3f} "
+                          f"({time.perf_counter() - start:.0f} s)"))
+    for param in model.parameters():
+        param.requires_grad = False
+    model.eval()
+    return {"epochs": epochs, "steps": fitted.global_step, "batch_size": batch_size, "lr": lr,
+            "warmup_steps": warmup_steps, "llm": "trained" if train_llm else "frozen", "trainable": trainable,
+            "best_epoch": fitted.best_epoch,
+            "history": [{"epoch": h["epoch"], "train_loss": round(h["train_loss"], 4),
+                         "val_loss": round(-h["val"]["neg_val_loss"], 4)} for h in fitted.history],
+            "n_train_tasks": len(train_set), "time_s": {"train": round(fitted.train_time_s, 2),
+                                                        "total": round(time.perf_counter() - start, 2)}}

@@ -1,0 +1,194 @@
+"""Embedded base models (models/base.py, base_stages.py, base_quality.py) on the tiny preset and tiny data.
+
+One real build is shared by the module: it is trained once in memory (train_base) and once through the
+cache (ensure_base) on a copy of the data without the four benchmarks, and the two must agree bit for bit.
+"""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qformer_peft.data import synthetic
+from qformer_peft.data.synthetic_world import patch_labels
+from qformer_peft.models import base, base_quality, base_stages, load_bundle, make_batch
+from qformer_peft.models.build import build_model, default_tokenizers
+
+RECIPE = base.RECIPES["tiny"].replace(eval_limit=12)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    synthetic.synthesize(root, "tiny", 0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def heldin_only(data, tmp_path_factory):
+    """The same world with the four benchmark folders removed: a build must not notice."""
+    root = tmp_path_factory.mktemp("heldin_only") / "data"
+    shutil.copytree(data, root)
+    for bench in synthetic.BENCHMARKS:
+        shutil.rmtree(root / bench)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(heldin_only, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    path = base.ensure_base("tiny", "t5", 0, heldin_only, cache, recipe=RECIPE, log=None)
+    return path, cache
+
+
+@pytest.fixture(scope="module")
+def in_memory(data, tmp_path_factory):
+    bundle, report, _, _ = base.train_base("tiny", "t5", 0, data, tmp_path_factory.mktemp("cache2"), recipe=RECIPE,
+                                           log=None)
+    return bundle, report
+
+
+def logits_of(bundle):
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 32, 32)
+    batch = make_batch(bundle, pixels, ["<Image> Question: What color is the circle? Answer:"] * 2, ["red", "blue"])
+    with torch.no_grad():
+        return bundle.model(**batch).logits
+
+
+# --- the build ----------------------------------------------------------------------------------------
+
+def test_build_is_deterministic_reloads_to_identical_logits_and_never_needs_the_benchmarks(built, in_memory):
+    path, _ = built
+    bundle, _ = in_memory  # trained on the full world, in another cache: stage 1 trained again
+    loaded = load_bundle(path)
+    saved, fresh = loaded.model.state_dict(), bundle.model.state_dict()
+    assert saved.keys() == fresh.keys()
+    assert [k for k in saved if not torch.equal(saved[k], fresh[k])] == []
+    assert torch.equal(logits_of(loaded), logits_of(bundle))
+    assert loaded.llm_tokenizer.get_vocab() == bundle.llm_tokenizer.get_vocab()
+    report = base.runs.read_json(path / "build_report.json")
+    assert report["quality"]["zero_shot_iconqa"]["skipped"].endswith("iconqa absent")
+
+
+def test_stage3_leaves_the_stage1_encoder_bit_identical_and_trains_what_sits_above_it(built, heldin_only):
+    path, cache = built
+    (vision_file,) = (cache / "vision").glob("*/vision.safetensors")
+    stage1 = load_file(vision_file)
+    model = load_bundle(path).model
+    vision = model.vision_model.state_dict()
+    frozen = [k for k in stage1 if not k.startswith("post_layernorm.")]
+    assert frozen and all(torch.equal(vision[k], stage1[k]) for k in frozen)
+    assert not torch.equal(vision["post_layernorm.weight"], stage1["post_layernorm.weight"])  # trainable, as in LAVIS
+    qf, llm = default_tokenizers(base._vocabulary(heldin_only))
+    untrained = build_model("tiny", "t5", qformer_tokenizer=qf, llm_tokenizer=llm, seed=0).model
+    key = "encoder.layer.0.crossattention.attention.query.weight"
+    assert not torch.equal(model.qformer.state_dict()[key], untrained.qformer.state_dict()[key])
+
+
+def test_build_report_holds_every_stage_the_controls_and_the_times(built):
+    path, _ = built
+    report = base.runs.read_json(path / "build_report.json")
+    assert set(report["stages"]) == {"stage1_vision", "stage2_text", "features", "stage3_qformer"}
+    assert {"shape_acc", "color_acc", "size_acc", "row_acc", "col_acc", "count_acc"} <= set(
+        report["stages"]["stage1_vision"]["quality"])
+    assert report["stages"]["stage3_qformer"]["llm"] == "frozen"
+    assert report["stages"]["stage3_qformer"]["trainable"]["llm"] == 0
+    q = report["quality"]
+    assert q["heldin"]["n_vqa"] + q["heldin"]["n_caption"] == RECIPE.eval_limit
+    assert {"heldin", "heldin_shuffled", "heldin_chance"} <= set(q)
+    assert set(report["time_s"]) == {"stage1_vision", "stage2_text", "features", "stage3_qformer", "quality"}
+    md = (path / "build_report.md").read_text()
+    assert "shuffled images" in md and "Stage 1" in md and "perplexity" in md
+
+
+# --- the cache ------------------------------------------------------------------------------------------
+
+def test_ensure_base_reuses_a_current_build_and_rebuilds_on_a_new_seed_data_or_recipe(built, heldin_only, monkeypatch,
+                                                                                        tmp_path):
+    path, cache = built
+    calls = []
+    monkeypatch.setattr(base, "build_base", lambda *a, **k: calls.append((a, k)))
+    assert base.ensure_base("tiny", "t5", 0, heldin_only, cache, recipe=RECIPE, log=None) == path
+    assert calls == []
+    assert base.ensure_base("tiny", "t5", 1, heldin_only, cache, recipe=RECIPE, log=None) == cache / "tiny-t5-s1"
+    assert len(calls) == 1
+    base.ensure_base("tiny", "t5", 0, heldin_only, cache, recipe=RECIPE.replace(qformer_epochs=2), log=None)
+    assert len(calls) == 2
+    changed = tmp_path / "data"
+    shutil.copytree(heldin_only, changed)
+    with open(changed / "heldin" / "text_train.txt", "a") as f:
+        f.write("A dog is a mammal.\n")
+    assert base.data_version(changed) != base.data_version(heldin_only)
+    base.ensure_base("tiny", "t5", 0, changed, cache, recipe=RECIPE, log=None)
+    assert len(calls) == 3
+
+
+def test_data_version_ignores_the_benchmarks(data, heldin_only):
+    assert base.data_version(data) == base.data_version(heldin_only)
+
+
+def test_base_path_names_match_the_grid_and_the_cache_location(monkeypatch, tmp_path):
+    assert base.base_path("mini", "t5", 0, tmp_path) == tmp_path / "mini-t5"
+    assert base.base_path("mini", "llama", 3, tmp_path) == tmp_path / "mini-llama-s3"
+    monkeypatch.setenv("QFP_CACHE", str(tmp_path / "c"))
+    assert base.default_cache_dir() == tmp_path / "c" / "base"
+    with pytest.raises(ValueError, match="llm must be one of"):
+        base.base_name("mini", "gpt")
+
+
+def test_recipe_errors_name_the_field():
+    with pytest.raises(ValueError, match="unknown recipe field.*qformer_epoch\\b"):
+        base.recipe_for("mini", {"qformer_epoch": 3})
+    with pytest.raises(ValueError, match="needs a text stage"):
+        base.recipe_for("mini", {"text_epochs": 0, "stage3_llm": "frozen"})
+    with pytest.raises(ValueError, match="no base-model recipe for preset 'flan-t5-xl'"):
+        base.recipe_for("flan-t5-xl")
+
+
+# --- the stages' pieces ----------------------------------------------------------------------------------
+
+def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
+    heldin = base_stages.read_heldin(data)
+    scenes = [sc for _, sc in heldin.scenes["train"][:8]]
+    labels = base_stages.dense_labels(scenes, "mini")
+    grid = patch_labels(scenes[0], patch=8)
+    assert torch.equal(labels["shape"][0], torch.as_tensor(grid["shape"]).flatten())
+    flipped = base_stages.flip_labels(labels)
+    again = base_stages.flip_labels(flipped)
+    assert all(torch.equal(again[k], labels[k]) for k in labels)
+    on = labels["col"] >= 0
+    assert torch.equal(flipped["col"].view(-1, 8, 8).flip(2).view(labels["col"].shape)[on], 2 - labels["col"][on])
+    # every shape of the world is left-right symmetric: the labels of the mirrored scene, up to rasterisation
+    mirrored = [{**sc, "objects": [{**o, "cx": sc["size"] - o["cx"]} for o in sc["objects"]]} for sc in scenes]
+    direct = base_stages.dense_labels(mirrored, "mini")
+    for k in ("shape", "color", "size"):
+        assert (flipped[k] == direct[k]).float().mean() > 0.97, k
+    close = (flipped["geometry"] - direct["geometry"]).abs().max(-1).values < 1e-6
+    assert close.float().mean() > 0.97
+
+
+def test_lm_batches_put_the_loss_where_each_objective_wants_it():
+    _, tok = default_tokenizers(["the circle is red"])
+    t5 = base_stages.lm_batch(tok, "t5", [("the circle", "is red")])
+    assert tok.convert_ids_to_tokens(t5["input_ids"][0].tolist()) == ["the", "circle", "</s>"]
+    assert tok.convert_ids_to_tokens(t5["labels"][0].tolist()) == ["is", "red", "</s>"]
+    llama = base_stages.lm_batch(tok, "llama", [("the circle", "is red")])
+    assert tok.convert_ids_to_tokens(llama["input_ids"][0].tolist()) == ["<s>", "the", "circle", "is", "red", "</s>"]
+    assert llama["labels"][0].tolist()[0] == -100 and (llama["labels"][0, 1:] == llama["input_ids"][0, 1:]).all()
+
+
+def test_shuffled_control_never_keeps_a_picture_and_chance_uses_the_training_answers(data):
+    images = [f"img{i}" for i in range(7)] * 3
+    swap = base_quality._derangement(images, seed=0)
+    assert sorted(swap) == sorted(set(images)) and all(a != b for a, b in swap.items())
+    assert sorted(swap.values()) == sorted(swap)
+    chance = base_quality.heldin_chance(data)
+    assert 0 <= chance["vqa_em"] <= 100 and chance["n_vqa"] == sum(
+        t["task"] == "vqa" for t in base_stages.read_heldin(data).tasks["val"])
+
+
+def test_missing_heldin_data_says_how_to_write_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="heldin/train.jsonl not found.*qformer-peft data synth --out"):
+        base_stages.read_heldin(tmp_path)
