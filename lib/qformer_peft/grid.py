@@ -117,8 +117,11 @@ PROFILES: dict[str, Profile] = {
         models={"t5": "{checkpoints}/mini-t5", "llama": "{checkpoints}/mini-llama"}, data_size="mini",
         base_models=(("mini", "t5"), ("mini", "llama")),
         seeds=(42,), claim_seeds=(42, 43, 44),
-        # Sized for the 45-minute budget on a 2-core CPU; the README's benchmark says where time goes.
-        hparams={"max_epochs": 5, "patience": 2, "train_limit": 480, "val_limit": 160, "test_limit": 320},
+        # Sized for the 45-minute budget on a 2-core CPU (228 runs in ~25 minutes: ~10 s a run with two
+        # workers). From the presets' ~60 ms mini training step (batch 16): 4 epochs of 320 items ~5 s;
+        # ranking evaluation (64 val items an epoch, 256 test items) is the other half. Re-measure on an
+        # idle machine (study_timings.json) before changing these.
+        hparams={"max_epochs": 4, "patience": 2, "train_limit": 320, "val_limit": 64, "test_limit": 256},
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 10} for b in ("flickr30k", "vizwiz")},
     ),
     "paper": Profile(
@@ -503,13 +506,22 @@ def _execute_main(spec_path: str) -> int:
     return 0
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def auto_jobs() -> int:
+    """Workers for --jobs 0: one per GPU, else one single-threaded worker per core (at most 8): small
+    models keep one core busier than two cores share one model."""
+    return _gpu_count() or max(1, min(_cores(), 8))
+
+
 def _worker_env(slot: int, jobs: int, gpus: int) -> dict[str, str]:
     """Threads and device of one worker: cores split between CPU workers, one GPU per worker."""
     env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "QFP_WORKER": str(slot)}
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = str(max(1, cores // jobs))
+    threads = str(max(1, _cores() // jobs))
     env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "QFP_NUM_THREADS": threads})
     return env
 
@@ -545,6 +557,7 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
     """Execute the cells not yet finished; the report cell last, whenever anything else ran."""
     out_dir, notebooks_dir = Path(out_dir).resolve(), Path(notebooks_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = jobs if jobs > 0 else auto_jobs()
     env: dict[str, str] = {}
     if kernel is None:
         kernel = KERNEL_NAME
@@ -666,7 +679,9 @@ def _run_submitit(cells: Sequence[Cell], *, notebooks_dir: Path, out_dir: Path, 
 # --- command line ---------------------------------------------------------------------------------------
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="mini", choices=sorted(PROFILES), help="which grid (default mini)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel notebook workers (CPU: cores split between them)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="parallel notebook workers; CPU: cores split between them; 0 (default): one per GPU, "
+                        "else one per core")
     p.add_argument("--only", metavar="PATTERN",
                    help="run only the experiment cells whose name matches this regular expression")
     p.add_argument("--data-root", help="real data root: DIR/scienceqa, DIR/iconqa, ... (or $QFP_DATA_ROOT)")
@@ -718,7 +733,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"qformer-peft grid: the synthetic benchmarks are missing from {cells[0].parameters['data_dir']} "
                   f"and cannot be written: {err.name} is not built yet", file=sys.stderr)
             return 2
-    result = run_grid(cells, out_dir=out_dir, jobs=max(1, args.jobs), backend=args.backend, kernel=args.kernel,
+    result = run_grid(cells, out_dir=out_dir, jobs=max(0, args.jobs), backend=args.backend, kernel=args.kernel,
                       timeout=args.timeout)
     print(f"[grid] {result.count('done')} executed, {result.count('skipped')} skipped, "
           f"{len(result.failures)} failed; notebooks in {out_dir}")

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
-from .grid import PROFILES, GridError, Layout, add_common_arguments, ensure_data, expand, run_grid, select
+from .grid import (PROFILES, GridError, Layout, add_common_arguments, auto_jobs, ensure_data, expand, run_grid,
+                   select)
 
 
 class NotBuilt(Exception):
@@ -53,7 +54,7 @@ def build_base_models(profile_name: str, *, data_dir: Path, checkpoints: str, lo
     return 0
 
 
-def run_study(profile: str, *, root: str | Path = ".", jobs: int = 1, only: str | None = None,
+def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str | None = None,
               data_root: str | None = None, checkpoints: str | None = None,
               log: Callable[[str], None] = print) -> int:
     """Every stage of a profile; returns the number of failures (capped like the grid's)."""
@@ -110,7 +111,8 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 1, only: str 
         log(f"[study] report: {index}")
         return 0
 
-    log(f"[study] profile {profile} ({prof.description}); study root {layout.root}")
+    jobs = jobs if jobs > 0 else auto_jobs()
+    log(f"[study] profile {profile} ({prof.description}); study root {layout.root}; {jobs} worker(s)")
     stage("data", data)
     stage("base models", lambda: build_base_models(profile, data_dir=data_dir, checkpoints=ckpt, log=log))
     stage("grid", grid_stage)
@@ -132,7 +134,7 @@ def add_parser(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        return run_study(args.profile, root=args.out, jobs=max(1, args.jobs), only=args.only,
+        return run_study(args.profile, root=args.out, jobs=max(0, args.jobs), only=args.only,
                          data_root=args.data_root, checkpoints=args.checkpoints)
     except GridError as err:
         print(f"qformer-peft study: {err}", file=sys.stderr)
