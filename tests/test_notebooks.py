@@ -3,7 +3,6 @@ accepts everything the grid injects, keeps its logic in the library; the report 
 constructed run folders; and (with the engine) the smoke profile runs end to end."""
 import ast
 import json
-from pathlib import Path
 
 import nbformat
 import papermill as pm

@@ -5,7 +5,6 @@ import json
 import nbformat
 import numpy as np
 import pandas as pd
-import pytest
 from fixtures.study_runs import PAPER_PATTERN, SETUP_EFFECT, write_study
 
 from qformer_peft import claims, grid, report

@@ -7,7 +7,7 @@ and `to_svg(chart)` gives the SVG text the report embeds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import altair as alt
 import numpy as np
@@ -334,12 +334,3 @@ def trainable_table(df: pd.DataFrame) -> pd.DataFrame:
     t.columns = [c.removeprefix(TRAINABLE_PREFIX) for c in cols] + ["total"]
     return t.loc[:, (t != 0).any(axis=0)]
 
-
-def seeds_summary(values: Sequence[float]) -> str:
-    """'m ± sd (n=k)' or 'm (1 seed)'."""
-    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)
-    if len(v) == 0:
-        return "no runs"
-    if len(v) == 1:
-        return f"{v[0]:.3g} (1 seed)"
-    return f"{v.mean():.3g} ± {v.std(ddof=1):.2g} (n={len(v)})"
