@@ -66,3 +66,13 @@ def test_params_command_prints_one_json_list_and_a_table(monkeypatch, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[1].split()[:4] == ["setup", "qf_sublayers", "llm_targets", "rank"]
     assert table[3].split()[:5] == ["qf-lora", "self_attn", "-", "2", "73,728"]
+
+
+def test_rank_scaling_equals_a_direct_count_at_rank_8():
+    # The ledger counts rank 1 and scales; peft at rank 8 must agree for every adapted group.
+    from qformer_peft.ledger import count_run, ledger
+
+    run = dict(setup="qf-lora+llm-lora", qf_sublayers="all", llm_targets="all", rank=8)
+    (row,) = ledger("vicuna-7b", grid=[run])
+    direct = count_run("vicuna-7b", **run)
+    assert (row["qformer_lora"], row["llm_lora"]) == (direct["qformer_lora"], direct["llm_lora"])
