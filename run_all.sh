@@ -15,7 +15,8 @@ usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [opti
   --profile NAME       smoke: every code path on tiny models, minutes on a CPU (what CI runs)
                        mini:  the default; the full grids on the embedded models and synthetic benchmarks
                        paper: real checkpoints and data on a CUDA GPU (needs --data-root and --checkpoints)
-  --jobs N             parallel notebook workers (default 1)
+  --jobs N             parallel notebook workers (default 0: one single-threaded worker per CPU core,
+                       or one per GPU)
   --only PATTERN       run only the grid cells whose name matches PATTERN
   --data-root DIR      real data root (paper profile), or $QFP_DATA_ROOT
   --checkpoints DIR    real checkpoints root or hub ids (paper profile), or $QFP_CHECKPOINTS
