@@ -20,7 +20,7 @@ SETUPS = ("baseline", "qf-fft+llm-lora", "qf-lora", "qf-lora+llm-lora")
 QF_SUBLAYERS = ("self_attn", "cross_attn", "ffn", "all")
 LLM_TARGETS = ("attn", "ffn", "all")
 METHODS = ("lora", "adalora")
-CONNECTORS = ("qformer", "pool", "projector", "bottleneck")
+CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors.py
 
 # PROTOCOL §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
 LR_QFORMER_FULL = 2e-5
@@ -39,6 +39,10 @@ class ExperimentConfig:
     model: str = "tiny"                  # preset name, local checkpoint directory, or hub id
     llm: str = "t5"                      # 't5' | 'llama' (presets only; checkpoints say what they are)
     connector: str = "qformer"           # one of CONNECTORS
+    connector_tokens: int | None = None  # image tokens fed to the LLM (None: the connector's default)
+    connector_variant: str | None = None # projector 'mlp' | 'linear'; bottleneck 'linear' | 'gelu' (None: first)
+    connector_init: str | None = None    # Q-Former 'pretrained' (None) | 'scratch'; other connectors: scratch
+    align_steps: int = 0                 # alignment steps on the held-in tasks before training (0: none)
     setup: str = "qf-lora"               # one of SETUPS
     method: str = "lora"                 # 'lora' | 'adalora' (AdaLoRA on all Q-Former targets)
     qf_sublayers: str | None = "all"     # Q-Former LoRA targets; None when the Q-Former has no LoRA
@@ -127,6 +131,14 @@ class ExperimentConfig:
             raise ConfigError("patience must be >= 1 and warmup_steps >= 0")
         if self.connector != "qformer" and self.setup != "baseline" and self.qf_sublayers is not None:
             raise ConfigError(f"Q-Former LoRA needs connector='qformer', not {self.connector!r}")
+        try:
+            from .models.connectors import ConnectorSpec
+
+            ConnectorSpec(self.connector, self.connector_tokens, self.connector_variant, self.connector_init)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if self.align_steps < 0:
+            raise ConfigError("align_steps must be >= 0 (0: no alignment stage)")
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -139,6 +151,14 @@ class ExperimentConfig:
         if self.lr is not None:
             return self.lr
         return LR_QFORMER_FULL if self.qformer_full else LR_PEFT
+
+    @property
+    def connector_label(self) -> str:
+        """'qformer', 'pool16', 'bottleneck4-gelu', 'qformer16-scratch', ... (+ '-a<steps>' when aligned)."""
+        from .models.connectors import ConnectorSpec
+
+        label = ConnectorSpec(self.connector, self.connector_tokens, self.connector_variant, self.connector_init).label
+        return label + (f"-a{self.align_steps}" if self.align_steps else "")
 
     @property
     def uses_feature_cache(self) -> bool:
@@ -185,7 +205,7 @@ class ExperimentConfig:
     @property
     def run_name(self) -> str:
         """A readable prefix for the run folder: benchmark, setup, targets, rank, seed."""
-        parts = [self.benchmark, self.connector if self.connector != "qformer" else None, self.setup,
+        parts = [self.benchmark, self.connector_label if self.connector_label != "qformer" else None, self.setup,
                  self.method if self.method != "lora" else None, self.qf_sublayers and f"qf-{self.qf_sublayers}",
                  self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}", f"s{self.seed}"]
         return "_".join(p for p in parts if p).replace("+", "-")

@@ -12,7 +12,12 @@ Run folder (runs.RunDir): config.json, env.json, status.json, metrics.jsonl (one
 the test row), predictions.jsonl (test), adalora_ranks.jsonl (AdaLoRA runs), adapter/ (peft's
 adapter_model.safetensors + adapter_config.json, loadable with PeftModel.from_pretrained, and
 trainable.safetensors with the trained tensors that are not LoRA factors: query tokens, projection,
-post-ViT LayerNorm, the whole Q-Former where it is fine-tuned), result.json.
+post-ViT LayerNorm, the whole Q-Former where it is fine-tuned, another connector and its LLM adapters;
+aligned.safetensors when the run began with an alignment stage), result.json.
+
+Connectors (models/connectors.py): config.connector and its connector_* fields are attached by
+resolve_bundle; align_steps > 0 first aligns the connector on the held-in tasks (models/alignment.py,
+cached under CACHE_DIR/connectors, shared by every run of the same base, connector, seed and data).
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ from . import runs
 from .config import ConfigError, ExperimentConfig, setup_defaults
 from .evaluate import MULTIPLE_CHOICE, PRIMARY, Example, evaluate
 from .features import FeatureCache, ImageEncoder
+from .models.alignment import ALIGNED_FILE, align_connector, load_aligned, trained_state
+from .models.connectors import image_token_count, spec_of
 from .models.inputs import unwrap
 from .train import (adalora_tuner, autocast_for, fit, resolve_device, resolve_precision, seed_everything,
                     steps_per_epoch)
@@ -47,15 +54,19 @@ def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cp
     tokenizers come from the synthetic world's vocabulary: DATA/vocab.txt beside the benchmark roots
     (`data synth` writes it), else data.synthetic.vocabulary(). Anything else is a checkpoint
     directory or hub id, read with load_bundle (a local directory never touches the network).
+    The config's connector is attached, freshly initialised from config.seed (not yet aligned).
     """
-    from .models import build
+    from .models import build, connectors
     from .models.presets import PRESETS
 
     if config.model in PRESETS:
         qformer_tokenizer, llm_tokenizer = build.default_tokenizers(_vocabulary(config))
-        return build.build_model(config.model, config.llm, qformer_tokenizer=qformer_tokenizer,
-                                 llm_tokenizer=llm_tokenizer, seed=config.seed, device=device)
-    return build.load_bundle(config.model, device=device)
+        bundle = build.build_model(config.model, config.llm, qformer_tokenizer=qformer_tokenizer,
+                                   llm_tokenizer=llm_tokenizer, seed=config.seed, device=device)
+    else:
+        bundle = build.load_bundle(config.model, device=device)
+    connectors.attach(bundle.model, connectors.spec_of(config), seed=config.seed)
+    return bundle
 
 
 def benchmark_root(config: ExperimentConfig) -> Path:
@@ -149,6 +160,8 @@ def load_trained(run_path: str | Path, *, device: torch.device | str = "cpu"):
     """(bundle, model) of a finished run: its base model rebuilt from the config, then `attach_trained`."""
     run = runs.RunDir(run_path)
     bundle = resolve_bundle(ExperimentConfig.from_dict(run.config), device=device)
+    if (run.adapter_dir / ALIGNED_FILE).is_file():  # the aligned state the run started from
+        load_aligned(bundle.model, run.adapter_dir / ALIGNED_FILE)
     return bundle, attach_trained(bundle.model, run.adapter_dir)
 
 
@@ -216,6 +229,11 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
     autocast = autocast_for(device, precision)
     splits = load_examples(config)
     total_steps = steps_per_epoch(len(splits["train"]), config.batch_size, config.grad_accum) * config.max_epochs
+
+    alignment = None
+    if config.align_steps:
+        alignment = _align(config, bundle, run, cache_dir=cache_dir, device=device, autocast=autocast,
+                           precision=precision, progress=progress)
 
     seed_everything(config.seed)  # LoRA's initialisation draws from torch's generator
     model = peft_setup.apply_peft(
@@ -288,7 +306,34 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         "train_samples_per_s": round(fitted.train_samples / fitted.train_time_s, 3) if fitted.train_time_s else None,
         "test_time_s": round(eval_time, 3),
         "multiple_choice": config.benchmark in MULTIPLE_CHOICE,
+        "connector": {"label": config.connector_label, "kind": config.connector,
+                      "image_tokens": image_token_count(unwrap(model))},
+        "alignment": alignment,
+        # the validation metric after each epoch against the optimizer step: the convergence curve
+        "val_curve": [{"epoch": h["epoch"], "step": h["step"], "score": h["val"].get(primary)}
+                      for h in fitted.history],
     }
+
+
+def _align(config: ExperimentConfig, bundle, run: runs.RunDir, *, cache_dir: Path, device, autocast, precision,
+           progress: bool) -> dict[str, Any]:
+    """The connector's alignment stage (cached under CACHE_DIR/connectors); its result is kept in the run
+    folder too (adapter/aligned.safetensors), so load_trained rebuilds the run without the cache."""
+    from safetensors.torch import save
+
+    from . import peft_setup
+
+    images = ImageEncoder(bundle.model, bundle.image_processor, device=device, autocast=autocast,
+                          cache=FeatureCache(bundle.model, bundle.image_processor, cache_dir, device=device,
+                                             autocast=autocast, precision=precision))
+    report = align_connector(bundle, benchmark_root(config), steps=config.align_steps, seed=config.seed,
+                             cache_dir=cache_dir / "connectors", images=images, device=device,
+                             label=spec_of(config).label, log=print if progress else None)
+    peft_setup.apply_peft(bundle.model, "baseline")  # the aligned tensors, to keep them with the run
+    state = trained_state(bundle.model)
+    bundle.model.requires_grad_(False)
+    runs.atomic_write(run.adapter_dir / ALIGNED_FILE, save(state))
+    return report
 
 
 def _epoch_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

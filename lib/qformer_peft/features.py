@@ -9,7 +9,8 @@ A cached vector is keyed by everything that determines it:
   image content   sha256 of the decoded RGB pixels (two files with the same picture share one entry)
   preprocessing   hash of the image processor's settings (size, resampling, mean, std)
   encoder         hash of the vision tower's weights (embeddings + encoder), plus device type and precision
-so a different checkpoint, resolution or precision can never be served a stale entry.
+  what            the last hidden state, or the CLS token of chosen layers (a bottleneck connector)
+so a different checkpoint, resolution, precision or connector can never be served a stale entry.
 
 Augmentation (PROTOCOL §4: RandomResizedCrop(scale 0.5-1) + horizontal flip, as the paper's code
 trained) changes the pixels every epoch, so it bypasses the cache; written here on PIL, without
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 
 from .data.records import load_image
+from .models.connectors import vision_layers
 from .models.inputs import encode_images, unwrap
 
 # In-process memory shared by every FeatureCache: prefix -> {image digest -> [P+1, Dv] tensor (CPU)}.
@@ -130,6 +132,9 @@ class FeatureCache:
         self.model, self.image_processor = model, image_processor
         self.device, self.autocast, self.batch_size = torch.device(device), autocast, batch_size
         self.prefix = f"{encoder_identity(model)}-{preprocess_identity(image_processor)}-{self.device.type}-{precision}"
+        layers = vision_layers(unwrap(model))
+        if layers is not None:  # CLS tokens of these layers, not the last hidden state
+            self.prefix += "-cls" + "_".join(map(str, layers))
         self.memory = _MEMORY.setdefault(self.prefix, OrderedDict())
         self.directory = None if directory is None else Path(directory) / self.prefix
         self.pending: dict[str, torch.Tensor] = {}
@@ -142,7 +147,7 @@ class FeatureCache:
                     self._shards.setdefault(key, shard)
 
     def __call__(self, refs: Sequence[str]) -> torch.Tensor:
-        """[len(refs), P+1, Dv] on the cache's device."""
+        """[len(refs), P+1, Dv] (bottleneck: [len(refs), n_layers, Dv]) on the cache's device."""
         digests = [image_digest(r) for r in refs]
         missing = {d: r for d, r in zip(digests, refs) if self._lookup(d) is None}
         if missing:

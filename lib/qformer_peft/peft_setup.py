@@ -9,8 +9,10 @@ paper_grid()  the 33 (setup, sublayers, LLM targets, rank) runs per LLM of the p
 `apply_peft` wraps the model with peft LoRA / AdaLoRA on explicit full module names, then sets the
 trainable flags: query tokens, the LLM projection and the post-ViT LayerNorm are trainable in every
 setup (the paper's code never froze them), the Q-Former is fully trainable where the setup says so,
-the ViT and the LLM's own weights never are. `trainable_parameters` is the one answer to "which
-parameters are trainable", by group.
+the ViT and the LLM's own weights never are. With another connector (models/connectors.py) the
+connector takes the Q-Former's place ("full" = the connector is trained), the unused Q-Former, queries
+and projection stay frozen, and the bottleneck's LLM adapters are trained in every setup (end to end,
+as the BA paper). `trainable_parameters` is the one answer to "which parameters are trainable", by group.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 
+from .models.connectors import ADAPTER_ATTR, connector_of
 from .models.inputs import unwrap
 
 
@@ -67,7 +70,8 @@ LORA_ALPHA = 8  # scaling alpha / r = 8 / r
 LORA_DROPOUT = 0.0
 ADALORA = {"init_r": 12, "target_r": 8}  # on QF_SUBLAYERS["all"]; peft also needs total_step
 
-GROUPS = ("qformer_full", "qformer_lora", "llm_lora", "query_tokens", "projection", "vit_layernorm", "other")
+GROUPS = ("qformer_full", "qformer_lora", "llm_lora", "query_tokens", "projection", "vit_layernorm", "connector",
+          "llm_adapter", "other")
 _LAYER = re.compile(r"^qformer\.encoder\.layer\.(\d+)\.(.+)$")
 
 
@@ -158,16 +162,25 @@ def apply_peft(
     if not lora and rank is not None:
         raise ValueError(f"setup {setup!r} has no adapters; rank must be None")
 
+    own_connector = connector_of(unwrap(model)) is not None
+    if own_connector and spec.qformer == "lora":
+        raise ValueError(f"setup {setup!r} adapts the Q-Former, which this model's connector replaces")
     if lora:
         targets = target_module_names(model, qf_sublayers, llm_targets)
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             model = get_peft_model(model, _peft_config(targets, rank, adalora, lora_alpha, lora_dropout))
     for name, param in unwrap(model).named_parameters():
-        group = parameter_group(name)
-        param.requires_grad = group in ("query_tokens", "projection", "vit_layernorm") or (
-            group == "qformer_full" and spec.qformer == "full") or group in ("qformer_lora", "llm_lora")
+        param.requires_grad = _trainable(parameter_group(name), spec, own_connector)
     return model
+
+
+def _trainable(group: str, spec: Setup, own_connector: bool) -> bool:
+    if group in ("vit_layernorm", "qformer_lora", "llm_lora", "llm_adapter"):
+        return True
+    if own_connector:  # the connector in the Q-Former's place; the Q-Former's own parts are unused
+        return group == "connector" and spec.qformer == "full"
+    return group in ("query_tokens", "projection") or (group == "qformer_full" and spec.qformer == "full")
 
 
 def parameter_group(name: str) -> str:
@@ -183,6 +196,10 @@ def parameter_group(name: str) -> str:
         return "projection"
     if name.startswith("vision_model.post_layernorm."):
         return "vit_layernorm"
+    if name.startswith("connector."):
+        return "connector"
+    if name.startswith("language_model.") and f".{ADAPTER_ATTR}." in name:
+        return "llm_adapter"
     return "other"
 
 
@@ -194,7 +211,7 @@ def named_trainable(model) -> Iterator[tuple[str, torch.nn.Parameter, str]]:
 
 
 def trainable_parameters(model) -> dict[str, int]:
-    """Number of trainable scalars by group (GROUPS order; 'other' must stay 0 for the paper's setups)."""
+    """Number of trainable scalars by group (GROUPS order; 'other' must stay 0 for every setup and connector)."""
     counts = dict.fromkeys(GROUPS, 0)
     for _, param, group in named_trainable(model):
         counts[group] += param.numel()

@@ -1,7 +1,8 @@
 """Turn images, prompts and targets into the tensors `InstructBlipForConditionalGeneration` takes,
 and run the model from cached vision-encoder outputs.
 
-Sequence layout (LAVIS's, which produced the paper's numbers; Q = config.num_query_tokens):
+Sequence layout (LAVIS's, which produced the paper's numbers; Q = image tokens: the Q-Former's query count,
+or what another connector feeds the LLM, models/connectors.py):
   Q-Former text:  [CLS] prompt [SEP]                       (BERT's specials; the query tokens come first inside the model)
   T5 encoder:     <image>xQ prompt </s>        labels: target </s>
   LLaMA:          <image>xQ <s> prompt target </s>  labels -100 everywhere except target </s>
@@ -19,6 +20,8 @@ import torch
 from peft import AdaLoraModel, PeftModel
 from transformers import InstructBlipForConditionalGeneration
 from transformers.models.instructblip.modeling_instructblip import BaseModelOutputWithVisionQformerOutputs
+
+from .connectors import connector_of, image_token_count, vision_layers
 
 IGNORE = -100
 
@@ -79,7 +82,7 @@ def make_batch(
         raise ValueError("make_batch: max_prompt_tokens must leave room for the special tokens (>= 3)")
     config = bundle.model.config
     qtok, ltok = bundle.qformer_tokenizer, bundle.llm_tokenizer
-    image = [config.image_token_index] * config.num_query_tokens
+    image = [config.image_token_index] * image_token_count(unwrap(bundle.model))
 
     # Q-Former text: [CLS] prompt [SEP] (BERT), cut from the left so that [CLS] + prompt + [SEP] fits
     q_head = [qtok.cls_token_id] if qtok.cls_token_id is not None else []
@@ -115,13 +118,24 @@ def make_batch(
 
 @torch.no_grad()
 def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The frozen ViT's output BEFORE the post-ViT LayerNorm: [B, patches + 1, vision_hidden].
+    """The frozen ViT's output BEFORE the post-ViT LayerNorm: [B, patches + 1, vision_hidden], or, for a
+    connector that reads CLS tokens per layer (bottleneck), those tokens: [B, n_layers, vision_hidden].
 
     This is what a feature cache may store: the LayerNorm after it (LAVIS's ln_vision,
     transformers' vision_model.post_layernorm) is trainable in every setup, so it runs each step.
     """
-    vision = unwrap(model).vision_model
-    return vision.encoder(inputs_embeds=vision.embeddings(pixel_values)).last_hidden_state
+    m = unwrap(model)
+    vision = m.vision_model
+    hidden = vision.embeddings(pixel_values)
+    layers = vision_layers(m)
+    if layers is None:
+        return vision.encoder(inputs_embeds=hidden).last_hidden_state
+    cls = []
+    for depth, layer in enumerate(vision.encoder.layers[: max(layers)], start=1):  # the encoder's own loop
+        hidden = layer(hidden)
+        if depth in layers:
+            cls.append(hidden[:, 0])
+    return torch.stack(cls, dim=1)
 
 
 def image_features(model, image_embeds: torch.Tensor, qformer_input_ids: torch.Tensor,
@@ -129,10 +143,17 @@ def image_features(model, image_embeds: torch.Tensor, qformer_input_ids: torch.T
     """Steps 2-3 of transformers' get_image_features, from cached ViT outputs (encode_images).
 
     post-ViT LayerNorm -> Q-Former (queries + instruction, cross-attending to the image) ->
-    language_projection of the query outputs: pooler_output [B, Q, llm_hidden].
+    language_projection of the query outputs: pooler_output [B, Q, llm_hidden]. With another connector
+    attached (models/connectors.py): post-ViT LayerNorm -> that connector, pooler_output [B, T, llm_hidden];
+    qformer_outputs is None then (the instruction does not reach the connector).
     """
     m = unwrap(model)
-    image_embeds = m.vision_model.post_layernorm(image_embeds)  # [B, P+1, Dv]
+    image_embeds = m.vision_model.post_layernorm(image_embeds)  # [B, P+1, Dv] (bottleneck: [B, n, Dv])
+    connector = connector_of(m)
+    if connector is not None:
+        return BaseModelOutputWithVisionQformerOutputs(
+            last_hidden_state=image_embeds, pooler_output=connector(image_embeds), qformer_outputs=None,
+            vision_outputs=None)
     batch_size = image_embeds.shape[0]
     image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
     queries = m.query_tokens.expand(batch_size, -1, -1)  # [B, Q, Dq]
@@ -157,11 +178,22 @@ def forward(model, batch: dict[str, torch.Tensor], *, image_embeds: torch.Tensor
     """Run the (possibly peft-wrapped) model on a make_batch batch.
 
     With image_embeds (cached `encode_images` output) the ViT is skipped; the rest of the model, the
-    post-ViT LayerNorm included, runs as in the pixel path and gives the same loss and logits.
+    post-ViT LayerNorm included, runs as in the pixel path and gives the same loss and logits. A model
+    with a connector other than the Q-Former always goes this way (transformers' forward knows only the
+    Q-Former), encoding the pixels first.
     """
+    m = unwrap(model)
+    if image_embeds is None and connector_of(m) is not None:
+        image_embeds = encode_images(m, batch["pixel_values"])
     if image_embeds is None:
         return _entry(model)(**batch)
     features = image_features(model, image_embeds, batch["qformer_input_ids"], batch.get("qformer_attention_mask"))
+    placeholders = int((batch["input_ids"] == m.config.image_token_index).sum())
+    if placeholders != features.pooler_output.shape[0] * features.pooler_output.shape[1]:
+        # masked_scatter would silently use the first features and drop the rest
+        raise ValueError(f"forward: {placeholders} image placeholders in the batch but the connector gives "
+                         f"{tuple(features.pooler_output.shape[:2])} tokens; build the batch with make_batch on "
+                         "the model that carries the connector")
     rest = {k: v for k, v in batch.items() if k != "pixel_values"}
     return _entry(model)(pixel_values=None, mm_encoder_outputs={"image": features}, **rest)
 
