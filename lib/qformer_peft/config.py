@@ -20,6 +20,10 @@ SETUPS = ("baseline", "qf-fft+llm-lora", "qf-lora", "qf-lora+llm-lora")
 QF_SUBLAYERS = ("self_attn", "cross_attn", "ffn", "all")
 LLM_TARGETS = ("attn", "ffn", "all")
 METHODS = ("lora", "adalora")
+# A joint benchmark "scienceqa+iconqa" trains one model on several tasks (issue 7, multi-task AdaLoRA);
+# only multiple-choice tasks, so that one validation accuracy (the mean over tasks) can pick the epoch.
+MULTITASK_SEP = "+"
+MULTITASK_BENCHMARKS = ("scienceqa", "iconqa")
 CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors.py
 
 # PROTOCOL §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
@@ -80,7 +84,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check_choice("benchmark", self.benchmark, BENCHMARKS)
+        _check_benchmark(self.benchmark)
         _check_choice("connector", self.connector, CONNECTORS)
         _check_choice("setup", self.setup, SETUPS)
         _check_choice("method", self.method, METHODS)
@@ -141,6 +145,11 @@ class ExperimentConfig:
             raise ConfigError("align_steps must be >= 0 (0: no alignment stage)")
 
     # --- derived ---------------------------------------------------------------------------------
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The benchmarks trained on: ('iconqa',), or ('scienceqa', 'iconqa') for 'scienceqa+iconqa'."""
+        return tuple(self.benchmark.split(MULTITASK_SEP))
+
     @property
     def qformer_full(self) -> bool:
         """Is the Q-Former fully fine-tuned (baseline and qf-fft+llm-lora)?"""
@@ -226,6 +235,16 @@ def setup_defaults(setup: str) -> dict[str, Any]:
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}")
+
+
+def _check_benchmark(benchmark: str) -> None:
+    tasks = benchmark.split(MULTITASK_SEP)
+    if len(tasks) == 1:
+        return _check_choice("benchmark", benchmark, BENCHMARKS)
+    bad = [t for t in tasks if t not in MULTITASK_BENCHMARKS]
+    if bad or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"benchmark={benchmark!r}: a joint benchmark joins distinct multiple-choice benchmarks "
+                          f"with '{MULTITASK_SEP}' (from {', '.join(MULTITASK_BENCHMARKS)}), e.g. 'scienceqa+iconqa'")
 
 
 def _check_types(cfg: ExperimentConfig) -> None:
