@@ -69,12 +69,14 @@ def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cp
     return bundle
 
 
-def benchmark_root(config: ExperimentConfig) -> Path:
-    """The benchmark's own root: data_root itself, or data_root/<benchmark> when data_root is the folder
-    `qformer-peft data synth` wrote (it holds synth.json and one root per benchmark)."""
+def benchmark_root(config: ExperimentConfig, benchmark: str | None = None) -> Path:
+    """The root of `benchmark` (default: the config's; a joint benchmark's first task): data_root itself, or
+    data_root/<benchmark> when data_root is the folder `qformer-peft data synth` wrote (it holds synth.json
+    and one root per benchmark). A joint benchmark's data_root always holds one root per task."""
+    benchmark = benchmark or config.tasks[0]
     root = Path(config.data_root)
-    if (root / "synth.json").is_file() and (root / config.benchmark).is_dir():
-        return root / config.benchmark
+    if ((root / "synth.json").is_file() or len(config.tasks) > 1) and (root / benchmark).is_dir():
+        return root / benchmark
     return root
 
 
@@ -112,19 +114,49 @@ def examples_of(records, *, train: bool) -> list[Example]:
 
 
 def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
-    """train / val / test Examples of the config's benchmark, each cut to its limit (first N records)."""
+    """train / val / test Examples of the config's benchmark, each cut to its limit (first N records).
+
+    A joint benchmark ('scienceqa+iconqa') concatenates its tasks, each cut to the limit, with ids made
+    unique ('<task>/<id>') and meta['task'] set, which evaluate_tasks splits by.
+    """
     from . import data
 
     if not config.data_root:
         raise ConfigError(f"data_root is empty: point it at the {config.benchmark} root (e.g. DATA/{config.benchmark} "
                           "as `qformer-peft data synth --out DATA` writes it)")
-    out = {}
-    for split, limit in (("train", config.train_limit), ("val", config.val_limit), ("test", config.test_limit)):
-        records = data.load(config.benchmark, benchmark_root(config), split).records[:limit]
-        if not records:
-            raise ValueError(f"{benchmark_root(config)}: the {split} split of {config.benchmark} is empty")
-        out[split] = examples_of(records, train=split == "train")
+    joint = len(config.tasks) > 1
+    out: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+    for task in config.tasks:
+        root = benchmark_root(config, task)
+        if joint and root == Path(config.data_root):
+            raise ConfigError(f"data_root {config.data_root}: the joint benchmark {config.benchmark!r} needs one root "
+                              f"per task there ({', '.join(config.tasks)}), as `qformer-peft data synth` writes them")
+        for split, limit in (("train", config.train_limit), ("val", config.val_limit), ("test", config.test_limit)):
+            records = data.load(task, root, split).records[:limit]
+            if not records:
+                raise ValueError(f"{root}: the {split} split of {task} is empty")
+            examples = examples_of(records, train=split == "train")
+            if joint:
+                examples = [dataclasses.replace(e, id=f"{task}/{e.id}", meta={**e.meta, "task": task})
+                            for e in examples]
+            out[split] += examples
     return out
+
+
+def evaluate_tasks(bundle, examples: list[Example], config: ExperimentConfig, embeds_of, **kwargs):
+    """evaluate() on the config's benchmark; a joint benchmark scores each task alone and reports
+    {"accuracy": the mean over tasks (each task counts equally), "n", "tasks": {task: its metrics}}."""
+    if len(config.tasks) == 1:
+        return evaluate(bundle, examples, config.benchmark, embeds_of, **kwargs)
+    desc = kwargs.pop("desc", "eval")
+    per_task, predictions = {}, []
+    for task in config.tasks:
+        part = [e for e in examples if e.meta.get("task") == task]
+        per_task[task], preds = evaluate(bundle, part, task, embeds_of, desc=f"{desc} {task}", **kwargs)
+        predictions += [{**p, "task": task} for p in preds]
+    accs = [m["accuracy"] for m in per_task.values() if m.get("accuracy") is not None]
+    mean = sum(accs) / len(accs) if len(accs) == len(per_task) else None
+    return {"accuracy": mean, "n": sum(m["n"] for m in per_task.values()), "tasks": per_task}, predictions
 
 
 # --- adapters -----------------------------------------------------------------------------------------
@@ -250,7 +282,7 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
     train_images = ImageEncoder(bundle.model, bundle.image_processor, device=device, autocast=autocast, cache=cache,
                                 augment=config.augment)
     eval_images = ImageEncoder(bundle.model, bundle.image_processor, device=device, autocast=autocast, cache=cache)
-    primary = PRIMARY[config.benchmark]
+    primary = PRIMARY[config.tasks[0]]  # a joint benchmark's tasks are all multiple choice: accuracy
     eval_kwargs = dict(batch_size=config.eval_batch_size or config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
                        num_beams=config.num_beams, model=model, autocast=autocast, progress=progress)
 
@@ -258,7 +290,7 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         return eval_images([e.image for e in chunk])
 
     def validate():
-        return evaluate(bundle, splits["val"], config.benchmark, embeds_of, desc="val", **eval_kwargs)
+        return evaluate_tasks(bundle, splits["val"], config, embeds_of, desc="val", **eval_kwargs)
 
     def epoch_end(state: dict[str, Any]) -> None:
         run.save_checkpoint(state)
@@ -278,8 +310,8 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         progress=progress)
 
     start = time.perf_counter()
-    test_metrics, predictions = evaluate(bundle, splits["test"], config.benchmark, embeds_of, desc="test",
-                                         **eval_kwargs)
+    test_metrics, predictions = evaluate_tasks(bundle, splits["test"], config, embeds_of, desc="test",
+                                               **eval_kwargs)
     eval_time = time.perf_counter() - start
     save_trained(model, run.adapter_dir)
     run.write_predictions(predictions)
@@ -305,7 +337,7 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         "train_time_s": round(fitted.train_time_s, 3),
         "train_samples_per_s": round(fitted.train_samples / fitted.train_time_s, 3) if fitted.train_time_s else None,
         "test_time_s": round(eval_time, 3),
-        "multiple_choice": config.benchmark in MULTIPLE_CHOICE,
+        "multiple_choice": all(t in MULTIPLE_CHOICE for t in config.tasks),
         "connector": {"label": config.connector_label, "kind": config.connector,
                       "image_tokens": image_token_count(unwrap(model))},
         "alignment": alignment,
