@@ -1,0 +1,311 @@
+"""The connector study (issue 7 §1): the same frozen ViT and LLM, joined by a Q-Former, DeCo's adaptive pooling,
+a LLaVA projector or the Bottleneck Adapter; every connector aligned on the held-in tasks for the same number
+of steps, then trained on one benchmark with the same protocol. Configs, tidy tables, charts and claims.
+
+    configs = connector_configs(benchmark="iconqa", llm="t5", model=..., data_dir=..., connectors=STUDY)
+    frame = connector_frame(runs_frame(runs_dir))    # one row per run: accuracy, tokens, cost, parameters
+    connector_claims(runs_frame(runs_dir))           # DeCo and Bottleneck Adapter claims for the ledger
+
+Symmetry: the non-Q-Former connectors have no pretrained weights, so the study's Q-Former starts from scratch
+too (connector_init='scratch'): every connector begins random and gets the same alignment budget; the base
+model's pretrained Q-Former (its stage 3 plus the same alignment) is a reference row, not a party to the claims.
+Fine-tuning is the paper's 'baseline' setup for every connector: the connector (the Q-Former, the pooling MLP,
+the projector, or the bottleneck projection + its LLM adapters) and the post-ViT LayerNorm are trained, the
+ViT and the LLM's weights are frozen.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from .claims import FAILS, HOLDS, INCONCLUSIVE, _fmt, combine, judge, paired
+from .config import ExperimentConfig
+
+STUDY_TAG = "study:connectors"
+COMPARABLE_TOL = 1.0  # "matches" / "is enough": at most 1 accuracy point below
+CONNECTOR_KEYS = ("connector", "connector_tokens", "connector_variant", "connector_init")
+SCRATCH = {"connector_init": "scratch"}
+
+# The mini study on the 8x8 patch grid (64 patches, 4 ViT layers, Q-Former with 16 queries):
+# Q-Former and pooling at 4, 16 and 64 tokens (2x2, 4x4, 8x8); the projector on all 64 patches, linear and
+# MLP; the bottleneck on the CLS token of every layer (4 tokens: the smallest budget above), linear and with
+# GELU; the pretrained Q-Former as a reference.
+STUDY: tuple[dict[str, Any], ...] = (
+    {"connector": "qformer", "connector_tokens": 16, **SCRATCH}, {"connector": "pool", "connector_tokens": 16},
+    {"connector": "qformer", "connector_tokens": 4, **SCRATCH}, {"connector": "pool", "connector_tokens": 4},
+    {"connector": "qformer", "connector_tokens": 64, **SCRATCH}, {"connector": "pool", "connector_tokens": 64},
+    {"connector": "projector"}, {"connector": "projector", "connector_variant": "linear"},
+    {"connector": "bottleneck"}, {"connector": "bottleneck", "connector_variant": "gelu"},
+    {"connector": "qformer"},
+)
+# What the claims compare; the grid gives these the claim seeds.
+CLAIM_CONNECTORS: tuple[dict[str, Any], ...] = STUDY[:2] + STUDY[8:10]
+
+
+def connector_configs(*, benchmark: str, llm: str, model: str, data_dir: str, connectors: Sequence[Mapping[str, Any]],
+                      seeds: Sequence[int] = (42,), align_steps: int = 300, hparams: Mapping[str, Any] | None = None,
+                      tags: Sequence[str] = ()) -> list[ExperimentConfig]:
+    """The validated configs of one study notebook: every connector x seed on one benchmark, setup 'baseline'
+    (connector trained, LLM frozen), each after `align_steps` alignment steps. connectors: dicts of the
+    ExperimentConfig connector fields (connector, connector_tokens, connector_variant, connector_init)."""
+    from pathlib import Path
+
+    out = []
+    for spec in connectors:
+        unknown = sorted(set(spec) - set(CONNECTOR_KEYS))
+        if unknown:
+            raise ValueError(f"connector spec {dict(spec)}: unknown key(s) {unknown}; use {', '.join(CONNECTOR_KEYS)}")
+        for seed in seeds:
+            out.append(ExperimentConfig.from_dict({
+                "benchmark": benchmark, "llm": llm, "model": str(model), "data_root": str(Path(data_dir) / benchmark),
+                "setup": "baseline", "qf_sublayers": None, "llm_targets": None, "rank": None,
+                "align_steps": align_steps, **dict(hparams or {}), **dict(spec), "seed": seed,
+                "tags": [*tags, STUDY_TAG]}))
+    return out
+
+
+# --- tidy frames ---------------------------------------------------------------------------------------
+
+def is_study_run(df: pd.DataFrame) -> pd.Series:
+    """Runs of the connector study (tagged by connector_configs): the paper's claims should leave them out."""
+    if df.empty:
+        return pd.Series([], dtype=bool)
+    tags = df["tags"] if "tags" in df else pd.Series([[]] * len(df), index=df.index)
+    return tags.map(lambda t: isinstance(t, (list, tuple)) and STUDY_TAG in t)
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    from .models.connectors import ConnectorSpec
+
+    def val(k):
+        v = row.get(k)
+        return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
+
+    tokens = val("connector_tokens")
+    return ConnectorSpec(row["connector"], int(tokens) if tokens is not None else None, val("connector_variant"),
+                         val("connector_init")).label
+
+
+def connector_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished study run: llm, benchmark, connector (label), kind, variant, tokens (fed to the LLM),
+    seed, acc (test %), samples_per_s (training), trainable (all groups), align_loss (held-in val loss after
+    alignment), auc (mean validation accuracy over the epochs), best_epoch, steps."""
+    cols = ["llm", "benchmark", "connector", "kind", "variant", "tokens", "seed", "acc", "samples_per_s", "trainable",
+            "align_loss", "align_samples_per_s", "auc", "best_epoch", "steps", "run_id", "path"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    d = df[is_study_run(df) & (df["state"] == "done")]
+    rows = []
+    for r in d.to_dict("records"):
+        curve = r.get("result.val_curve") or []
+        scores = [c["score"] for c in curve if c.get("score") is not None]
+        align = r.get("result.alignment.curve") or []
+        rows.append({
+            "llm": r["llm"], "benchmark": r["benchmark"], "connector": _label(r), "kind": r["connector"],
+            "variant": r.get("connector_variant") or None, "tokens": r.get("result.connector.image_tokens"),
+            "seed": r["seed"], "acc": r.get("acc"), "samples_per_s": r.get("result.train_samples_per_s"),
+            "trainable": r.get("trainable"), "align_loss": align[-1]["val_loss"] if align else None,
+            "align_samples_per_s": r.get("result.alignment.samples_per_s"),
+            "auc": float(np.mean(scores)) if scores else None, "best_epoch": r.get("result.best_epoch"),
+            "steps": r.get("result.steps"), "run_id": r["run_id"], "path": r["path"]})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def convergence_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Validation accuracy against the optimizer step, one row per (study run, epoch)."""
+    rows = []
+    d = df[is_study_run(df) & (df["state"] == "done")] if not df.empty else df
+    for r in d.to_dict("records"):
+        for c in r.get("result.val_curve") or []:
+            rows.append({"llm": r["llm"], "benchmark": r["benchmark"], "connector": _label(r), "seed": r["seed"],
+                         "epoch": c["epoch"], "step": c["step"], "val_score": c["score"]})
+    return pd.DataFrame(rows, columns=["llm", "benchmark", "connector", "seed", "epoch", "step", "val_score"])
+
+
+def alignment_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Held-in validation loss against the alignment step, one row per (connector, seed, checkpoint)."""
+    rows, seen = [], set()
+    d = df[is_study_run(df) & (df["state"] == "done")] if not df.empty else df
+    for r in d.to_dict("records"):
+        key = (r["llm"], _label(r), r["seed"])
+        if key in seen:  # one alignment serves every benchmark
+            continue
+        seen.add(key)
+        for c in r.get("result.alignment.curve") or []:
+            rows.append({"llm": r["llm"], "connector": _label(r), "seed": r["seed"], "step": c["step"],
+                         "val_loss": c["val_loss"]})
+    return pd.DataFrame(rows, columns=["llm", "connector", "seed", "step", "val_loss"])
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per llm x benchmark x connector: image tokens, trainable parameters, test accuracy (mean ± sd over seeds),
+    convergence (mean validation accuracy over epochs), held-in loss after alignment, training samples/s."""
+    if frame.empty:
+        return pd.DataFrame()
+    g = frame.groupby(["llm", "benchmark", "connector"], sort=False)
+    out = g.agg(tokens=("tokens", "first"), trainable=("trainable", "first"), seeds=("seed", "nunique"),
+                acc=("acc", "mean"), acc_sd=("acc", "std"), auc=("auc", "mean"), align_loss=("align_loss", "mean"),
+                samples_per_s=("samples_per_s", "mean")).reset_index()
+    return out.round({"acc": 1, "acc_sd": 1, "auc": 1, "align_loss": 3, "samples_per_s": 1})
+
+
+# --- charts --------------------------------------------------------------------------------------------
+
+def accuracy_vs_tokens(frame: pd.DataFrame) -> alt.FacetChart:
+    """Test accuracy (seeds as points, mean as line) against the image tokens fed to the LLM, per connector kind."""
+    d = frame[frame["acc"].notna()].assign(label=frame["connector"])
+    base = alt.Chart(d).encode(x=alt.X("tokens:Q", title="image tokens fed to the LLM", scale=alt.Scale(type="log", base=2)),
+                               color=alt.Color("kind:N", title="connector"))
+    layer = (base.mark_point(filled=True, opacity=0.6).encode(y=alt.Y("acc:Q", title="test accuracy (%)",
+                                                                      scale=alt.Scale(zero=False)), tooltip=["label", "seed", "acc"])
+             + base.mark_line().encode(y="mean(acc):Q", detail="label:N"))
+    return layer.properties(width=260, height=180).facet(column=alt.Column("benchmark:N", title=None),
+                                                         row=alt.Row("llm:N", title=None))
+
+
+def convergence_chart(conv: pd.DataFrame) -> alt.FacetChart:
+    """Validation accuracy against the optimizer step, mean over seeds, one line per connector."""
+    return (alt.Chart(conv).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="optimizer step (fine-tuning)"),
+        y=alt.Y("mean(val_score):Q", title="validation accuracy (%)", scale=alt.Scale(zero=False)),
+        color=alt.Color("connector:N")).properties(width=260, height=180)
+        .facet(column=alt.Column("benchmark:N", title=None), row=alt.Row("llm:N", title=None)))
+
+
+def alignment_chart(al: pd.DataFrame) -> alt.FacetChart:
+    """Held-in validation loss against the alignment step, mean over seeds, one line per connector."""
+    return (alt.Chart(al).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="alignment step (held-in tasks)"),
+        y=alt.Y("mean(val_loss):Q", title="held-in validation loss", scale=alt.Scale(zero=False)),
+        color=alt.Color("connector:N")).properties(width=300, height=200)
+        .facet(column=alt.Column("llm:N", title=None)))
+
+
+def cost_chart(frame: pd.DataFrame) -> alt.FacetChart:
+    """Training throughput (samples/s, cached ViT features) against the image tokens, per connector."""
+    d = frame[frame["samples_per_s"].notna()]
+    return (alt.Chart(d).mark_point(filled=True, size=60).encode(
+        x=alt.X("tokens:Q", title="image tokens fed to the LLM", scale=alt.Scale(type="log", base=2)),
+        y=alt.Y("mean(samples_per_s):Q", title="training samples / s"),
+        color=alt.Color("kind:N", title="connector"), shape=alt.Shape("connector:N"),
+        tooltip=["connector", "mean(samples_per_s)"]).properties(width=260, height=180)
+        .facet(column=alt.Column("benchmark:N", title=None), row=alt.Row("llm:N", title=None)))
+
+
+# --- claims ----------------------------------------------------------------------------------------------
+
+CLAIMS = {
+    "DeCo-acc": ("Adaptive average pooling matches or beats the Q-Former at equal image tokens (test accuracy at "
+                 f"most {COMPARABLE_TOL:g} point below)", "DeCo (seeds/003), PROTOCOL §7"),
+    "DeCo-conv": ("... and converges faster (higher mean validation accuracy over the fine-tuning epochs)",
+                  "DeCo (seeds/003)"),
+    "BA-linear": ("A linear bottleneck adapter without non-linearity is enough (test accuracy at most "
+                  f"{COMPARABLE_TOL:g} point below the same adapter with a GELU)", "Bottleneck Adapter (seeds/002)"),
+    "BA-projector": ("... and so is a linear projector on every patch (at most "
+                     f"{COMPARABLE_TOL:g} point below LLaVA's 2-layer MLP projector)", "Bottleneck Adapter (seeds/002) / "
+                     "DeCo's LLaVA projector"),
+}
+
+
+def _pair(frame: pd.DataFrame, a: str, b: str, col: str, keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Per group of `keys`: seed-paired differences col(a) - col(b) + tolerance, judged; (evidence parts, verdicts)."""
+    parts, verdicts = [], []
+    for key, d in frame.groupby(list(keys)):
+        x, y = d[d["connector"] == a], d[d["connector"] == b]
+        if x.empty or y.empty:
+            continue
+        diff = paired(dict(zip(x["seed"], x[col])), dict(zip(y["seed"], y[col])))
+        v = judge(diff, margin=-COMPARABLE_TOL)
+        verdicts.append(v)
+        where = "/".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        parts.append(f"{where}: {a} {x[col].mean():.1f} vs {b} {y[col].mean():.1f}, difference {_fmt(diff, 1, ' pt')} "
+                     f"→ {v}")
+    return parts, verdicts
+
+
+def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
+    """The DeCo and Bottleneck Adapter claims, judged on the study's runs in df (runs_frame of a runs folder).
+
+    Each statistic is per seed (paired on seeds both sides have) and judged like the paper's claims
+    (claims.judge: mean ± 2 standard errors against the tolerance; fewer than 2 seeds is inconclusive). A claim
+    stated for every budget and benchmark holds only where it holds for each. Returns dicts with id, claim,
+    source, evidence, verdict, scale.
+    """
+    frame = connector_frame(df)
+    scale = ", ".join(sorted({t.split(":", 1)[1] for ts in df.get("tags", []) if isinstance(ts, (list, tuple))
+                              for t in ts if isinstance(t, str) and t.startswith("scale:")})) or "unknown"
+    out = []
+
+    def add(cid: str, parts: list[str], verdicts: list[str], missing: str, extra: str = "") -> None:
+        verdict = combine(verdicts) if verdicts else INCONCLUSIVE
+        evidence = "; ".join(parts) + extra if parts else f"no runs to compare ({missing})"
+        out.append({"id": cid, "claim": CLAIMS[cid][0], "source": CLAIMS[cid][1], "evidence": evidence,
+                    "verdict": verdict, "scale": scale})
+
+    acc_parts, acc_v, conv_parts, conv_v = [], [], [], []
+    pool = frame[frame["kind"] == "pool"]
+    for tokens in sorted(pool["tokens"].dropna().unique()):
+        a, b = f"pool{int(tokens)}", f"qformer{int(tokens)}-scratch"
+        sub = frame[frame["connector"].isin([a, b])]
+        p, v = _pair(sub, a, b, "acc", ["llm", "benchmark"])
+        acc_parts += [f"{int(tokens)} tokens, {s}" for s in p]
+        acc_v += v
+        # convergence: no tolerance; pooling must be ahead
+        for (llm, bench), d in sub.groupby(["llm", "benchmark"]):
+            x, y = d[d["connector"] == a], d[d["connector"] == b]
+            if x.empty or y.empty:
+                continue
+            diff = paired(dict(zip(x["seed"], x["auc"])), dict(zip(y["seed"], y["auc"])))
+            verdict = judge(diff)
+            conv_v.append(verdict)
+            lx, ly = x["align_loss"].mean(), y["align_loss"].mean()
+            conv_parts.append(f"{int(tokens)} tokens, {llm}/{bench}: mean val accuracy over epochs {x['auc'].mean():.1f} vs "
+                              f"{y['auc'].mean():.1f}, difference {_fmt(diff, 1, ' pt')} → {verdict} (held-in loss "
+                              f"after the same alignment: pool {lx:.3f}, Q-Former {ly:.3f})")
+    add("DeCo-acc", acc_parts, acc_v, "pool<k> and qformer<k>-scratch at the same k")
+    add("DeCo-conv", conv_parts, conv_v, "pool<k> and qformer<k>-scratch at the same k")
+    p, v = _pair(frame, _only(frame, "bottleneck", "linear"), _only(frame, "bottleneck", "gelu"), "acc",
+                 ["llm", "benchmark"])
+    add("BA-linear", p, v, "bottleneck linear and gelu variants")
+    p, v = _pair(frame, _only(frame, "projector", "linear"), _only(frame, "projector", "mlp"), "acc",
+                 ["llm", "benchmark"])
+    add("BA-projector", p, v, "projector linear and mlp variants")
+    return out
+
+
+def _only(frame: pd.DataFrame, kind: str, variant: str) -> str:
+    """The label of the study's `kind` connector in `variant` (the default variant has no suffix)."""
+    from .models.connectors import VARIANTS
+
+    labels = sorted(set(frame.loc[frame["kind"] == kind, "connector"]))
+    want = [lab for lab in labels if (lab.endswith(f"-{variant}") if variant != VARIANTS[kind][0]
+                                      else not any(lab.endswith(f"-{v}") for v in VARIANTS[kind][1:]))]
+    return want[0] if want else f"{kind}-{variant}"
+
+
+# --- full size -------------------------------------------------------------------------------------------
+
+def full_size_counts(llm: str = "flan-t5-xl", connectors: Sequence[Mapping[str, Any]] = STUDY) -> pd.DataFrame:
+    """Trainable parameters (setup 'baseline') and image tokens of each connector on a full-size model, built on
+    the meta device (no weights): what each connector would train at the paper's scale. The study's token
+    budgets are for the 8x8 mini grid; here pool and Q-Former keep their counts, projector and bottleneck take
+    the full model's (256 patches; 6 CLS tokens of 39 layers). Columns: llm, connector, tokens, trainable_<group>
+    for each non-empty group of peft_setup.GROUPS, trainable (the total)."""
+    from .models.build import build_model
+    from .models.connectors import ConnectorSpec, attach, image_token_count
+    from .peft_setup import apply_peft, trainable_parameters
+
+    rows = []
+    for c in connectors:
+        spec = ConnectorSpec(c["connector"], c.get("connector_tokens"), c.get("connector_variant"), c.get("connector_init"))
+        if spec.kind in ("projector", "bottleneck"):
+            spec = ConnectorSpec(spec.kind, None, spec.variant, spec.init)
+        model = build_model(llm, device="meta").model
+        attach(model, spec, seed=0)
+        counts = trainable_parameters(apply_peft(model, "baseline"))
+        rows.append({"llm": llm, "connector": spec.label, "tokens": image_token_count(model),
+                     **{f"trainable_{k}": v for k, v in counts.items() if v}, "trainable": sum(counts.values())})
+    return pd.DataFrame(rows).fillna(0)
