@@ -152,6 +152,23 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out.round({"acc": 1, "acc_sd": 1, "auc": 1, "align_loss": 3, "samples_per_s": 1})
 
 
+def trainable_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Trainable parameters by group (result.json's trainable_params, non-empty groups) and their total, per
+    connector of the study's runs in df."""
+    d = df[is_study_run(df)] if not df.empty else df
+    cols = [c for c in d.columns if c.startswith("result.trainable_params.")]
+    if d.empty or not cols:
+        return pd.DataFrame()
+    t = d.assign(connector=[_label(r) for r in d.to_dict("records")]).groupby("connector", sort=False)[cols].first()
+    t.columns = [c.removeprefix("result.trainable_params.") for c in cols]
+    t = t.loc[:, (t != 0).any(axis=0)]
+    return t.assign(total=t.sum(axis=1)).astype(int)
+
+
+def claims_frame(claims: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(list(claims), columns=["id", "claim", "verdict", "evidence", "scale", "source"])
+
+
 # --- charts --------------------------------------------------------------------------------------------
 
 def accuracy_vs_tokens(frame: pd.DataFrame) -> alt.FacetChart:
