@@ -290,3 +290,5 @@ def test_connector_claims_flip_with_the_data(pool_gap, gelu_gap, verdicts):
     assert {k: claims[k]["verdict"] for k in verdicts} == verdicts
     assert claims["BA-projector"]["verdict"] == "inconclusive"  # no projector runs
     assert claims["DeCo-acc"]["scale"] == "embedded" and "16 tokens, t5/iconqa: pool16" in claims["DeCo-acc"]["evidence"]
+    # an early-stopped curve is compared on the epochs both runs have
+    assert connector_study._early_mean([60, 70, 90], [50, 80]) == pytest.approx(0.0)

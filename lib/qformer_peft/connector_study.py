@@ -92,9 +92,10 @@ def _label(row: Mapping[str, Any]) -> str:
 def connector_frame(df: pd.DataFrame) -> pd.DataFrame:
     """One row per finished study run: llm, benchmark, connector (label), kind, variant, tokens (fed to the LLM),
     seed, acc (test %), samples_per_s (training), trainable (all groups), align_loss (held-in val loss after
-    alignment), auc (mean validation accuracy over the epochs), best_epoch, steps."""
+    alignment), auc (mean validation accuracy over the epochs), curve (validation accuracy per epoch), best_epoch,
+    steps."""
     cols = ["llm", "benchmark", "connector", "kind", "variant", "tokens", "seed", "acc", "samples_per_s", "trainable",
-            "align_loss", "align_samples_per_s", "auc", "best_epoch", "steps", "run_id", "path"]
+            "align_loss", "align_samples_per_s", "auc", "curve", "best_epoch", "steps", "run_id", "path"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     d = df[is_study_run(df) & (df["state"] == "done")]
@@ -109,7 +110,7 @@ def connector_frame(df: pd.DataFrame) -> pd.DataFrame:
             "seed": r["seed"], "acc": r.get("acc"), "samples_per_s": r.get("result.train_samples_per_s"),
             "trainable": r.get("trainable"), "align_loss": align[-1]["val_loss"] if align else None,
             "align_samples_per_s": r.get("result.alignment.samples_per_s"),
-            "auc": float(np.mean(scores)) if scores else None, "best_epoch": r.get("result.best_epoch"),
+            "auc": float(np.mean(scores)) if scores else None, "curve": scores, "best_epoch": r.get("result.best_epoch"),
             "steps": r.get("result.steps"), "run_id": r["run_id"], "path": r["path"]})
     return pd.DataFrame(rows, columns=cols)
 
@@ -217,7 +218,8 @@ def cost_chart(frame: pd.DataFrame) -> alt.FacetChart:
 CLAIMS = {
     "DeCo-acc": ("Adaptive average pooling matches or beats the Q-Former at equal image tokens (test accuracy at "
                  f"most {COMPARABLE_TOL:g} point below)", "DeCo (seeds/003), PROTOCOL §7"),
-    "DeCo-conv": ("... and converges faster (higher mean validation accuracy over the fine-tuning epochs)",
+    "DeCo-conv": ("... and converges faster (higher validation accuracy over the fine-tuning epochs: the mean "
+                  "over the epochs both runs trained)",
                   "DeCo (seeds/003)"),
     "BA-linear": ("A linear bottleneck adapter without non-linearity is enough (test accuracy at most "
                   f"{COMPARABLE_TOL:g} point below the same adapter with a GELU)", "Bottleneck Adapter (seeds/002)"),
@@ -270,18 +272,19 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
         p, v = _pair(sub, a, b, "acc", ["llm", "benchmark"])
         acc_parts += [f"{int(tokens)} tokens, {s}" for s in p]
         acc_v += v
-        # convergence: no tolerance; pooling must be ahead
+        # convergence: no tolerance, pooling must be ahead; curves compared over the epochs both runs have
+        # (early stopping can end one sooner)
         for (llm, bench), d in sub.groupby(["llm", "benchmark"]):
-            x, y = d[d["connector"] == a], d[d["connector"] == b]
-            if x.empty or y.empty:
+            x, y = d[d["connector"] == a].set_index("seed"), d[d["connector"] == b].set_index("seed")
+            seeds = sorted(set(x.index) & set(y.index))
+            if not seeds:
                 continue
-            diff = paired(dict(zip(x["seed"], x["auc"])), dict(zip(y["seed"], y["auc"])))
+            diff = [_early_mean(x.at[s, "curve"], y.at[s, "curve"]) for s in seeds]
             verdict = judge(diff)
             conv_v.append(verdict)
-            lx, ly = x["align_loss"].mean(), y["align_loss"].mean()
-            conv_parts.append(f"{int(tokens)} tokens, {llm}/{bench}: mean val accuracy over epochs {x['auc'].mean():.1f} vs "
-                              f"{y['auc'].mean():.1f}, difference {_fmt(diff, 1, ' pt')} → {verdict} (held-in loss "
-                              f"after the same alignment: pool {lx:.3f}, Q-Former {ly:.3f})")
+            conv_parts.append(f"{int(tokens)} tokens, {llm}/{bench}: {a} minus {b} in mean validation accuracy over "
+                              f"the common epochs {_fmt(diff, 1, ' pt')} → {verdict} (held-in loss after the same "
+                              f"alignment: {a} {x['align_loss'].mean():.3f}, {b} {y['align_loss'].mean():.3f})")
     add("DeCo-acc", acc_parts, acc_v, "pool<k> and qformer<k>-scratch at the same k")
     add("DeCo-conv", conv_parts, conv_v, "pool<k> and qformer<k>-scratch at the same k")
     p, v = _pair(frame, _only(frame, "bottleneck", "linear"), _only(frame, "bottleneck", "gelu"), "acc",
@@ -291,6 +294,12 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
                  ["llm", "benchmark"])
     add("BA-projector", p, v, "projector linear and mlp variants")
     return out
+
+
+def _early_mean(a: Sequence[float], b: Sequence[float]) -> float:
+    """mean(a) - mean(b) over the first min(len) epochs: the area between two validation curves."""
+    n = min(len(a), len(b))
+    return float(np.mean(a[:n]) - np.mean(b[:n])) if n else float("nan")
 
 
 def _only(frame: pd.DataFrame, kind: str, variant: str) -> str:
