@@ -31,14 +31,15 @@ CELL_KEYS = ["llm", "benchmark", "setup", "qf_sublayers", "llm_targets", "rank"]
 # --- run folders -> frames ------------------------------------------------------------------------------
 def runs_frame(runs_dir: str | Path, configs: Iterable[Any] | None = None) -> pd.DataFrame:
     """load_runs plus derived columns: acc (test accuracy %), score (the benchmark's primary test
-    metric), trainable (sum over groups), targets, scale, profile, config_hash.
+    metric), trainable (sum over groups), targets, scale, profile, study ('paper' for the paper's grid,
+    else the open question or side study its tag study:<name> names), config_hash.
 
     With configs (ExperimentConfig objects), only the runs of those configs, in their order.
     """
     df = runs.load_runs(runs_dir)
     if df.empty:
         return pd.DataFrame(columns=["run_id", "path", "state", "config_hash", *CELL_KEYS, "seed", "acc",
-                                     "trainable", "targets", "scale", "profile", "method"])
+                                     "trainable", "targets", "scale", "profile", "study", "method"])
     df["config_hash"] = [runs.config_hash(runs.read_json(Path(p) / "config.json")) for p in df["path"]]
     found = [c for c in ACC_COLUMNS if c in df]
     df["acc"] = pd.to_numeric(df[found[0]], errors="coerce") if found else np.nan
@@ -46,8 +47,10 @@ def runs_frame(runs_dir: str | Path, configs: Iterable[Any] | None = None) -> pd
     groups = [c for c in df.columns if c.startswith(TRAINABLE_PREFIX)]
     df["trainable"] = df[groups].apply(pd.to_numeric, errors="coerce").sum(axis=1, min_count=1) if groups else np.nan
     df["targets"] = [targets_label(r.setup, r.qf_sublayers, r.llm_targets) for r in df.itertuples()]
-    df["scale"] = [_tag(t, "scale") or _guess_scale(m) for t, m in zip(df.get("tags", [[]] * len(df)), df["model"])]
-    df["profile"] = [_tag(t, "profile") for t in df.get("tags", [[]] * len(df))]
+    tags = df["tags"] if "tags" in df else [[]] * len(df)
+    df["scale"] = [tag_value(t, "scale") or _guess_scale(m) for t, m in zip(tags, df["model"])]
+    df["profile"] = [tag_value(t, "profile") for t in tags]
+    df["study"] = [tag_value(t, "study") or "paper" for t in tags]
     if configs is not None:
         order = {c.hash: i for i, c in enumerate(configs)}
         df = df[df["config_hash"].isin(order)].copy()
@@ -65,7 +68,14 @@ def _present(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and np.isnan(v))
 
 
-def _tag(tags: Any, key: str) -> str | None:
+def paper_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the paper's grid (Table 1, Figure 2, the AdaLoRA analysis, the paper's claims): not
+    those an open question or side study trained under its own study:<name> tag."""
+    return df[df["study"] == "paper"] if "study" in df else df
+
+
+def tag_value(tags: Any, key: str) -> str | None:
+    """The value of the first tag 'key:value' in a run's tags, or None."""
     for t in tags if isinstance(tags, (list, tuple)) else []:
         if isinstance(t, str) and t.startswith(key + ":"):
             return t.split(":", 1)[1]
@@ -159,7 +169,8 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     cols = [*CELL_KEYS, "targets", "acc_mean", "acc_sd", "n_seeds", "trainable", "best_in_row", "best_in_setup"]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    d = df[(df["state"] == "done") & (df["method"] == "lora") & df["acc"].notna()]
+    d = paper_runs(df)
+    d = d[(d["state"] == "done") & (d["method"] == "lora") & d["acc"].notna()]
     if "connector" in d:
         d = d[d["connector"] == "qformer"]
     if d.empty:
