@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from qformer_peft import grid, runs
-from qformer_peft.config import ExperimentConfig
+from qformer_peft.config import MULTITASK_SEP, ExperimentConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 
@@ -31,7 +31,8 @@ def test_every_profile_expands_into_valid_configs(name, tmp_path):
     for c in cells:
         for cfg in c.configs():
             assert isinstance(cfg, ExperimentConfig)
-            assert cfg.data_root == str(tmp_path / "data" / cfg.benchmark)
+            joint = MULTITASK_SEP in cfg.benchmark          # one root per task in the data folder
+            assert cfg.data_root == str(tmp_path / "data" / ("" if joint else cfg.benchmark)).rstrip("/")
             assert f"profile:{name}" in cfg.tags
     every = [cfg for c in cells for cfg in c.configs()]
     assert len({cfg.hash for cfg in every}) == len(every), "two cells would share a run"
@@ -83,7 +84,8 @@ def test_paper_profile_without_data_says_how_to_supply_it(tmp_path, monkeypatch)
 
 def test_only_keeps_matching_experiments_and_the_environment_and_report(tmp_path):
     cells = grid.select(grid.expand("smoke", root=tmp_path), "adalora_t5_(vizwiz|flickr)")
-    assert [c.name for c in cells] == ["environment", "adalora_t5_flickr30k", "adalora_t5_vizwiz", "report"]
+    assert [c.name for c in cells] == ["environment", "adalora_t5_flickr30k", "adalora_t5_vizwiz", "open_seeds",
+                                       "report"]
     with pytest.raises(grid.GridError, match="not a valid regular expression"):
         grid.select(cells, "(")
 
@@ -151,6 +153,21 @@ def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
     assert result.exit_status == 0 and not (tmp_path / "nb" / "cell_b.failed.json").exists()
     assert run(cells, tmp_path).count("skipped") == 4
     assert sorted(executions(tmp_path)) == ["cell_a", "cell_b", "cell_b", "cell_c", "report", "report"]
+
+
+def test_a_cell_that_reads_another_starts_after_it_and_analysis_runs_last(tmp_path):
+    started_b = tmp_path / "b_started.log"                   # the reader writes it when it starts
+    reader = grid.Cell("cell_b", "fake_experiment.ipynb",
+                       fake_cell(tmp_path, "cell_b", executions_log=str(started_b)).parameters, after=("cell_a",))
+    slow = fake_cell(tmp_path, "cell_a", sleep_s=1.0)
+    analysis = grid.Cell("open_seeds", grid.SEEDS, {"runs_dir": str(tmp_path / "runs")})
+    assert analysis.kind == "analysis" and analysis.configs() == []
+    # listed first and free to start with two workers, the reader still waits for cell_a to finish
+    assert run([reader, slow], tmp_path, jobs=2).exit_status == 0
+    assert started_b.stat().st_mtime_ns >= (tmp_path / "nb" / "cell_a.done.json").stat().st_mtime_ns
+    assert grid.FINAL_KINDS == ("analysis", "report")
+    cells = grid.expand("smoke", root=tmp_path)
+    assert [c.kind for c in cells][-2:] == ["analysis", "report"]
 
 
 def test_cell_with_all_runs_done_is_skipped_and_changed_parameters_rerun(tmp_path):

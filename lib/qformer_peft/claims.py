@@ -6,10 +6,11 @@ seeds: entirely on the claim's side -> "holds", entirely on the other side -> "d
 straddling (or fewer than 2 seeds, so no spread to judge by) -> "inconclusive". A claim stated for
 several LLMs or benchmarks holds only where it holds for each of them.
 
-Claims (PROTOCOL §2 headline, §6 claims 1-5):
+Claims (PROTOCOL §2 headline, §6 claims 1-5), judged on the paper grid's runs (report_charts.paper_runs):
   H1  Q-Former PEFT is comparable to full fine-tuning (accuracy) ... with < 2% of the trainable parameters
   H2  Q-Former + LLM PEFT beats the baseline (accuracy) ... with < 12% of the trainable parameters
   C1-C5  the AdaLoRA rank allocation (see CLAIMS below)
+then the open questions' claims (open_questions.OPEN_CLAIMS: MT, SC, RK, SD), judged the same way.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .report_charts import SUBLAYERS, final_ranks, sublayer_means
+from .report_charts import SUBLAYERS, final_ranks, paper_runs, sublayer_means
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 Z = 2.0                     # standard errors a difference must clear
@@ -329,12 +330,18 @@ def scale_of(df: pd.DataFrame) -> str:
 def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
            full_size: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
            cache_dir: str | Path | None = None) -> list[Claim]:
-    """Every claim with its evidence and verdict.
+    """Every claim with its evidence and verdict: the paper's, then the open questions'.
 
     df: runs_frame(...) of the LoRA and AdaLoRA runs; ranks: ranks_frame(df); full_size: the full-size
     parameter ledger rows per LLM (qformer_peft.ledger), or None to compute them here (cached in
     cache_dir when given: building the full-size models on the meta device takes a while).
     """
+    from .open_questions import open_claims  # it builds on this module
+
+    every, every_ranks = df, ranks
+    df = paper_runs(df)
+    if ranks is not None and not ranks.empty:
+        ranks = ranks[ranks["run_id"].isin(set(df["run_id"]))]
     scale = scale_of(df)
     lora = df[df["method"] == "lora"] if not df.empty else df
     maps = _maps(ranks) if ranks is not None and not ranks.empty else pd.DataFrame(
@@ -358,7 +365,7 @@ def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
     add("C3", _per_llm(maps, [], _claim3))
     add("C4", _per_llm(maps, [], _claim4))
     add("C5", _per_llm(maps, ["flickr30k", "iconqa", "scienceqa", "vizwiz"], _claim5))
-    return out
+    return out + open_claims(every, every_ranks)
 
 
 def full_size_ledger(llms: Sequence[str], cache_dir: str | Path | None = None) -> dict[str, list[dict]]:

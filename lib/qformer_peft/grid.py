@@ -35,13 +35,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import runs
-from .config import ExperimentConfig
+from .config import MULTITASK_SEP, ExperimentConfig
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"  # the repository's notebooks/
 ENVIRONMENT, PEFT, ADALORA, REPORT = ("00_environment.ipynb", "10_peft_experiment.ipynb",
                                      "20_adalora_analysis.ipynb", "90_report.ipynb")
+# The open questions (issue 7 §2, open_questions.py): one notebook each; the seeds one only reads runs.
+MULTITASK, SCALING, RANK_SENSITIVITY, SEEDS = ("40_multitask_adalora.ipynb", "41_scaling.ipynb",
+                                               "42_rank_sensitivity.ipynb", "43_seeds.ipynb")
+OPEN_QUESTION_OF = {MULTITASK: "multitask", SCALING: "scaling", RANK_SENSITIVITY: "ranks"}
 KERNEL_NAME = "qformer-peft"           # a kernelspec written by the grid: this interpreter's ipykernel
 MAX_EXIT_STATUS = 100                  # the exit status counts failures, capped below the shell's 126+
+FINAL_KINDS = ("analysis", "report")   # executed after every experiment cell, when anything ran
 
 # --- the paper's grid as data (PROTOCOL §2 and §6) --------------------------------------------------
 LLMS = ("t5", "llama")
@@ -93,6 +98,14 @@ class Profile:
     hparams_by_llm: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     adalora_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by benchmark
     data_seed: int = 0
+    # the open questions (issue 7 §2); empty leaves a question out. Their runs get the claim seeds.
+    multitask_llms: tuple[str, ...] = ()              # one joint ScienceQA + IconQA AdaLoRA cell per LLM
+    scaling_cells: tuple[tuple[str, str], ...] = ()   # (llm, benchmark): QF LoRA vs baseline against size
+    train_limits: tuple[int, ...] = ()                # training-set sizes besides the profile's own
+    scaling_models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # llm -> larger models, ascending
+    rank_cells: tuple[tuple[str, str], ...] = ()      # (llm, benchmark): ranks past the paper's grid
+    extra_ranks: tuple[int, ...] = (16, 32)
+    seeds_analysis: bool = True                       # 43_seeds: spread and orderings of multi-seed cells
 
 
 PROFILES: dict[str, Profile] = {
@@ -109,6 +122,9 @@ PROFILES: dict[str, Profile] = {
         hparams={"max_epochs": 2, "patience": 2, "batch_size": 8, "train_limit": 16, "val_limit": 8,
                  "test_limit": 8},
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 2} for b in ("flickr30k", "vizwiz")},
+        # every open question's notebook (the model-size axis of 41_scaling has its own tests)
+        multitask_llms=("t5",), scaling_cells=(("t5", "iconqa"),), train_limits=(8,),
+        rank_cells=(("t5", "iconqa"),), extra_ranks=(16, 32),
     ),
     "mini": Profile(
         name="mini", scale="embedded",
@@ -123,6 +139,12 @@ PROFILES: dict[str, Profile] = {
         # idle machine (study_timings.json) before changing these.
         hparams={"max_epochs": 4, "patience": 2, "train_limit": 320, "val_limit": 64, "test_limit": 256},
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 10} for b in ("flickr30k", "vizwiz")},
+        # The open questions at a small added cost (measured: about 6 CPU-minutes, ~3 minutes with two
+        # workers): joint AdaLoRA on T5 (3 runs), training-set size 40/80/160 on T5 IconQA (18 runs, short),
+        # r = 16, 32 on T5 IconQA (12 runs). Width/depth needs base models of other sizes, whose builds do
+        # not fit the 45-minute budget: that axis is the paper profile's (scaling_models).
+        multitask_llms=("t5",), scaling_cells=(("t5", "iconqa"),), train_limits=(40, 80, 160),
+        rank_cells=(("t5", "iconqa"),), extra_ranks=(16, 32),
     ),
     "paper": Profile(
         name="paper", scale="paper",
@@ -133,6 +155,13 @@ PROFILES: dict[str, Profile] = {
         hparams={},                                        # ExperimentConfig's defaults are PROTOCOL §4
         hparams_by_llm={"llama": {"batch_size": 8, "grad_accum": 2}},
         adalora_hparams=PAPER_ADALORA_HPARAMS,
+        multitask_llms=LLMS, scaling_cells=tuple((l, b) for l in LLMS for b in PEFT_BENCHMARKS),
+        train_limits=(1000, 3000),
+        # width/depth: the next InstructBLIP size of each LLM (same Q-Former); a cell fails with a clear
+        # message when its checkpoint is not under --checkpoints
+        scaling_models={"t5": ("{checkpoints}/instructblip-flan-t5-xxl",),
+                        "llama": ("{checkpoints}/instructblip-vicuna-13b",)},
+        rank_cells=tuple((l, b) for l in LLMS for b in PEFT_BENCHMARKS), extra_ranks=(16, 32),
     ),
 }
 
@@ -145,11 +174,13 @@ def experiment_configs(*, benchmark: str, llm: str, model: str, data_dir: str, s
                        tags: Sequence[str] = ()) -> list[ExperimentConfig]:
     """The validated configs of one notebook: every rank x seed of one grid row (AdaLoRA: every seed).
 
-    data_dir holds one root per benchmark (as `data synth` writes it); the config gets data_dir/benchmark.
+    data_dir holds one root per benchmark (as `data synth` writes it); the config gets data_dir/benchmark,
+    or data_dir itself for a joint benchmark ('scienceqa+iconqa': one root per task there).
     hparams are further ExperimentConfig fields (max_epochs, train_limit, lr, ...).
     """
+    joint = MULTITASK_SEP in benchmark
     base = {"benchmark": benchmark, "llm": llm, "model": str(model),
-            "data_root": str(Path(data_dir) / benchmark), "setup": setup, "method": method,
+            "data_root": str(Path(data_dir) if joint else Path(data_dir) / benchmark), "setup": setup, "method": method,
             "qf_sublayers": qf_sublayers, "llm_targets": llm_targets, "tags": list(tags), **dict(hparams or {})}
     if method == "adalora":       # AdaLoRA's ranks are adalora_init_r / adalora_target_r, not a sweep
         ranks = (None,)
@@ -164,14 +195,21 @@ class Cell:
     name: str
     notebook: str
     parameters: Mapping[str, Any]
+    after: tuple[str, ...] = ()      # cells whose runs this one reads: it starts when they have finished
 
     @property
     def kind(self) -> str:
-        return {ENVIRONMENT: "environment", REPORT: "report"}.get(self.notebook, "experiment")
+        """environment | experiment | analysis (reads runs only; runs after the experiments) | report"""
+        return {ENVIRONMENT: "environment", REPORT: "report", SEEDS: "analysis"}.get(self.notebook, "experiment")
 
     def configs(self) -> list[ExperimentConfig]:
+        """The runs this cell trains (an open question: the ones it owns, not those it reads)."""
         if self.kind != "experiment":
             return []
+        if self.notebook in OPEN_QUESTION_OF:
+            from .open_questions import plan
+
+            return plan(OPEN_QUESTION_OF[self.notebook], **self.parameters).own
         keys = ("benchmark", "llm", "model", "data_dir", "setup", "qf_sublayers", "llm_targets", "method",
                 "ranks", "seeds", "hparams", "tags")
         return experiment_configs(**{k: self.parameters[k] for k in keys if k in self.parameters})
@@ -255,7 +293,7 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
     peft = profile.peft_cells or tuple((llm, b, *row) for llm in LLMS for b in PEFT_BENCHMARKS for row in PEFT_ROWS)
     for llm, bench, setup, qf, llm_t in peft:
         seeds = profile.claim_seeds if (setup, qf, llm_t) in CLAIM_ROWS else profile.seeds
-        name = "_".join(p for p in ("peft", llm, bench, setup.replace("+", "-"), qf, llm_t) if p)
+        name = peft_cell_name(llm, bench, setup, qf, llm_t)
         cells.append(Cell(name, PEFT, {
             "benchmark": bench, "llm": llm, "model": model(llm), "setup": setup, "qf_sublayers": qf,
             "llm_targets": llm_t, "ranks": list(profile.ranks), "seeds": list(seeds),
@@ -265,11 +303,57 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
         cells.append(Cell(f"adalora_{llm}_{bench}", ADALORA, {
             "benchmark": bench, "llm": llm, "model": model(llm), "method": "adalora",
             "seeds": list(profile.claim_seeds), "hparams": hparams(llm, bench), "tags": tags, **common}))
+    cells += open_question_cells(profile, checkpoints=ckpt, hparams=hparams, tags=tags, common=common,
+                                 names={c.name for c in cells})
     cells.append(Cell("report", REPORT, {"runs_dir": runs_dir, "notebooks_dir": str(layout.notebooks_out),
                                          "cache_dir": str(layout.root / "cache")}))
     for c in cells:
         c.configs()  # validate now: a bad profile fails before anything runs
     return cells
+
+
+def peft_cell_name(llm: str, bench: str, setup: str, qf: str | None, llm_t: str | None) -> str:
+    return "_".join(p for p in ("peft", llm, bench, setup.replace("+", "-"), qf, llm_t) if p)
+
+
+def open_question_cells(profile: Profile, *, checkpoints: str, hparams: Callable[..., dict], tags: Sequence[str],
+                        common: Mapping[str, Any], names: set[str]) -> list[Cell]:
+    """The profile's open-question notebooks. Each reads runs of the paper's grid (the same configs, so the
+    same run folders) and starts after the cells that train them (`after`, limited to cells in `names`)."""
+    from .open_questions import MULTITASK_TASKS, RANK_ROWS, SCALING_ROWS
+
+    seeds = list(profile.claim_seeds)
+    out = []
+
+    def model(llm: str) -> str:
+        return profile.models[llm].format(checkpoints=checkpoints)
+
+    def add(name: str, notebook: str, params: dict, after: Sequence[str] = ()) -> None:
+        out.append(Cell(name, notebook, {**params, "seeds": seeds, "tags": list(tags), **common},
+                        tuple(a for a in after if a in names)))
+
+    for llm in profile.multitask_llms:
+        add(f"open_multitask_{llm}", MULTITASK, {"llm": llm, "model": model(llm), "tasks": list(MULTITASK_TASKS),
+                                                 "hparams": hparams(llm)},
+            [f"adalora_{llm}_{t}" for t in MULTITASK_TASKS])
+    for llm, bench in profile.scaling_cells:
+        params = {"llm": llm, "benchmark": bench, "model": model(llm), "rank": max(profile.ranks),
+                  "hparams": hparams(llm)}
+        after = [peft_cell_name(llm, bench, *row) for row in SCALING_ROWS]
+        if profile.train_limits:
+            add(f"open_scaling_data_{llm}_{bench}", SCALING,
+                {**params, "train_limits": list(profile.train_limits), "models": []}, after)
+        if profile.scaling_models.get(llm):
+            larger = [m.format(checkpoints=checkpoints) for m in profile.scaling_models[llm]]
+            add(f"open_scaling_model_{llm}_{bench}", SCALING, {**params, "train_limits": [], "models": larger}, after)
+    for llm, bench in profile.rank_cells:
+        add(f"open_ranks_{llm}_{bench}", RANK_SENSITIVITY,
+            {"llm": llm, "benchmark": bench, "model": model(llm), "ranks": list(profile.ranks),
+             "extra_ranks": list(profile.extra_ranks), "hparams": hparams(llm)},
+            [peft_cell_name(llm, bench, *row) for row in RANK_ROWS])
+    if profile.seeds_analysis:
+        out.append(Cell("open_seeds", SEEDS, {"runs_dir": common["runs_dir"]}))
+    return out
 
 
 def describe_profiles() -> "Any":
@@ -285,6 +369,8 @@ def describe_profiles() -> "Any":
         rows.append({"profile": p.name, "scale": p.scale, "notebooks": len(cells),
                      "peft_notebooks": sum(c.notebook == PEFT for c in exp),
                      "adalora_notebooks": sum(c.notebook == ADALORA for c in exp),
+                     "open_question_notebooks": sum(c.notebook in (MULTITASK, SCALING, RANK_SENSITIVITY, SEEDS)
+                                                    for c in cells),
                      "runs": len(cfgs), "seeds": ",".join(map(str, p.seeds)),
                      "claim_seeds": ",".join(map(str, p.claim_seeds)), "what": p.description})
     return pd.DataFrame(rows)
@@ -401,13 +487,14 @@ def _missing_input(cell: Cell) -> str | None:
     """A reason not to start the notebook: its model checkpoint or benchmark root is absent."""
     if cell.kind != "experiment":
         return None
-    model = Path(cell.parameters["model"])
-    if model.is_absolute() and not model.exists():
-        return (f"model checkpoint {model} not found: build it with `qformer-peft study --profile ...` "
-                f"(base-model stage) or pass --checkpoints DIR")
-    root = Path(cell.parameters["data_dir"]) / cell.parameters["benchmark"]
-    if cell.parameters.get("data_size") is None and not root.exists():
-        return f"benchmark root {root} not found: pass --data-root DIR holding {cell.parameters['benchmark']}/"
+    for m in [cell.parameters["model"], *cell.parameters.get("models", [])]:
+        if Path(m).is_absolute() and not Path(m).exists():
+            return (f"model checkpoint {m} not found: build it with `qformer-peft study --profile ...` "
+                    f"(base-model stage) or pass --checkpoints DIR")
+    for bench in cell.parameters.get("tasks") or [cell.parameters["benchmark"]]:
+        root = Path(cell.parameters["data_dir"]) / bench
+        if cell.parameters.get("data_size") is None and not root.exists():
+            return f"benchmark root {root} not found: pass --data-root DIR holding {bench}/"
     return None
 
 
@@ -563,8 +650,8 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
         kernel = KERNEL_NAME
         jpath = write_kernelspec(out_dir / ".jupyter")
         env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(jpath), os.environ.get("JUPYTER_PATH")) if p)
-    main = [c for c in cells if c.kind != "report"]
-    final = [c for c in cells if c.kind == "report"]
+    main = [c for c in cells if c.kind not in FINAL_KINDS]
+    final = [c for c in cells if c.kind in FINAL_KINDS]
     hashes: dict[str, set[str]] = {}
 
     def finished(c: Cell) -> bool:
@@ -620,13 +707,17 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
     if previous is not None:  # a SIGTERM stops the children too instead of orphaning them
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in todo]
-        pending = list(threads)
+        waiting = {c.name for c in todo}  # a cell starts once the cells it reads (`after`) are no longer waiting
+        pending = list(todo)
         running: list[threading.Thread] = []
         while pending or running:  # at most `jobs` threads alive; the slot queue hands out devices
             running = [t for t in running if t.is_alive()]
-            while pending and len(running) < jobs:
-                t = pending.pop(0)
+            with lock:
+                waiting -= {o.cell for o in outcomes}
+            ready = [c for c in pending if not waiting & set(c.after)] or (pending[:1] if not running else [])
+            for c in ready[:max(0, jobs - len(running))]:
+                pending.remove(c)
+                t = threading.Thread(target=work, args=(c,), daemon=True)
                 t.start()
                 running.append(t)
             time.sleep(0.05)
@@ -661,16 +752,17 @@ def _run_submitit(cells: Sequence[Cell], *, notebooks_dir: Path, out_dir: Path, 
         executor = submitit.AutoExecutor(folder=out_dir / ".submitit")
         executor.update_parameters(timeout_min=int((timeout or 24 * 3600) / 60) + 5, gpus_per_node=1,
                                    tasks_per_node=1, cpus_per_task=8, name="qformer-peft")
-    main = [c for c in cells if c.kind != "report"]
-    final = [c for c in cells if c.kind == "report"]
+    main = [c for c in cells if c.kind not in FINAL_KINDS]
+    final = [c for c in cells if c.kind in FINAL_KINDS]
     kwargs = {"notebooks_dir": notebooks_dir, "out_dir": out_dir, "kernel": kernel, "env": dict(env),
               "timeout": timeout}
-    jobs = [(c, executor.submit(execute_cell, c, **kwargs)) for c in main]
-    for c, job in jobs:
-        try:
-            record(job.result())
-        except Exception as err:  # noqa: BLE001 - the job itself died (node lost, time limit)
-            record(Outcome(c.name, "failed", error=f"submitit job {job.job_id}: {type(err).__name__}: {err}"))
+    for wave in ([c for c in main if not c.after], [c for c in main if c.after]):  # readers after the others
+        jobs = [(c, executor.submit(execute_cell, c, **kwargs)) for c in wave]
+        for c, job in jobs:
+            try:
+                record(job.result())
+            except Exception as err:  # noqa: BLE001 - the job itself died (node lost, time limit)
+                record(Outcome(c.name, "failed", error=f"submitit job {job.job_id}: {type(err).__name__}: {err}"))
     for c in final:
         if run_final():
             record(executor.submit(execute_cell, c, **kwargs).result())
