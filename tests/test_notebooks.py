@@ -10,6 +10,7 @@ import pytest
 from fixtures.study_runs import write_study
 
 from qformer_peft import claims, grid, report
+from qformer_peft import open_questions as oq
 
 NOTEBOOKS = sorted(grid.NOTEBOOKS_DIR.glob("*.ipynb"))
 # the shape of qformer_peft.ledger's rows: tests seed the report's cache with these instead of building
@@ -30,8 +31,12 @@ def parameters_of(nb):
     return values
 
 
-def test_the_four_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == [grid.ENVIRONMENT, grid.PEFT, grid.ADALORA, grid.REPORT]
+def test_the_grids_notebooks_exist():
+    names = {p.name for p in NOTEBOOKS}
+    assert {grid.ENVIRONMENT, grid.PEFT, grid.ADALORA, grid.REPORT, grid.MULTITASK, grid.SCALING,
+            grid.RANK_SENSITIVITY, grid.SEEDS} <= names
+    for profile in grid.PROFILES:
+        assert {c.notebook for c in grid.expand(profile, root="/r", data_root="/d", checkpoints="/c")} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -67,6 +72,27 @@ def test_default_parameters_build_valid_smoke_sized_configs(name):
     configs = grid.experiment_configs(**{k: p[k] for k in keys if k in p})
     assert configs and all(c.model == "tiny" and c.train_limit <= 64 and c.max_epochs <= 2 for c in configs)
     assert p["data_size"] == "smoke"
+
+
+@pytest.mark.parametrize("name", sorted(grid.OPEN_QUESTION_OF))
+def test_open_question_defaults_are_smoke_sized(name):
+    p = parameters_of(nbformat.read(str(grid.NOTEBOOKS_DIR / name), as_version=4))
+    plan = oq.plan(grid.OPEN_QUESTION_OF[name], **p)
+    assert plan.own and plan.reference and p["data_size"] == "smoke"
+    assert all(c.model == "tiny" and c.train_limit <= 64 and c.max_epochs <= 2 for c in plan.all)
+
+
+def test_seeds_notebook_reads_run_folders(tmp_path):
+    runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43, 44), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+                           adalora=())
+    out = tmp_path / "43_seeds.ipynb"
+    pm.execute_notebook(str(grid.NOTEBOOKS_DIR / grid.SEEDS), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(grid.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir)})
+    outputs = [o for c in nbformat.read(str(out), as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/svg+xml" in o.get("data", {}) for o in outputs) == 2          # spread, orderings
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "<td>SD-setups</td>" in html and "<td>SD-best-rank</td>" in html and "qf-lora+llm-lora r=8" in html
 
 
 def test_report_notebook_runs_on_run_folders(tmp_path):
