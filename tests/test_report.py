@@ -5,9 +5,10 @@ import json
 import nbformat
 import numpy as np
 import pandas as pd
-from fixtures.study_runs import PAPER_PATTERN, SETUP_EFFECT, write_study
+from fixtures.study_runs import PAPER_PATTERN, SETUP_EFFECT, write_open_questions, write_study
 
 from qformer_peft import claims, grid, report
+from qformer_peft import open_questions as oq
 from qformer_peft import report_charts as rc
 
 FULL_SIZE = {"flan-t5-xl": [  # the shape of qformer_peft.ledger's rows, with the PROTOCOL §2 figures
@@ -190,7 +191,7 @@ def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
     for fid in ("chart-figure2", "chart-heatmaps"):
         start = page.index(f"id='{fid}'")
         assert page.index("<svg", start) < page.index("</figure>", start)
-    assert page.count("<svg") == 2 and "<rect" in page
+    assert page.count("<svg") == page.count("<figure") >= 2 and "<rect" in page   # every figure drawn inline
     for cid in claims.CLAIMS:
         assert f"<td>{cid}</td>" in page
     assert "Synthetic-scale replication" in page and "Scale: embedded" in page
@@ -204,6 +205,35 @@ def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
     assert "data:image/svg+xml" in section               # nbconvert embeds SVG outputs as data URIs
     for p in [index, *(tmp_path / "reports" / "sections").glob("*.html")]:
         assert report.external_references(p.read_text()) == [], p
+
+
+def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_path):
+    runs_dir = write_study(tmp_path, ranks=(2, 8), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+                           adalora=("iconqa", "scienceqa"))
+    write_open_questions(tmp_path, rank=8)
+    page = report.build_report(runs_dir, out=tmp_path / "reports", full_size=FULL_SIZE, log=lambda m: None).read_text()
+    charts = {"oq-multitask": ("chart-mt-tradeoff", "chart-mt-difference", "chart-mt-shares"),
+              "oq-scaling": ("chart-sc-accuracy", "chart-sc-gap"), "oq-ranks": ("chart-rk",),
+              "oq-seeds": ("chart-sd-spread", "chart-sd-orderings")}
+    order = [page.index(f"id='{s}'") for s in charts]
+    assert order == sorted(order) and order[0] > page.index("id='adalora'")
+    for section, ids in charts.items():
+        end = min([i for i in order if i > page.index(f"id='{section}'")] + [len(page)])
+        for fid in ids:
+            start = page.index(f"id='{fid}'")
+            assert page.index(f"id='{section}'") < start < end and page.index("<svg", start) < page.index("</figure>", start)
+    for cid in oq.OPEN_CLAIMS:
+        assert page.count(f"<td>{cid}</td>") == 2                  # in the ledger and in its question's section
+    assert "Model width/depth: not measured at this scale" in page
+    assert report.external_references(page) == []
+    # the paper's heatmaps and Table 1 keep to the paper's runs: no joint benchmark, no r = 16 / 32
+    t1 = page[page.index("id='table1'"):page.index("id='figure2'")]
+    assert "r=16" not in t1 and "r=32" not in t1
+    assert "scienceqa+iconqa" not in page[page.index("id='adalora'"):page.index("id='oq-multitask'")]
+    v = {c.id: c.verdict for c in claims.ledger(rc.runs_frame(runs_dir), rc.ranks_frame(rc.runs_frame(runs_dir)),
+                                                full_size=FULL_SIZE)}
+    assert (v["MT-acc"], v["MT-alloc"], v["SC-data"], v["RK-qf"]) == (claims.HOLDS,) * 4
+    assert v["SC-model"] == claims.INCONCLUSIVE
 
 
 def test_external_reference_check_catches_network_scripts_and_styles():

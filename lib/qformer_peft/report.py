@@ -3,7 +3,9 @@
     qformer-peft report [--runs DIR] [--notebooks DIR] [--out reports/]
 
 index.html carries the summary, built from run folders only: the scale statement, the claim ledger,
-Table 1, Figure 2 and the AdaLoRA heatmaps, then links to the sections and the grid's failures.
+Table 1, Figure 2 and the AdaLoRA heatmaps, a section per open question (issue 7 §2: multi-task AdaLoRA,
+scaling, rank sensitivity, seeds) with its charts and claims, then links to the notebook sections and the
+grid's failures.
 Everything is self-contained and offline: charts are inline SVG (vl-convert), sections come from
 nbconvert's lab template with its CDN scripts (require.js, MathJax, mermaid) removed, and no page
 loads a script or stylesheet from the network. Code cells are hidden in sections; a button shows them.
@@ -93,17 +95,18 @@ def _figure(chart: Any, fid: str, caption: str) -> str:
     return f"<figure class='chart' id='{fid}'>{to_svg(chart)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def ledger_html(claims: Sequence[claims_mod.Claim]) -> str:
+def ledger_html(claims: Sequence[claims_mod.Claim], note: bool = True) -> str:
     rows = "".join(
         f"<tr><td>{c.id}</td><td>{html.escape(c.statement)}<br><small>{html.escape(c.source)}</small></td>"
         f"<td>{html.escape(c.scale)}</td><td class='{c.verdict.replace(' ', '-')}'>{c.verdict}</td>"
         f"<td class='evidence'>{html.escape(c.evidence)}</td></tr>" for c in claims)
     return ("<table class='ledger'><thead><tr><th>claim</th><th>statement</th><th>scale</th><th>verdict</th>"
-            f"<th>evidence</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"<th>evidence</th></tr></thead><tbody>{rows}</tbody></table>" + (
             "<p class='note'>Verdicts read mean ± 2 standard errors over seeds (paired by seed): on the claim's "
             "side: holds; on the other side: does not hold; straddling, or a single seed: inconclusive. "
             f"“Comparable” means at most {claims_mod.COMPARABLE_TOL:g} accuracy point below. A claim "
-            "stated for both LLMs and benchmarks holds only where each part holds.</p>")
+            "stated for both LLMs and benchmarks holds only where each part holds. Claims of the open questions "
+            "(MT, SC, RK, SD) are hypotheses of this study, judged by the same rule.</p>" if note else ""))
 
 
 def scale_html(df: Any) -> str:
@@ -121,8 +124,10 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
     df = rc.runs_frame(runs_dir)
     if df.empty:
         return f"<p class='empty'>No run folders in {html.escape(str(runs_dir))}.</p>"
-    ranks = rc.ranks_frame(df)
-    parts = [scale_html(df), "<h2 id='claims'>Claim ledger</h2>", ledger_html(claims_mod.ledger(df, ranks, full_size, cache_dir))]
+    all_ranks = rc.ranks_frame(df)
+    ledger = claims_mod.ledger(df, all_ranks, full_size, cache_dir)
+    ranks = rc.ranks_frame(rc.paper_runs(df))
+    parts = [scale_html(df), "<h2 id='claims'>Claim ledger</h2>", ledger_html(ledger)]
     t1 = rc.table1(df)
     parts += ["<h2 id='table1'>Table 1: accuracy and trainable parameters of every cell</h2>", rc.table1_html(t1)]
     parts.append("<h2 id='figure2'>Figure 2: accuracy against trainable parameters</h2>")
@@ -138,7 +143,80 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
         parts.append(_figure(rc.heatmap(values), "chart-heatmaps", "Final AdaLoRA rank averaged over each "
                              "sublayer's modules per layer (and over seeds); cross-attention exists on odd layers "
                              "only. Benchmarks side by side, one row per LLM."))
+    parts.append(open_questions_html(df, all_ranks, ledger))
     return "\n".join(parts)
+
+
+def _chart_or_empty(make: Any, frame: Any, fid: str, caption: str, empty: str) -> str:
+    return _figure(make(), fid, caption) if len(frame) else f"<p class='empty'>{html.escape(empty)}</p>"
+
+
+def _frame_html(frame: Any) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="–", border=0) if len(frame) else ""
+
+
+def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim]) -> str:
+    """One section per open question (issue 7 §2): what was run, its charts, its claims."""
+    from . import open_charts as oc
+    from . import open_questions as oq
+
+    def claims_of(q: str) -> str:
+        return ledger_html([c for c in ledger if oq.OPEN_CLAIMS.get(c.id, ("", ""))[1] == q], note=False)
+
+    acc, diff, shares = oq.multitask_accuracy(df), oq.allocation_difference(ranks), oq.allocation_shares(ranks)
+    frame = oq.scaling_frame(df)
+    gaps = oq.scaling_gaps(frame)
+    rank_f, cells, pairs = oq.rank_frame(df), oq.seed_cells(df), oq.orderings(df)
+    none = "no runs of this question in this study (its profile leaves it out, or its notebook has not run)"
+    widths = ("Model width/depth: " + ("measured on " + ", ".join(sorted(set(frame["model"]))) + "."
+              if len(frame) and frame["model_size"].nunique() > 1 else
+              "not measured at this scale. It needs base models of other sizes, each with its own staged build; "
+              "in the mini profile those builds do not fit the 45-minute budget, so only the training-set size is "
+              "varied here. The paper profile runs the width/depth axis on the next InstructBLIP checkpoint of "
+              "each LLM (Flan-T5-XXL, Vicuna-13B; same Q-Former)."))
+    parts = [
+        "<h2 id='oq-multitask'>Open question: one AdaLoRA budget over ScienceQA + IconQA</h2>",
+        "<p>AdaLoRA on every Q-Former target with the same budget as a single-task run (initial rank 12, average "
+        "target 8 over the same modules), trained on both tasks together (each with the profile's number of "
+        "training items; validation picks the epoch by the mean accuracy over tasks), and tested on each task "
+        "alone. Compared with the single-task AdaLoRA runs of the analysis above, seed by seed.</p>",
+        _chart_or_empty(lambda: oc.multitask_tradeoff(acc), acc, "chart-mt-tradeoff",
+                        "Test accuracy of each task trained alone and jointly (points: seeds; line: mean).", none),
+        _chart_or_empty(lambda: oc.allocation_difference(diff), diff, "chart-mt-difference",
+                        "Joint minus single-task final rank per layer and sublayer (seed means): red, the joint "
+                        "budget gives that sublayer more rank.", "no joint and single-task AdaLoRA runs to compare"),
+        _chart_or_empty(lambda: oc.sublayer_shares(shares), shares, "chart-mt-shares",
+                        "Each sublayer's share of the final total rank (bars: mean; points: seeds).", none),
+        claims_of("multitask"),
+        "<h2 id='oq-scaling'>Open question: does the gap between Q-Former LoRA and full fine-tuning change "
+        "with scale?</h2>",
+        f"<p>Baseline (full Q-Former fine-tuning) and Q-Former LoRA on all sublayers at the grid's largest rank, "
+        f"trained on fewer items than the profile's own (same epochs, so fewer steps), same validation and test "
+        f"sets. {html.escape(widths)}</p>",
+        _chart_or_empty(lambda: oc.scaling_accuracy(frame), frame, "chart-sc-accuracy",
+                        "Test accuracy against the training-set size (points: seeds; line: mean).", none),
+        _chart_or_empty(lambda: oc.scaling_gap(gaps, frame), gaps, "chart-sc-gap",
+                        "The gap QF LoRA − baseline (mean ± sd over seeds); above zero, LoRA is ahead.", none),
+        claims_of("scaling"),
+        "<h2 id='oq-ranks'>Open question: rank sensitivity past the paper's grid</h2>",
+        "<p>The paper's ranks come from its grid (r ≤ 8); r = 16 and 32 are trained here, for Q-Former LoRA and "
+        "Q-Former LoRA + LLM LoRA on all targets, with the same seeds.</p>",
+        _chart_or_empty(lambda: oc.rank_sensitivity(rank_f), rank_f, "chart-rk",
+                        "Test accuracy against the rank (log 2; points: seeds; line: mean).", none),
+        claims_of("ranks"),
+        "<h2 id='oq-seeds'>Open question: do Table 1's orderings survive other seeds?</h2>",
+        "<p>The paper reports single runs. Every Table-1 cell run with several seeds: its mean and spread, and, "
+        "for every pair of such cells, how often the seeds agree with the order the single run (the first seed, "
+        "42) shows. Verdicts judge the order on the other seeds, paired.</p>",
+        _frame_html(cells.drop(columns=["setup", "targets", "rank"], errors="ignore")),
+        _chart_or_empty(lambda: oc.seed_spread(cells, df[df["study"] == "paper"]), cells, "chart-sd-spread",
+                        "Each multi-seed cell: every seed (points), mean (tick) ± sd (bar).", "no cell with several seeds"),
+        _chart_or_empty(lambda: oc.ordering_fractions(pairs), pairs, "chart-sd-orderings",
+                        "Share of seed pairs agreeing with the single run's order, for every pair of multi-seed "
+                        "cells (row: the cell the single run put above).", "no two cells with several seeds"),
+        claims_of("seeds"),
+    ]
+    return "\n".join(p for p in parts if p)
 
 
 def grid_status_html(notebooks_dir: Path, out: Path) -> str:
