@@ -51,7 +51,7 @@ def test_joint_run_loads_both_tasks_and_scores_each(smoke_data, tmp_path):
     tasks = result["test"]["tasks"]
     assert set(tasks) == {"scienceqa", "iconqa"} and tasks["scienceqa"]["n"] == tasks["iconqa"]["n"] == 6
     assert "categories" in tasks["scienceqa"] and "categories" not in tasks["iconqa"]
-    assert result["test"]["accuracy"] == pytest.approx((tasks["scienceqa"]["accuracy"] + tasks["iconqa"]["accuracy"]) / 2)
+    assert result["test"]["accuracy"] == pytest.approx(np.mean([t["accuracy"] for t in tasks.values()]))
     preds = runs.RunDir(next((tmp_path / "runs").glob("scienceqa-iconqa*"))).predictions()
     for task in ("scienceqa", "iconqa"):
         mine = [p for p in preds if p["task"] == task]
@@ -278,7 +278,8 @@ def test_open_question_charts_render_offline():
               open_charts.sublayer_shares(oq.allocation_shares(ranks)),
               open_charts.scaling_accuracy(frame), open_charts.scaling_gap(oq.scaling_gaps(frame), frame),
               open_charts.rank_sensitivity(oq.rank_frame(rank_df(lambda r: 0.0))),
-              open_charts.seed_spread(oq.seed_cells(steady), steady), open_charts.ordering_fractions(oq.orderings(steady))]
+              open_charts.seed_spread(oq.seed_cells(steady), steady),
+              open_charts.ordering_fractions(oq.orderings(steady))]
     for chart in charts:
         svg = rc.to_svg(chart)
         assert svg.startswith("<svg") and ("<path" in svg or "<rect" in svg)

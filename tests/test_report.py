@@ -221,7 +221,8 @@ def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_p
         end = min([i for i in order if i > page.index(f"id='{section}'")] + [len(page)])
         for fid in ids:
             start = page.index(f"id='{fid}'")
-            assert page.index(f"id='{section}'") < start < end and page.index("<svg", start) < page.index("</figure>", start)
+            assert page.index(f"id='{section}'") < start < end
+            assert page.index("<svg", start) < page.index("</figure>", start)
     for cid in oq.OPEN_CLAIMS:
         assert page.count(f"<td>{cid}</td>") == 2                  # in the ledger and in its question's section
     assert "Model width/depth: not measured at this scale" in page

@@ -2,7 +2,9 @@
 
 A profile (smoke, mini, paper) expands into cells. A cell is one notebook plus the parameters papermill
 injects into its `parameters` cell; the PEFT notebook sweeps the ranks (and seeds) of one row of the
-paper's grid in-process, so one cell = one row = up to 4 ranks x seeds runs.
+paper's grid in-process, so one cell = one row = up to 4 ranks x seeds runs. The open questions
+(notebooks 40-43, open_questions.py) add cells that read the paper grid's runs: each starts after the
+cells it reads (Cell.after); the seeds notebook, which trains nothing, runs after every experiment.
 
     qformer-peft grid --profile mini [--jobs N] [--only PATTERN] [--data-root DIR] [--checkpoints DIR] [--out DIR]
 

@@ -118,7 +118,8 @@ def seed_spread(cells: pd.DataFrame, runs: pd.DataFrame) -> alt.FacetChart:
     order = [cell_label(s, t, k) for s, t, k in cells[["setup", "targets", "rank"]].drop_duplicates().values]
     x = alt.X("cell:N", sort=order, title=None, axis=alt.Axis(labelAngle=-40, labelLimit=260))
     base = alt.Chart(r).encode(x=x)
-    bar = base.mark_errorbar(extent="stdev").encode(y=alt.Y("acc:Q", title="test accuracy %", scale=alt.Scale(zero=False)))
+    y = alt.Y("acc:Q", title="test accuracy %", scale=alt.Scale(zero=False))
+    bar = base.mark_errorbar(extent="stdev").encode(y=y)
     mean = base.mark_tick(color="black", thickness=2).encode(y="mean(acc):Q")
     points = base.mark_point(filled=True, opacity=0.6).encode(y="acc:Q", color=alt.Color("seed:N"))
     return (alt.layer(bar, mean, points, data=r).properties(width=22 * max(1, len(order)), height=200)
@@ -129,7 +130,8 @@ def ordering_fractions(pairs: pd.DataFrame) -> alt.FacetChart:
     """For every pair of multi-seed cells: the share of seed pairs that agree with the single run's order
     (row = the cell the single run put higher). 100%: the order never flips; 50%: a coin toss."""
     d = _llm(pairs)
-    base = alt.Chart(d).encode(x=alt.X("lower:N", title="single run: below"), y=alt.Y("higher:N", title="single run: above"))
+    base = alt.Chart(d).encode(x=alt.X("lower:N", title="single run: below"),
+                               y=alt.Y("higher:N", title="single run: above"))
     rect = base.mark_rect().encode(color=alt.Color("fraction:Q", title="seed pairs agreeing",
                                                    scale=alt.Scale(domain=[0.5, 1], scheme="greens", clamp=True)))
     text = base.mark_text(fontSize=9).encode(text=alt.Text("fraction:Q", format=".0%"))

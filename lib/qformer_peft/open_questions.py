@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -38,8 +39,8 @@ OPEN_CLAIMS = {  # id -> (statement, question)
                f"on that task alone (at most {C.COMPARABLE_TOL:g} point below)", "multitask"),
     "MT-alloc": ("The joint allocation is a compromise: closer to the mean of the two single-task allocations than "
                  "the two are to each other", "multitask"),
-    "SC-data": ("With less training data, Q-Former LoRA gains on full fine-tuning: the gap acc(QF LoRA) − acc(baseline) "
-                "is larger at the smallest training set than at the largest", "scaling"),
+    "SC-data": ("With less training data, Q-Former LoRA gains on full fine-tuning: the gap acc(QF LoRA) − "
+                "acc(baseline) is larger at the smallest training set than at the largest", "scaling"),
     "SC-model": ("With a larger model, Q-Former LoRA gains on full fine-tuning (the gap grows with model size)",
                  "scaling"),
     "RK-qf": ("QF LoRA saturates by the paper's largest rank: r = 16 and r = 32 are at most "
@@ -229,7 +230,7 @@ def scaling_frame(df: pd.DataFrame) -> pd.DataFrame:
         keep.append(r[[(l, b) in rank_of for l, b in zip(r["llm"], r["benchmark"])]])
     d = pd.concat(keep)
     out = pd.DataFrame({
-        "llm": d["llm"], "benchmark": d["benchmark"], "model": d["model"].map(lambda m: str(m).rstrip("/").split("/")[-1]),
+        "llm": d["llm"], "benchmark": d["benchmark"], "model": [Path(str(m)).name for m in d["model"]],
         "model_size": [int(tag_value(t, SIZE_TAG) or 0) for t in d["tags"]],
         "train_n": pd.to_numeric(d.get("result.n.train"), errors="coerce"),
         "setup": d["setup"], "seed": d["seed"].astype(int), "acc": d["acc"]})

@@ -210,7 +210,8 @@ def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim])
         "42) shows. Verdicts judge the order on the other seeds, paired.</p>",
         _frame_html(cells.drop(columns=["setup", "targets", "rank"], errors="ignore")),
         _chart_or_empty(lambda: oc.seed_spread(cells, df[df["study"] == "paper"]), cells, "chart-sd-spread",
-                        "Each multi-seed cell: every seed (points), mean (tick) ± sd (bar).", "no cell with several seeds"),
+                        "Each multi-seed cell: every seed (points), mean (tick) ± sd (bar).",
+                        "no cell with several seeds"),
         _chart_or_empty(lambda: oc.ordering_fractions(pairs), pairs, "chart-sd-orderings",
                         "Share of seed pairs agreeing with the single run's order, for every pair of multi-seed "
                         "cells (row: the cell the single run put above).", "no two cells with several seeds"),
