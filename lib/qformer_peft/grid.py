@@ -141,10 +141,11 @@ PROFILES: dict[str, Profile] = {
         # idle machine (study_timings.json) before changing these.
         hparams={"max_epochs": 4, "patience": 2, "train_limit": 320, "val_limit": 64, "test_limit": 256},
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 10} for b in ("flickr30k", "vizwiz")},
-        # The open questions at a small added cost (measured: about 6 CPU-minutes, ~3 minutes with two
-        # workers): joint AdaLoRA on T5 (3 runs), training-set size 40/80/160 on T5 IconQA (18 runs, short),
-        # r = 16, 32 on T5 IconQA (12 runs). Width/depth needs base models of other sizes, whose builds do
-        # not fit the 45-minute budget: that axis is the paper profile's (scaling_models).
+        # The open questions at a small added cost: 33 runs, measured at 300 s of single-threaded run time
+        # on the 2-core CPU under load 5-11 (~150 s with two workers, plus 4 notebook start-ups): joint
+        # AdaLoRA on T5 (3 runs, ~29 s each), training-set size 40/80/160 on T5 IconQA (18 runs, 3-7 s),
+        # r = 16, 32 on T5 IconQA (12 runs, 9-14 s). Width/depth needs base models of other sizes, whose
+        # builds do not fit the 45-minute budget: that axis is the paper profile's (scaling_models).
         multitask_llms=("t5",), scaling_cells=(("t5", "iconqa"),), train_limits=(40, 80, 160),
         rank_cells=(("t5", "iconqa"),), extra_ranks=(16, 32),
     ),
