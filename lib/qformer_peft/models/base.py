@@ -62,6 +62,7 @@ class Recipe:
     qformer_lr: float = 5e-4
     qformer_warmup: int = 50
     stage3_llm: str = "frozen"
+    mc_fraction: float = 0.0              # held-in questions also asked with lettered options (base_stages)
     # report
     eval_limit: int | None = 300          # held-in val task lines scored (3 per picture)
     zero_shot_limit: int | None = 300     # synthetic IconQA / ScienceQA val items ranked
@@ -95,8 +96,8 @@ RECIPES: dict[str, Recipe] = {
                    qformer_batch=8, qformer_warmup=2, eval_limit=24, zero_shot_limit=8, adapt_train=16,
                    adapt_epochs=1, adapt_val=8),
     # the embedded default: sized by measurement to stay within 10 minutes a build on a 2-core CPU
-    "mini": Recipe(vision_epochs=6, vision_batch=32, vision_lr=1e-3, text_epochs=3, text_batch=32, text_lr=1e-3,
-                   qformer_epochs=3, qformer_batch=16, qformer_lr=5e-4, qformer_warmup=100, stage3_llm="frozen",
+    "mini": Recipe(vision_epochs=8, vision_batch=16, vision_lr=1e-3, text_epochs=1, text_batch=32, text_lr=1e-3,
+                   qformer_epochs=2, qformer_batch=16, qformer_lr=1e-3, qformer_warmup=100, stage3_llm="frozen",
                    eval_limit=600, zero_shot_limit=400, adapt_train=1600, adapt_epochs=2, adapt_val=300),
 }
 
@@ -252,7 +253,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
         with clock("stage2_text"):
             report["stages"]["stage2_text"] = base_stages.train_language(
                 bundle.model.language_model, llm_tokenizer, llm, heldin, epochs=recipe.text_epochs,
-                batch_size=recipe.text_batch, lr=recipe.text_lr, seed=seed, log=log)
+                batch_size=recipe.text_batch, lr=recipe.text_lr, seed=seed, mc_fraction=recipe.mc_fraction, log=log)
 
     # the frozen encoder's features, once (shared by both LLMs through the disk cache)
     with clock("features"):
@@ -266,7 +267,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
         report["stages"]["stage3_qformer"] = base_stages.train_qformer(
             bundle, heldin, images, epochs=recipe.qformer_epochs, batch_size=recipe.qformer_batch,
             lr=recipe.qformer_lr, warmup_steps=recipe.qformer_warmup, train_llm=recipe.stage3_llm == "trained",
-            seed=seed, log=log)
+            mc_fraction=recipe.mc_fraction, seed=seed, log=log)
     changed = [n for n, t in bundle.model.vision_model.state_dict().items()
                if not n.startswith("post_layernorm.") and not torch.equal(t, vision_state[n])]
     if changed:
@@ -280,14 +281,15 @@ def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
     from . import base_stages
 
     weights, meta = vision_dir / "vision.safetensors", vision_dir / "stage1.json"
-    if weights.is_file() and meta.is_file():
-        _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
-        return load_file(weights), {**runs.read_json(meta), "reused": True}
-    state, report = base_stages.train_vision(preset, heldin, epochs=recipe.vision_epochs,
-                                             batch_size=recipe.vision_batch, lr=recipe.vision_lr,
-                                             flip=recipe.vision_flip, seed=seed, log=log)
-    runs.atomic_write(weights, save(state))
-    runs.write_json(meta, report)
+    with _lock(vision_dir.parent / f".{vision_dir.name}.lock"):  # the other LLM's build may be training it
+        if weights.is_file() and meta.is_file():
+            _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
+            return load_file(weights), {**runs.read_json(meta), "reused": True}
+        state, report = base_stages.train_vision(preset, heldin, epochs=recipe.vision_epochs,
+                                                 batch_size=recipe.vision_batch, lr=recipe.vision_lr,
+                                                 flip=recipe.vision_flip, seed=seed, log=log)
+        runs.atomic_write(weights, save(state))
+        runs.write_json(meta, report)
     return state, {**report, "reused": False}
 
 
@@ -484,7 +486,7 @@ def add_parser(subparsers) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even if a current build exists")
     build.add_argument("--no-quality", action="store_true", help="skip the measurements (not for real builds)")
     build.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="override a recipe field (JSON value), e.g. --set stage3_llm='\"trained\"'")
+                       help="override a recipe field (a JSON value or a bare word), e.g. --set stage3_llm=trained")
     build.set_defaults(func=_cli_build)
     listing = sub.add_parser("list", help="list the finished builds in the cache")
     listing.add_argument("--cache", type=Path, default=None)

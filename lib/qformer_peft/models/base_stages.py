@@ -2,9 +2,10 @@
 
   stage 1  vision encoder (stands in for EVA-CLIP): the preset's InstructBLIP vision tower, alone, on the
            held-in pictures with dense labels from the scenes side file: per patch the shape, colour, size
-           class and region (row, column) of the object covering it (or background) plus its centre and
-           extent; the object count from the CLS token. Linear heads, thrown away afterwards, so that every
-           attribute the benchmarks ask about is linearly readable from the patch tokens. Then frozen for good.
+           class and region (row, column) of the object covering it (or background), its centre and extent,
+           and its outline inside the patch (4x4 coverage: local edges, the raw material of shape); the
+           object count from the CLS token. Linear heads, thrown away afterwards, so that every attribute the
+           benchmarks ask about is linearly readable from the patch tokens. Then frozen for good.
   stage 2  language model (stands in for Flan-T5 / Vicuna): the LLM alone on the world's held-in text
            (captions, questions with answers, facts and lectures): prefix LM for T5, causal LM for LLaMA.
   stage 3  Q-Former + query tokens + projection (+ the post-ViT LayerNorm, trainable as in every setup)
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.synthetic_world import COLOR_NAMES, SHAPES, SIZE_NAMES, patch_labels
+from ..data.synthetic_world import COLOR_NAMES, SHAPES, SIZE_NAMES, object_coverage, patch_labels
 from .presets import build_config, get_preset
 
 # per-patch classification targets (class 0 = background, k + 1 = the k-th value) and their class counts
@@ -35,6 +36,10 @@ PATCH_ATTRIBUTES = {"shape": len(SHAPES), "color": len(COLOR_NAMES), "size": len
 GEOMETRY = ("cx", "cy", "extent")  # per-patch regression of the covering object's centre and extent
 MAX_COUNT = 9  # the CLS head predicts 0..MAX_COUNT objects
 EXTENT_SCALE = 27.0  # the largest object extent in px (synthetic_world.SIZES)
+OUTLINE = 4  # outline target: the covering object's coverage on a 4x4 grid inside each patch
+# Loss weights, set by measurement on mini: shape is the slowest attribute to learn (colour is read off one
+# pixel, shape needs the whole outline), so it weighs 3x; geometry is in fractions of the picture, so 10x.
+SHAPE_WEIGHT, GEOMETRY_WEIGHT, OUTLINE_WEIGHT = 3.0, 10.0, 1.0
 
 
 def _log(log: Callable[[str], None] | None, text: str) -> None:
@@ -115,22 +120,33 @@ def vision_config(preset: str):
 
 
 def dense_labels(scenes: list[dict], preset: str) -> dict[str, torch.Tensor]:
-    """Per-picture labels on the model's patch grid: attributes [N, G*G] (-1 background), geometry
-    [N, G*G, 3] (cx, cy, extent scaled to ~[0, 1]; 0 on background) and count [N]."""
+    """Per-picture labels on the model's patch grid (synthetic_world.patch_labels): attributes and the
+    covering object's index [N, G*G] (-1 background), geometry [N, G*G, 3] (cx, cy, extent scaled to
+    ~[0, 1]; 0 on background), outline [N, G*G, 16] (coverage in [0, 1]) and count [N]."""
     p = get_preset(preset)
     grid = p.image_size // p.patch_size
-    out: dict[str, list] = {k: [] for k in (*PATCH_ATTRIBUTES, "geometry", "count")}
+    out: dict[str, list] = {k: [] for k in (*PATCH_ATTRIBUTES, "object", "geometry", "outline", "count")}
     for sc in scenes:
-        if sc["size"] % grid:
-            raise ValueError(f"a {sc['size']} px scene does not split into the model's {grid}x{grid} patch grid")
-        labels = patch_labels(sc, patch=sc["size"] // grid)
-        for k in PATCH_ATTRIBUTES:
+        patch = sc["size"] // grid
+        if sc["size"] % grid or patch % OUTLINE:
+            raise ValueError(f"a {sc['size']} px scene does not split into the model's {grid}x{grid} patch grid "
+                             f"with a {OUTLINE}x{OUTLINE} outline per patch")
+        labels = patch_labels(sc, patch=patch)
+        for k in (*PATCH_ATTRIBUTES, "object"):
             out[k].append(labels[k].reshape(-1))
-        geometry = np.zeros((grid * grid, 3), dtype=np.float32)
         owner = labels["object"].reshape(-1)
+        geometry = np.zeros((grid * grid, 3), dtype=np.float32)
+        outline = np.zeros((grid * grid, OUTLINE * OUTLINE), dtype=np.float32)
+        cover = object_coverage(sc)  # [n, size, size]
+        cell = patch // OUTLINE
+        # [n, G, OUTLINE, G, OUTLINE] mean coverage of each outline cell -> [n, G*G, 16]
+        cells = cover.reshape(len(cover), grid, OUTLINE, cell, grid, OUTLINE, cell).mean(axis=(3, 6))
+        cells = cells.transpose(0, 1, 3, 2, 4).reshape(len(cover), grid * grid, OUTLINE * OUTLINE)
         for i, obj in enumerate(sc["objects"]):
             geometry[owner == i] = (obj["cx"] / sc["size"], obj["cy"] / sc["size"], obj["extent"] / EXTENT_SCALE)
+            outline[owner == i] = cells[i][owner == i]
         out["geometry"].append(geometry)
+        out["outline"].append(outline)
         out["count"].append(min(int(labels["count"]), MAX_COUNT))
     return {k: torch.as_tensor(np.stack(v)) if k != "count" else torch.tensor(v) for k, v in out.items()}
 
@@ -143,7 +159,9 @@ def flip_labels(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     def mirror(t):  # [N, G*G, ...] -> columns reversed
         return t.reshape(n, grid, grid, *t.shape[2:]).flip(2).reshape(t.shape)
 
-    out = {k: mirror(labels[k]) for k in PATCH_ATTRIBUTES}
+    out = {k: mirror(labels[k]) for k in (*PATCH_ATTRIBUTES, "object")}
+    outline = mirror(labels["outline"])  # and each patch's outline mirrored inside the patch
+    out["outline"] = outline.reshape(n, cells, OUTLINE, OUTLINE).flip(-1).reshape(outline.shape)
     out["col"] = torch.where(out["col"] >= 0, 2 - out["col"], out["col"])
     geometry = mirror(labels["geometry"]).clone()
     on_object = out["shape"] >= 0
@@ -160,34 +178,41 @@ class DenseHeads(nn.Module):
         super().__init__()
         self.attributes = nn.ModuleDict({k: nn.Linear(hidden, n + 1) for k, n in PATCH_ATTRIBUTES.items()})
         self.geometry = nn.Linear(hidden, len(GEOMETRY))
+        self.outline = nn.Linear(hidden, OUTLINE * OUTLINE)
         self.count = nn.Linear(hidden, MAX_COUNT + 1)
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """tokens [B, 1 + P, D] -> logits per attribute [B, P, n + 1], geometry [B, P, 3], count [B, MAX_COUNT + 1]."""
+        """tokens [B, 1 + P, D] -> logits per attribute [B, P, n + 1], geometry [B, P, 3], outline logits
+        [B, P, 16], count [B, MAX_COUNT + 1]."""
         patches = tokens[:, 1:]
         out = {k: head(patches) for k, head in self.attributes.items()}
         out["geometry"] = self.geometry(patches)
+        out["outline"] = self.outline(patches)
         out["count"] = self.count(tokens[:, 0])
         return out
 
 
 def dense_loss(pred: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of the attribute cross-entropies (background = class 0), the geometry error on object patches
-    (x10: the coordinates are fractions of the picture) and the count cross-entropy."""
-    loss = sum(F.cross_entropy(pred[k].flatten(0, 1), labels[k].flatten() + 1) for k in PATCH_ATTRIBUTES)
+    """Weighted sum of the attribute cross-entropies (background = class 0), the geometry error on object
+    patches, the outline's binary cross-entropy (soft targets) and the count cross-entropy."""
+    loss = sum((SHAPE_WEIGHT if k == "shape" else 1.0) * F.cross_entropy(pred[k].flatten(0, 1), labels[k].flatten() + 1)
+               for k in PATCH_ATTRIBUTES)
     on_object = labels["shape"] >= 0  # [B, P]
     if on_object.any():
-        loss = loss + 10 * ((pred["geometry"] - labels["geometry"]) ** 2).sum(-1)[on_object].mean()
+        loss = loss + GEOMETRY_WEIGHT * ((pred["geometry"] - labels["geometry"]) ** 2).sum(-1)[on_object].mean()
+    loss = loss + OUTLINE_WEIGHT * F.binary_cross_entropy_with_logits(pred["outline"], labels["outline"])
     return loss + F.cross_entropy(pred["count"], labels["count"])
 
 
 @torch.no_grad()
 def vision_quality(vision, heads: DenseHeads, pixels: torch.Tensor, labels: dict[str, torch.Tensor],
                    batch: int = 256) -> dict[str, float]:
-    """Held-out attribute accuracy: per attribute on the patches an object covers, background vs object
-    on all patches, the count from CLS, and the mean centre error in px of a 64 px picture."""
+    """Held-out attribute accuracy: per attribute on the patches an object covers; per object (shape and
+    size by the majority of its patches: what a reader attending to the whole object gets); background vs
+    object on all patches; the count from CLS; the mean centre error in px of a 64 px picture."""
     vision.eval()
     hits: dict[str, list[torch.Tensor]] = {k: [] for k in (*PATCH_ATTRIBUTES, "background", "count")}
+    objects: dict[str, list[bool]] = {"shape_object": [], "size_object": []}
     centre_err: list[torch.Tensor] = []
     for i in range(0, len(pixels), batch):
         sl = slice(i, i + batch)
@@ -199,7 +224,17 @@ def vision_quality(vision, heads: DenseHeads, pixels: torch.Tensor, labels: dict
         hits["count"].append(pred["count"].argmax(-1) == labels["count"][sl])
         err = (pred["geometry"][..., :2] - labels["geometry"][sl][..., :2]).norm(dim=-1)[obj]
         centre_err.append(err * 64)
+        owners = labels["object"][sl]
+        for k in ("shape", "size"):
+            votes = pred[k][..., 1:].argmax(-1)  # [B, P] best non-background class
+            for b in range(len(owners)):
+                for o in owners[b].unique().tolist():
+                    if o < 0:
+                        continue
+                    mine = owners[b] == o
+                    objects[f"{k}_object"].append(int(votes[b][mine].mode().values) == int(labels[k][sl][b][mine][0]))
     out = {f"{k}_acc": round(float(torch.cat(v).float().mean()), 4) for k, v in hits.items()}
+    out.update({f"{k}_acc": round(sum(v) / len(v), 4) for k, v in objects.items() if v})
     out["centre_error_px"] = round(float(torch.cat(centre_err).mean()), 3)
     return out
 
@@ -282,10 +317,13 @@ def _majority(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> d
 
 # --- stage 2: the language model --------------------------------------------------------------------
 
-def text_corpus(heldin: HeldIn, split: str) -> list[tuple[str, str]]:
-    """(prefix, continuation) pairs of the held-in text: every task as (prompt, answer), and every fact,
-    lecture sentence and caption as itself with an empty prefix (the caller cuts it)."""
-    pairs = [(t["prompt"], t["answer"]) for t in heldin.tasks[split]]
+def text_corpus(heldin: HeldIn, split: str, mc_fraction: float = 0.0, seed: int = 0) -> list[tuple[str, str]]:
+    """(prefix, continuation) pairs of the held-in text: every task as (prompt, answer) (with the share
+    mc_fraction of the questions also asked with options, as stage 3 will: the format skill Flan-T5 and
+    Vicuna bring from text), and every fact, lecture and caption as itself with an empty prefix (the
+    caller cuts it)."""
+    tasks = heldin.tasks[split] + multiple_choice(heldin.tasks[split], mc_fraction, seed)
+    pairs = [(t["prompt"], t["answer"]) for t in tasks]
     pairs += [("", t["answer"]) for t in heldin.tasks[split] if t["task"] == "caption"]
     pairs += [("", s) for s in heldin.text[split]]
     return pairs
@@ -351,10 +389,12 @@ def lm_perplexity(language_model, tokenizer, llm_kind: str, pairs: list[tuple[st
 
 
 def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, epochs: int, batch_size: int,
-                   lr: float, seed: int, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   lr: float, seed: int, mc_fraction: float = 0.0,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stage 2: the LLM alone on the held-in text, in place. Returns held-out perplexity before and after."""
     start = time.perf_counter()
-    train_pairs, val_pairs = text_corpus(heldin, "train"), text_corpus(heldin, "val")
+    train_pairs = text_corpus(heldin, "train", mc_fraction, seed)
+    val_pairs = text_corpus(heldin, "val", mc_fraction, seed)
     before = lm_perplexity(language_model, tokenizer, llm_kind, val_pairs)
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -395,6 +435,35 @@ def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, 
 
 # --- stage 3: Q-Former between them ---------------------------------------------------------------
 
+def multiple_choice(tasks: list[dict], fraction: float, seed: int) -> list[dict]:
+    """Held-in questions re-asked with lettered options, as extra stage-3 tasks (InstructBLIP's held-in
+    mixture has multiple-choice sets too; without any, "(a) red" is a format the model has never written and
+    zero-shot ranking measures letter priors). The question and picture stay held-in; the options are the
+    gold answer and 1-3 other answers its question type has in the training tasks, in random order:
+        <Image> Question: What color is the circle? Options: (a) blue (b) red. Answer:   ->   (b) red
+    """
+    if fraction <= 0:
+        return []
+    pools: dict[str, set[str]] = {}
+    for t in tasks:
+        if t["task"] == "vqa":
+            pools.setdefault(t["qtype"], set()).add(t["answer"])
+    rng = random.Random(f"mc/{seed}")
+    out = []
+    for t in tasks:
+        others = sorted(pools.get(t.get("qtype"), set()) - {t["answer"]}) if t["task"] == "vqa" else []
+        if not others or rng.random() >= fraction or not t["prompt"].endswith(" Answer:"):
+            continue
+        options = rng.sample(others, min(len(others), rng.randint(1, 3))) + [t["answer"]]
+        rng.shuffle(options)
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        text = " ".join(f"({letters[i]}) {o}" for i, o in enumerate(options))
+        gold = options.index(t["answer"])
+        out.append({**t, "task": "vqa_mc", "prompt": t["prompt"].removesuffix(" Answer:") + f" Options: {text}. Answer:",
+                    "answer": f"({letters[gold]}) {t['answer']}"})
+    return out
+
+
 def heldin_examples(tasks: list[dict]):
     """Held-in task lines -> evaluate.Example (prompt and target as the engine feeds them)."""
     from ..evaluate import Example
@@ -419,18 +488,20 @@ def set_stage3_trainable(model, train_llm: bool) -> dict[str, int]:
 
 
 def train_qformer(bundle, heldin: HeldIn, images, *, epochs: int, batch_size: int, lr: float, warmup_steps: int,
-                  train_llm: bool, seed: int, val_limit: int = 256, max_prompt_tokens: int = 128,
-                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  train_llm: bool, seed: int, mc_fraction: float = 0.0, val_limit: int = 256,
+                  max_prompt_tokens: int = 128, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stage 3 with the engine's loop (train.fit: AdamW, weight decay on >= 2-dim tensors, warm-up + cosine
-    per step). images: features.ImageEncoder over the frozen encoder (cached features). Validation each
-    epoch is the mean held-in loss of the first `val_limit` val tasks; the best epoch's weights are kept."""
+    per step). images: features.ImageEncoder over the frozen encoder (cached features). mc_fraction: share of
+    the held-in questions also asked as multiple choice (multiple_choice). Validation each epoch is the mean
+    held-in loss of the first `val_limit` val tasks; the best epoch's weights are kept."""
     from ..train import fit, seed_everything
     from .inputs import forward, make_batch
 
     start = time.perf_counter()
     model = bundle.model
     trainable = set_stage3_trainable(model, train_llm)
-    train_set = heldin_examples(heldin.tasks["train"])
+    mc = multiple_choice(heldin.tasks["train"], mc_fraction, seed)
+    train_set = heldin_examples(heldin.tasks["train"] + mc)
     val_set = heldin_examples(heldin.tasks["val"][:val_limit])
 
     @torch.no_grad()
@@ -461,5 +532,5 @@ def train_qformer(bundle, heldin: HeldIn, images, *, epochs: int, batch_size: in
             "best_epoch": fitted.best_epoch,
             "history": [{"epoch": h["epoch"], "train_loss": round(h["train_loss"], 4),
                          "val_loss": round(-h["val"]["neg_val_loss"], 4)} for h in fitted.history],
-            "n_train_tasks": len(train_set), "time_s": {"train": round(fitted.train_time_s, 2),
+            "n_train_tasks": len(train_set), "n_multiple_choice": len(mc), "time_s": {"train": round(fitted.train_time_s, 2),
                                                         "total": round(time.perf_counter() - start, 2)}}
