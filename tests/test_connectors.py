@@ -297,3 +297,22 @@ def test_connector_claims_flip_with_the_data(pool_gap, gelu_gap, verdicts):
     assert claims["DeCo-acc"]["scale"] == "embedded" and "16 tokens, t5/iconqa (10 alignment steps): pool16" in claims["DeCo-acc"]["evidence"]
     # an early-stopped curve is compared on the epochs both runs have
     assert connector_study._mean_gap([60, 70, 90], [50, 80]) == pytest.approx(0.0)
+
+
+def test_the_notebook_defaults_build_valid_smoke_sized_configs_for_every_connector():
+    import ast
+
+    import nbformat
+
+    from qformer_peft import grid
+
+    nb = nbformat.read(str(grid.NOTEBOOKS_DIR / "30_connectors.ipynb"), as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    p = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body for t in n.targets}
+    keys = ("benchmark", "llm", "model", "data_dir", "connectors", "seeds", "align_steps", "hparams", "tags")
+    configs = connector_study.connector_configs(**{k: p[k] for k in keys})
+    assert {c.connector for c in configs} == set(connectors.KINDS) and p["data_size"] == "smoke"
+    assert all(c.model == "tiny" and c.setup == "baseline" and c.align_steps <= 8 and c.train_limit <= 64
+               for c in configs)
+    for c in configs:  # every default budget exists on the tiny preset
+        connectors.resolve(build_model("tiny", "t5").model, connectors.spec_of(c))

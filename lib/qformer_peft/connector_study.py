@@ -77,16 +77,18 @@ def is_study_run(df: pd.DataFrame) -> pd.Series:
     return tags.map(lambda t: isinstance(t, (list, tuple)) and STUDY_TAG in t)
 
 
+def _value(row: Mapping[str, Any], key: str) -> Any:
+    """row[key], with pandas' NaN for a missing value read as None."""
+    v = row.get(key)
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
+
+
 def _label(row: Mapping[str, Any]) -> str:
     from .models.connectors import ConnectorSpec
 
-    def val(k):
-        v = row.get(k)
-        return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
-
-    tokens = val("connector_tokens")
-    return ConnectorSpec(row["connector"], int(tokens) if tokens is not None else None, val("connector_variant"),
-                         val("connector_init")).label
+    tokens = _value(row, "connector_tokens")
+    return ConnectorSpec(row["connector"], int(tokens) if tokens is not None else None,
+                         _value(row, "connector_variant"), _value(row, "connector_init")).label
 
 
 def connector_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +109,7 @@ def connector_frame(df: pd.DataFrame) -> pd.DataFrame:
         align = r.get("result.alignment.curve") or []
         rows.append({
             "llm": r["llm"], "benchmark": r["benchmark"], "connector": _label(r), "kind": r["connector"],
-            "variant": r.get("connector_variant") or None, "tokens": r.get("result.connector.image_tokens"),
+            "variant": _value(r, "connector_variant"), "tokens": r.get("result.connector.image_tokens"),
             "seed": r["seed"], "acc": r.get("acc"), "samples_per_s": r.get("result.train_samples_per_s"),
             "trainable": r.get("trainable"), "align_steps": r.get("align_steps"),
             "align_loss": align[-1]["val_loss"] if align else None,
