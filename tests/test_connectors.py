@@ -265,7 +265,7 @@ def test_the_bottleneck_caches_cls_tokens_apart_from_the_last_hidden_state(tmp_p
 
 # --- the study's claims ----------------------------------------------------------------------------------
 
-def _study_frame(pool_minus_qformer: float, gelu_minus_linear: float) -> pd.DataFrame:
+def _study_frame(pool_minus_qformer: float, gelu_minus_linear: float, chance: float = 33.3) -> pd.DataFrame:
     """Runs of pool16, qformer16-scratch and the two bottlenecks on 3 seeds; pooling's accuracy, validation curve
     and held-in loss are ahead of the Q-Former's by pool_minus_qformer (points; loss / 100)."""
     rows = []
@@ -281,7 +281,8 @@ def _study_frame(pool_minus_qformer: float, gelu_minus_linear: float) -> pd.Data
             rows.append({"run_id": f"{label}{seed}", "path": "", "state": "done", "llm": "t5", "benchmark": "iconqa",
                          "seed": seed, "tags": ["scale:embedded", connector_study.STUDY_TAG], **spec,
                          "acc": acc + noise, "trainable": 1, "result.connector.image_tokens": spec["connector_tokens"],
-                         "result.val_curve": curve, "result.alignment.curve": align, "align_steps": 10})
+                         "result.val_curve": curve, "result.alignment.curve": align, "align_steps": 10,
+                         "chance": chance, "n_test": 300})
     return pd.DataFrame(rows)
 
 
@@ -297,6 +298,15 @@ def test_connector_claims_flip_with_the_data(pool_gap, gelu_gap, verdicts):
     assert claims["DeCo-acc"]["scale"] == "embedded" and "16 tokens, t5/iconqa (10 alignment steps): pool16" in claims["DeCo-acc"]["evidence"]
     # an early-stopped curve is compared on the epochs both runs have
     assert connector_study._mean_gap([60, 70, 90], [50, 80]) == pytest.approx(0.0)
+
+
+def test_accuracy_claims_between_connectors_that_learned_nothing_are_inconclusive():
+    # 60% where guessing gives 58% (n=300: 2 s.e. = 5.7 points): pooling "matching" the Q-Former says nothing;
+    # the held-in loss along the alignment still compares them
+    claims = {c["id"]: c for c in connector_study.connector_claims(_study_frame(0.5, 0.0, chance=58.0))}
+    assert claims["DeCo-acc"]["verdict"] == claims["BA-linear"]["verdict"] == "inconclusive"
+    assert "within 2 s.e. of chance 58.0%" in claims["DeCo-acc"]["evidence"]
+    assert claims["DeCo-conv"]["verdict"] == "holds"
 
 
 def test_the_notebook_defaults_build_valid_smoke_sized_configs_for_every_connector():

@@ -95,10 +95,11 @@ def connector_frame(df: pd.DataFrame) -> pd.DataFrame:
     """One row per finished study run: llm, benchmark, connector (label), kind, variant, tokens (fed to the LLM),
     seed, acc (test %), samples_per_s (training), trainable (all groups), align_steps, align_loss (held-in val loss
     after alignment), align_curve (held-in val loss at the alignment checkpoints after step 0), align_samples_per_s,
-    auc (mean validation accuracy over the epochs), curve (validation accuracy per epoch), best_epoch, steps."""
+    auc (mean validation accuracy over the epochs), curve (validation accuracy per epoch), best_epoch, steps,
+    chance (test accuracy of a uniform guess, %) and n_test (from the run's predictions)."""
     cols = ["llm", "benchmark", "connector", "kind", "variant", "tokens", "seed", "acc", "samples_per_s", "trainable",
             "align_steps", "align_loss", "align_curve", "align_samples_per_s", "auc", "curve", "best_epoch", "steps",
-            "run_id", "path"]
+            "chance", "n_test", "run_id", "path"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     d = df[is_study_run(df) & (df["state"] == "done")]
@@ -116,8 +117,20 @@ def connector_frame(df: pd.DataFrame) -> pd.DataFrame:
             "align_curve": [c["val_loss"] for c in align if c["step"] > 0],
             "align_samples_per_s": r.get("result.alignment.samples_per_s"),
             "auc": float(np.mean(scores)) if scores else None, "curve": scores, "best_epoch": r.get("result.best_epoch"),
-            "steps": r.get("result.steps"), "run_id": r["run_id"], "path": r["path"]})
+            "steps": r.get("result.steps"), **_chance(r), "run_id": r["run_id"], "path": r["path"]})
     return pd.DataFrame(rows, columns=cols)
+
+
+def _chance(r: Mapping[str, Any]) -> dict[str, float | None]:
+    """Uniform-guess test accuracy (%) and test size, from predictions.jsonl (one nll per candidate)."""
+    if "chance" in r:  # given (tests)
+        return {"chance": r["chance"], "n_test": r.get("n_test")}
+    from . import runs
+
+    preds = [p for p in runs.RunDir(r["path"]).predictions() if p.get("nll")] if r.get("path") else []
+    if not preds:
+        return {"chance": None, "n_test": None}
+    return {"chance": 100 * float(np.mean([1 / len(p["nll"]) for p in preds])), "n_test": len(preds)}
 
 
 def convergence_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -236,9 +249,12 @@ CLAIMS = {
 
 
 def _pair(frame: pd.DataFrame, a: str, b: str, col: str, keys: Sequence[str], *, stat=None,
-          tol: float = COMPARABLE_TOL, fmt=lambda x: f"{np.mean(list(x)):.1f}", unit: str = " pt"):
+          tol: float = COMPARABLE_TOL, fmt=lambda x: f"{np.mean(list(x)):.1f}", unit: str = " pt",
+          above_chance: bool = False):
     """Per group of `keys`: the seed-paired statistic of a against b (default col(a) - col(b)), judged against
-    -tol; returns (evidence parts, verdicts)."""
+    -tol; returns (evidence parts, verdicts). above_chance (accuracy comparisons): where neither side's mean
+    test accuracy clears chance by 2 binomial standard errors, two connectors that both learned nothing would
+    "match": the verdict is inconclusive instead."""
     stat = stat or (lambda x, y: x - y)
     parts, verdicts = [], []
     for key, d in frame.groupby(list(keys), dropna=False):
@@ -249,11 +265,18 @@ def _pair(frame: pd.DataFrame, a: str, b: str, col: str, keys: Sequence[str], *,
             continue
         diff = [stat(x[s], y[s]) for s in seeds]
         v = judge(diff, margin=-tol)
+        note = ""
+        if above_chance:
+            runs_ = d[d["connector"].isin([a, b])]
+            chance, n = runs_["chance"].mean(), runs_["n_test"].mean()
+            floor = chance + 2 * 100 * np.sqrt(chance / 100 * (1 - chance / 100) / n) if n else np.nan
+            if not runs_.groupby("connector")["acc"].mean().max() > floor:
+                v, note = INCONCLUSIVE, f" (both within 2 s.e. of chance {chance:.1f}%: nothing learned to compare)"
         verdicts.append(v)
         values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         where = "/".join(str(v) for k, v in values.items() if k != "align_steps")
         where += f" ({values['align_steps']} alignment steps)" if "align_steps" in values else ""
-        parts.append(f"{where}: {a} {fmt(x)} vs {b} {fmt(y)}, difference {_fmt(diff, 1, unit)} → {v}")
+        parts.append(f"{where}: {a} {fmt(x)} vs {b} {fmt(y)}, difference {_fmt(diff, 1, unit)} → {v}{note}")
     return parts, verdicts
 
 
@@ -291,23 +314,26 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
     for tokens in sorted(frame.loc[frame["kind"] == "pool", "tokens"].dropna().unique()):
         a, b = f"pool{int(tokens)}", f"qformer{int(tokens)}-scratch"
         sub = frame[frame["connector"].isin([a, b])]
-        for part, (p, v) in ((acc, _pair(sub, a, b, "acc", keys)),
+        for part, (p, v) in ((acc, _pair(sub, a, b, "acc", keys, above_chance=True)),
                              # convergence, no tolerance: pooling must be ahead. Alignment does not depend on the
                              # benchmark: one comparison per LLM. Fine-tuning curves are compared over the epochs
                              # both runs have (early stopping can end one sooner).
                              (conv, _pair(sub.drop_duplicates(["llm", "connector", "seed", "align_steps"]), b, a,
                                           "align_curve", ["llm", "align_steps"], stat=_mean_gap, tol=0.0,
                                           fmt=_curve_mean(3), unit="")),
-                             (task, _pair(sub, a, b, "curve", keys, stat=_mean_gap, tol=0.0, fmt=_curve_mean(1)))):
+                             (task, _pair(sub, a, b, "curve", keys, stat=_mean_gap, tol=0.0, fmt=_curve_mean(1),
+                                          above_chance=True))):
             part[0].extend(f"{int(tokens)} tokens, {s}" for s in p)
             part[1].extend(v)
     missing = "pool<k> and qformer<k>-scratch at the same k"
     add("DeCo-acc", *acc, missing)
     add("DeCo-conv", *conv, missing, " (held-in loss: the Q-Former's minus pooling's, positive = pooling lower)")
     add("DeCo-conv-task", *task, missing)
-    p, v = _pair(frame, _only(frame, "bottleneck", "linear"), _only(frame, "bottleneck", "gelu"), "acc", keys)
+    p, v = _pair(frame, _only(frame, "bottleneck", "linear"), _only(frame, "bottleneck", "gelu"), "acc", keys,
+                 above_chance=True)
     add("BA-linear", p, v, "bottleneck linear and gelu variants")
-    p, v = _pair(frame, _only(frame, "projector", "linear"), _only(frame, "projector", "mlp"), "acc", keys)
+    p, v = _pair(frame, _only(frame, "projector", "linear"), _only(frame, "projector", "mlp"), "acc", keys,
+                 above_chance=True)
     add("BA-projector", p, v, "projector linear and mlp variants")
     return out
 
