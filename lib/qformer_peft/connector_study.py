@@ -190,14 +190,21 @@ def claims_frame(claims: Sequence[Mapping[str, str]]) -> pd.DataFrame:
 
 # --- charts --------------------------------------------------------------------------------------------
 
+TOKENS_AXIS = alt.X("tokens:Q", title="image tokens fed to the LLM (log scale)", scale=alt.Scale(type="log", base=2),
+                    axis=alt.Axis(values=[1, 2, 4, 8, 16, 32, 64, 128, 256]))
+
+
 def accuracy_vs_tokens(frame: pd.DataFrame) -> alt.FacetChart:
-    """Test accuracy (seeds as points, mean as line) against the image tokens fed to the LLM, per connector kind."""
-    d = frame[frame["acc"].notna()].assign(label=frame["connector"])
-    base = alt.Chart(d).encode(x=alt.X("tokens:Q", title="image tokens fed to the LLM", scale=alt.Scale(type="log", base=2)),
-                               color=alt.Color("kind:N", title="connector"))
-    layer = (base.mark_point(filled=True, opacity=0.6).encode(y=alt.Y("acc:Q", title="test accuracy (%)",
-                                                                      scale=alt.Scale(zero=False)), tooltip=["label", "seed", "acc"])
-             + base.mark_line().encode(y="mean(acc):Q", detail="label:N"))
+    """Test accuracy against the image tokens fed to the LLM: every seed (points), the mean over seeds (a tick),
+    each connector kind's budgets joined by a line, and a uniform guess (dashed)."""
+    d = frame[frame["acc"].notna()]
+    base = alt.Chart(d).encode(x=TOKENS_AXIS)
+    layer = (base.mark_point(filled=True, opacity=0.5).encode(
+                 y=alt.Y("acc:Q", title="test accuracy (%)", scale=alt.Scale(zero=False)),
+                 color=alt.Color("connector:N"), tooltip=["connector", "seed", "acc"])
+             + base.mark_tick(thickness=2, size=14, orient="horizontal").encode(y="mean(acc):Q", color="connector:N")
+             + base.mark_line(opacity=0.4).encode(y="mean(acc):Q", detail="kind:N", color=alt.value("gray"))
+             + alt.Chart(d).mark_rule(strokeDash=[4, 3], color="gray").encode(y="mean(chance):Q"))
     return layer.properties(width=260, height=180).facet(column=alt.Column("benchmark:N", title=None),
                                                          row=alt.Row("llm:N", title=None))
 
@@ -224,10 +231,8 @@ def cost_chart(frame: pd.DataFrame) -> alt.FacetChart:
     """Training throughput (samples/s, cached ViT features) against the image tokens, per connector."""
     d = frame[frame["samples_per_s"].notna()]
     return (alt.Chart(d).mark_point(filled=True, size=60).encode(
-        x=alt.X("tokens:Q", title="image tokens fed to the LLM", scale=alt.Scale(type="log", base=2)),
-        y=alt.Y("mean(samples_per_s):Q", title="training samples / s"),
-        color=alt.Color("kind:N", title="connector"), shape=alt.Shape("connector:N"),
-        tooltip=["connector", "mean(samples_per_s)"]).properties(width=260, height=180)
+        x=TOKENS_AXIS, y=alt.Y("mean(samples_per_s):Q", title="training samples / s"),
+        color=alt.Color("connector:N"), tooltip=["connector", "mean(samples_per_s)"]).properties(width=260, height=180)
         .facet(column=alt.Column("benchmark:N", title=None), row=alt.Row("llm:N", title=None)))
 
 
