@@ -109,6 +109,12 @@ def test_pooling_is_a_mean_over_patch_blocks_in_row_major_order_and_ignores_cls(
         torch.testing.assert_close(PoolConnector(D, D, 4, side).pooled(x), reference)
 
 
+def test_pooling_to_the_whole_grid_is_the_mlp_projector():
+    pool, projector = tiny(spec=ConnectorSpec("pool", 16), seed=5), tiny(spec=ConnectorSpec("projector"), seed=5)
+    x = torch.randn(2, 17, D)
+    torch.testing.assert_close(pool.model.connector(x), projector.model.connector(x))
+
+
 @pytest.mark.parametrize("variant, linear", [("linear", True), ("gelu", False)])
 def test_the_bottleneck_projection_is_affine_without_its_gelu_and_not_with_it(variant, linear):
     torch.manual_seed(0)
@@ -276,7 +282,8 @@ def _study_frame(pool_minus_qformer: float, gelu_minus_linear: float, chance: fl
             spec = {"connector": kind, "connector_tokens": 16 if kind in ("pool", "qformer") else None,
                     "connector_variant": variant or None, "connector_init": "scratch" if kind == "qformer" else None}
             curve = [{"epoch": e, "step": 10 * e, "score": acc - 10 / e} for e in (1, 2, 3)]
-            loss = 1.0 - (pool_minus_qformer / 100 if kind == "pool" else 0) + noise / 1000
+            loss = 1.0 - {"pool": pool_minus_qformer / 100, "bottleneck-gelu": gelu_minus_linear / 100}.get(
+                label if kind == "bottleneck" else kind, 0) + noise / 1000
             align = [{"step": s, "val_loss": loss + 1 / (s + 1)} for s in (0, 5, 10)]
             rows.append({"run_id": f"{label}{seed}", "path": "", "state": "done", "llm": "t5", "benchmark": "iconqa",
                          "seed": seed, "tags": ["scale:embedded", connector_study.STUDY_TAG], **spec,
@@ -287,9 +294,10 @@ def _study_frame(pool_minus_qformer: float, gelu_minus_linear: float, chance: fl
 
 
 @pytest.mark.parametrize("pool_gap, gelu_gap, verdicts", [
-    (3.0, 0.0, {"DeCo-acc": "holds", "DeCo-conv": "holds", "DeCo-conv-task": "holds", "BA-linear": "holds"}),
+    (3.0, 0.0, {"DeCo-acc": "holds", "DeCo-conv": "holds", "DeCo-conv-task": "holds", "BA-linear": "holds",
+                "BA-linear-align": "holds"}),
     (-5.0, 5.0, {"DeCo-acc": "does not hold", "DeCo-conv": "does not hold", "DeCo-conv-task": "does not hold",
-                 "BA-linear": "does not hold"}),
+                 "BA-linear": "does not hold", "BA-linear-align": "does not hold"}),
 ])
 def test_connector_claims_flip_with_the_data(pool_gap, gelu_gap, verdicts):
     claims = {c["id"]: c for c in connector_study.connector_claims(_study_frame(pool_gap, gelu_gap))}
