@@ -327,8 +327,8 @@ def test_the_notebook_defaults_build_valid_smoke_sized_configs_for_every_connect
     nb = nbformat.read(str(grid.NOTEBOOKS_DIR / "30_connectors.ipynb"), as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     p = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body for t in n.targets}
-    keys = ("benchmark", "llm", "model", "data_dir", "connectors", "seeds", "align_steps", "hparams", "tags")
-    configs = connector_study.connector_configs(**{k: p[k] for k in keys})
+    configs = connector_study.cell_configs(**p)
+    assert [dict(c) for c in p["connectors"]] == [dict(c) for c in connector_study.SMOKE_CONNECTORS]
     assert {c.connector for c in configs} == set(connectors.KINDS) and p["data_size"] == "smoke"
     assert all(c.model == "tiny" and c.setup == "baseline" and c.align_steps <= 8 and c.train_limit <= 64
                for c in configs)

@@ -43,8 +43,16 @@ STUDY: tuple[dict[str, Any], ...] = (
     {"connector": "projector"}, {"connector": "projector", "connector_variant": "linear"},
     {"connector": "qformer"},
 )
-# What the claims compare; the grid gives these the claim seeds.
+# What the claims compare (the grid gives these the claim seeds), and the rest of the study (one seed).
 CLAIM_CONNECTORS: tuple[dict[str, Any], ...] = STUDY[:4]
+BUDGET_CONNECTORS: tuple[dict[str, Any], ...] = STUDY[4:]
+# Every kind on the tiny preset (4x4 grid, 2 ViT layers, 8 queries): the notebook's defaults, the smoke cell.
+SMOKE_CONNECTORS: tuple[dict[str, Any], ...] = (
+    {"connector": "qformer", "connector_tokens": 4, **SCRATCH}, {"connector": "pool", "connector_tokens": 4},
+    {"connector": "projector"}, {"connector": "projector", "connector_variant": "linear"},
+    {"connector": "bottleneck"}, {"connector": "bottleneck", "connector_variant": "gelu"},
+)
+ALIGN_STEPS = {"smoke": 4, "mini": 600}  # the alignment budget per profile (measured: see the module's report)
 
 
 def connector_configs(*, benchmark: str, llm: str, model: str, data_dir: str, connectors: Sequence[Mapping[str, Any]],
@@ -67,6 +75,13 @@ def connector_configs(*, benchmark: str, llm: str, model: str, data_dir: str, co
                 "align_steps": align_steps, **dict(hparams or {}), **dict(spec), "seed": seed,
                 "tags": [*tags, STUDY_TAG]}))
     return out
+
+
+def cell_configs(**parameters: Any) -> list[ExperimentConfig]:
+    """The runs of one 30_connectors.ipynb execution from its papermill parameters (the grid's Cell.configs);
+    parameters it does not need (runs_dir, cache_dir, data_size, ...) are ignored."""
+    keys = ("benchmark", "llm", "model", "data_dir", "connectors", "seeds", "align_steps", "hparams", "tags")
+    return connector_configs(**{k: parameters[k] for k in keys if k in parameters})
 
 
 # --- tidy frames ---------------------------------------------------------------------------------------
