@@ -45,6 +45,8 @@ ENVIRONMENT, PEFT, ADALORA, REPORT = ("00_environment.ipynb", "10_peft_experimen
 # The open questions (issue 7 §2, open_questions.py): one notebook each; the seeds one only reads runs.
 MULTITASK, SCALING, RANK_SENSITIVITY, SEEDS = ("40_multitask_adalora.ipynb", "41_scaling.ipynb",
                                                "42_rank_sensitivity.ipynb", "43_seeds.ipynb")
+# The connector study (issue 7 §1, connector_study.py): one notebook per (LLM, benchmark, connector set).
+CONNECTORS = "30_connectors.ipynb"
 OPEN_QUESTION_OF = {MULTITASK: "multitask", SCALING: "scaling", RANK_SENSITIVITY: "ranks"}
 KERNEL_NAME = "qformer-peft"           # a kernelspec written by the grid: this interpreter's ipykernel
 MAX_EXIT_STATUS = 100                  # the exit status counts failures, capped below the shell's 126+
@@ -108,6 +110,10 @@ class Profile:
     rank_cells: tuple[tuple[str, str], ...] = ()      # (llm, benchmark): ranks past the paper's grid
     extra_ranks: tuple[int, ...] = (16, 32)
     seeds_analysis: bool = True                       # 43_seeds: spread and orderings of multi-seed cells
+    # (llm, benchmark, connector set: 'smoke' | 'claims' | 'budgets' of connector_study) and the alignment
+    # steps every connector gets on the held-in tasks first; the paper scale has no held-in tasks to align on
+    connector_cells: tuple[tuple[str, str, str], ...] = ()
+    align_steps: int = 600
 
 
 PROFILES: dict[str, Profile] = {
@@ -126,6 +132,7 @@ PROFILES: dict[str, Profile] = {
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 2} for b in ("flickr30k", "vizwiz")},
         # every open question's notebook (the model-size axis of 41_scaling has its own tests)
         multitask_llms=("t5",), scaling_cells=(("t5", "iconqa"),), train_limits=(8,),
+        connector_cells=(("t5", "iconqa", "smoke"),), align_steps=4,
         rank_cells=(("t5", "iconqa"),), extra_ranks=(16, 32),
     ),
     "mini": Profile(
@@ -147,6 +154,7 @@ PROFILES: dict[str, Profile] = {
         # r = 16, 32 on T5 IconQA (12 runs, 9-14 s). Width/depth needs base models of other sizes, whose
         # builds do not fit the 45-minute budget: that axis is the paper profile's (scaling_models).
         multitask_llms=("t5",), scaling_cells=(("t5", "iconqa"),), train_limits=(40, 80, 160),
+        connector_cells=tuple(("t5", b, s) for b in PEFT_BENCHMARKS for s in ("claims", "budgets")),
         rank_cells=(("t5", "iconqa"),), extra_ranks=(16, 32),
     ),
     "paper": Profile(
@@ -209,6 +217,10 @@ class Cell:
         """The runs this cell trains (an open question: the ones it owns, not those it reads)."""
         if self.kind != "experiment":
             return []
+        if self.notebook == CONNECTORS:
+            from .connector_study import cell_configs
+
+            return cell_configs(**self.parameters)
         if self.notebook in OPEN_QUESTION_OF:
             from .open_questions import plan
 
@@ -306,6 +318,7 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
         cells.append(Cell(f"adalora_{llm}_{bench}", ADALORA, {
             "benchmark": bench, "llm": llm, "model": model(llm), "method": "adalora",
             "seeds": list(profile.claim_seeds), "hparams": hparams(llm, bench), "tags": tags, **common}))
+    cells += connector_cells(profile, model=model, hparams=hparams, tags=tags, common=common)
     cells += open_question_cells(profile, checkpoints=ckpt, hparams=hparams, tags=tags, common=common,
                                  names={c.name for c in cells})
     cells.append(Cell("report", REPORT, {"runs_dir": runs_dir, "notebooks_dir": str(layout.notebooks_out),
@@ -317,6 +330,23 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
 
 def peft_cell_name(llm: str, bench: str, setup: str, qf: str | None, llm_t: str | None) -> str:
     return "_".join(p for p in ("peft", llm, bench, setup.replace("+", "-"), qf, llm_t) if p)
+
+
+def connector_cells(profile: Profile, *, model: Callable[[str], str], hparams: Callable[..., dict],
+                    tags: Sequence[str], common: Mapping[str, Any]) -> list[Cell]:
+    """The connector study's notebooks: the claim connectors on the claim seeds, the other budgets on one."""
+    from . import connector_study as cs
+
+    sets = {"smoke": (cs.SMOKE_CONNECTORS, profile.seeds), "claims": (cs.CLAIM_CONNECTORS, profile.claim_seeds),
+            "budgets": (cs.BUDGET_CONNECTORS, profile.seeds)}
+    out = []
+    for llm, bench, which in profile.connector_cells:
+        connectors, seeds = sets[which]
+        out.append(Cell(f"connectors_{llm}_{bench}_{which}", CONNECTORS, {
+            "benchmark": bench, "llm": llm, "model": model(llm), "connectors": [dict(c) for c in connectors],
+            "seeds": list(seeds), "align_steps": profile.align_steps, "hparams": hparams(llm),
+            "tags": list(tags), **common}))
+    return out
 
 
 def open_question_cells(profile: Profile, *, checkpoints: str, hparams: Callable[..., dict], tags: Sequence[str],
