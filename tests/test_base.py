@@ -90,17 +90,18 @@ def test_stage3_leaves_the_stage1_encoder_bit_identical_and_trains_what_sits_abo
 def test_build_report_holds_every_stage_the_controls_and_the_times(built):
     path, _ = built
     report = base.runs.read_json(path / "build_report.json")
-    assert set(report["stages"]) == {"stage1_vision", "stage2_text", "features", "stage3_qformer"}
-    assert {"shape_acc", "color_acc", "size_acc", "row_acc", "col_acc", "count_acc"} <= set(
+    assert set(report["stages"]) == {"stage1_vision", "features", "stage3_qformer"}  # no text stage by default
+    assert {"shape_acc", "color_acc", "size_acc", "row_acc", "col_acc", "count_acc", "shape_object_acc"} <= set(
         report["stages"]["stage1_vision"]["quality"])
-    assert report["stages"]["stage3_qformer"]["llm"] == "frozen"
-    assert report["stages"]["stage3_qformer"]["trainable"]["llm"] == 0
+    stage3 = report["stages"]["stage3_qformer"]
+    assert stage3["llm"] == "trained" and stage3["trainable"]["llm"] > 0
+    assert stage3["n_extra"] > 0 and stage3["n_multiple_choice"] > 0
     q = report["quality"]
     assert q["heldin"]["n_vqa"] + q["heldin"]["n_caption"] == RECIPE.eval_limit
     assert {"heldin", "heldin_shuffled", "heldin_chance"} <= set(q)
-    assert set(report["time_s"]) == {"stage1_vision", "stage2_text", "features", "stage3_qformer", "quality"}
+    assert set(report["time_s"]) == {"stage1_vision", "features", "stage3_qformer", "quality"}
     md = (path / "build_report.md").read_text()
-    assert "shuffled images" in md and "Stage 1" in md and "perplexity" in md
+    assert "shuffled images" in md and "Stage 1" in md and "no text stage" in md
 
 
 # --- the cache ------------------------------------------------------------------------------------------
@@ -169,6 +170,28 @@ def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
     assert close.float().mean() > 0.97
 
 
+@pytest.mark.parametrize("llm", ["t5", "llama"])
+def test_text_stage_lowers_held_out_perplexity_and_leaves_the_llm_frozen(data, llm):
+    heldin = base_stages.read_heldin(data)
+    bundle = build_model("tiny", llm, seed=0, qformer_tokenizer=default_tokenizers(base._vocabulary(data))[0],
+                         llm_tokenizer=default_tokenizers(base._vocabulary(data))[1])
+    lm = bundle.model.language_model
+    report = base_stages.train_language(lm, bundle.llm_tokenizer, llm, heldin, epochs=1, batch_size=32, lr=3e-3,
+                                        seed=0, mc_fraction=0.25, extra_per_picture=1, log=None)
+    q = report["quality"]
+    assert q["perplexity"] < q["perplexity_before"] / 4
+    assert report["objective"] == ("prefix LM" if llm == "t5" else "causal LM")
+    assert not any(p.requires_grad for p in lm.parameters())
+
+
+def test_a_llama_build_reloads_to_identical_logits(heldin_only, tmp_path):
+    recipe = RECIPE.replace(text_epochs=1, stage3_llm="frozen")  # the other stage-2 choice, on the other LLM
+    bundle, report, _, _ = base.train_base("tiny", "llama", 0, heldin_only, tmp_path, recipe=recipe, log=None)
+    assert report["stages"]["stage3_qformer"]["trainable"]["llm"] == 0
+    bundle.save(tmp_path / "ckpt")
+    assert torch.equal(logits_of(load_bundle(tmp_path / "ckpt")), logits_of(bundle))
+
+
 def test_lm_batches_put_the_loss_where_each_objective_wants_it():
     _, tok = default_tokenizers(["the circle is red"])
     t5 = base_stages.lm_batch(tok, "t5", [("the circle", "is red")])
@@ -192,3 +215,62 @@ def test_shuffled_control_never_keeps_a_picture_and_chance_uses_the_training_ans
 def test_missing_heldin_data_says_how_to_write_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="heldin/train.jsonl not found.*qformer-peft data synth --out"):
         base_stages.read_heldin(tmp_path)
+
+
+def _scene():
+    from qformer_peft.data.synthetic_world import make_object
+
+    objs = [make_object("circle", "red", "large", 26, 14, 40), make_object("star", "blue", "small", 14, 50, 12),
+            make_object("square", "red", "small", 13, 44, 48)]
+    return {"size": 64, "background": [240, 240, 240], "quality": "ok", "objects": objs}
+
+
+def test_extra_questions_answer_what_the_scene_shows_in_the_worlds_words():
+    import random
+    import re
+
+    sc = _scene()
+    vocab = set(synthetic.vocabulary())
+    seen = set()
+    for seed in range(40):
+        for kind in base_stages.EXTRA_QUESTIONS:
+            qa = base_stages._extra_question(random.Random(seed), sc, kind)
+            if qa is None:
+                continue
+            _, q, a = qa
+            seen.add(kind)
+            assert set(re.findall(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]", q + " " + a)) <= vocab, q
+            expected = {
+                "How many shapes can you see?": "3", "How many red shapes can you see?": "2",
+                "How many blue shapes can you see?": "1", "What is the largest shape?": "circle",
+                "What is the biggest shape?": "circle", "What is the shape farthest to the left?": "circle",
+                "What is the shape farthest to the right?": "star", "What is the shape closest to the top?": "star",
+                "What is the shape closest to the bottom?": "square",
+                "Is the red circle bigger than the blue star?": "yes", "Is the blue star bigger than the red circle?": "no",
+                "Is the red circle smaller than the blue star?": "no", "Is the blue star smaller than the red circle?": "yes",
+                "Is the red circle to the left of the blue star?": "yes",
+                "Is the blue star to the left of the red circle?": "no",
+                "Is the red square to the left of the blue star?": "yes",
+                "Is the blue star to the left of the red square?": "no",
+                "Is the red circle bigger than the red square?": "yes", "Is the red square smaller than the red circle?": "yes",
+                "Is the red square bigger than the red circle?": "no", "Is the red circle smaller than the red square?": "no",
+                "Is the red circle to the left of the red square?": "yes", "Is the red square to the left of the red circle?": "no",
+            }
+            assert expected.get(q) == a, (q, a)
+    # smallest: two small objects, neither clearly smaller than the other -> never asked
+    assert seen == set(base_stages.EXTRA_QUESTIONS)
+
+
+def test_multiple_choice_keeps_the_question_and_letters_the_gold_answer(data):
+    heldin = base_stages.read_heldin(data)
+    vqa = [t for t in heldin.tasks["train"] if t["task"] == "vqa"]
+    assert base_stages.multiple_choice(heldin.tasks["train"], 0.0, 0) == []
+    mc = base_stages.multiple_choice(heldin.tasks["train"], 1.0, 0)
+    assert 0 < len(mc) <= len(vqa)
+    for t in mc:
+        question = t["prompt"].split(" Options: ")[0]
+        assert any(v["prompt"].removesuffix(" Answer:") == question and v["image"] == t["image"] for v in vqa)
+        options = dict((m[0], m[1]) for m in __import__("re").findall(r"\(([a-z])\) (.*?)(?= \([a-z]\) |\. Answer:$)",
+                                                                         t["prompt"]))
+        letter, gold = t["answer"][1], t["answer"][4:]
+        assert options[letter] == gold and len(set(options.values())) == len(options) >= 2

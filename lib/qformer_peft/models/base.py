@@ -49,30 +49,33 @@ class Recipe:
 
     # stage 1: vision encoder on dense labels
     vision_epochs: int
-    vision_batch: int = 32
+    vision_batch: int = 16
     vision_lr: float = 1e-3
     vision_flip: bool = True
-    # stage 2: language model on text (0 epochs: no text stage)
+    # stage 2: language model on text (0 epochs: no text stage; measured on mini, it did not pay: see
+    # base_stages' docstring), T5 prefix LM / LLaMA causal LM
     text_epochs: int = 0
     text_batch: int = 32
     text_lr: float = 1e-3
-    # stage 3: Q-Former between them; stage3_llm 'frozen' (BLIP-2's recipe) or 'trained' alongside
+    # stage 3: Q-Former between them; stage3_llm 'trained' alongside (the default) or 'frozen' (BLIP-2's
+    # recipe, needs a text stage first)
     qformer_epochs: int = 1
     qformer_batch: int = 16
-    qformer_lr: float = 5e-4
-    qformer_warmup: int = 50
-    stage3_llm: str = "frozen"
-    mc_fraction: float = 0.0              # held-in questions also asked with lettered options (base_stages)
+    qformer_lr: float = 1e-3
+    qformer_warmup: int = 100
+    stage3_llm: str = "trained"
+    mc_fraction: float = 0.25             # share of the questions also asked with lettered options
+    extra_per_picture: int = 1            # base_stages.EXTRA_QUESTIONS asked per held-in picture
     # report
     eval_limit: int | None = 300          # held-in val task lines scored (3 per picture)
     zero_shot_limit: int | None = 300     # synthetic IconQA / ScienceQA val items ranked
     adapt_train: int = 0                  # qf-lora adaptability check on IconQA: training items (0: skip)
     adapt_epochs: int = 2
     adapt_val: int = 200
-    # torch intra-op threads during the build (None: torch's default). Fixed per recipe so that a build
-    # does the same arithmetic on any machine; 1 for the tiny preset, whose tensors are too small to share
-    # (two threads fighting other processes for two cores were measured 15x slower there).
-    threads: int | None = None
+    # torch intra-op threads during the build (None: torch's default). Fixed per recipe so that a build does
+    # the same arithmetic on any machine. 1: on this 2-core CPU shared with other work, two threads were
+    # measured 6x (mini ViT step) to 15x (tiny build) slower than one; the models are too small to split.
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.stage3_llm not in ("frozen", "trained"):
@@ -91,14 +94,13 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    # the smoke variant: seconds on a CPU (tests, CI); numbers mean nothing
-    "tiny": Recipe(vision_epochs=1, vision_batch=16, text_epochs=1, text_batch=16, qformer_epochs=1,
-                   qformer_batch=8, qformer_warmup=2, eval_limit=24, zero_shot_limit=8, adapt_train=16,
-                   adapt_epochs=1, adapt_val=8),
-    # the embedded default: sized by measurement to stay within 10 minutes a build on a 2-core CPU
-    "mini": Recipe(vision_epochs=8, vision_batch=16, vision_lr=1e-3, text_epochs=1, text_batch=32, text_lr=1e-3,
-                   qformer_epochs=2, qformer_batch=16, qformer_lr=1e-3, qformer_warmup=100, stage3_llm="frozen",
-                   eval_limit=600, zero_shot_limit=400, adapt_train=1600, adapt_epochs=2, adapt_val=300),
+    # the smoke variant: every code path in seconds on a CPU (tests, CI); its numbers mean nothing
+    "tiny": Recipe(vision_epochs=1, vision_batch=16, qformer_epochs=1, qformer_batch=8, qformer_warmup=2,
+                   eval_limit=24, zero_shot_limit=8, adapt_train=16, adapt_epochs=1, adapt_val=8),
+    # the embedded default, sized by measurement (see the module docstring of base_stages and the report)
+    "mini": Recipe(vision_epochs=8, vision_batch=16, vision_lr=1e-3, qformer_epochs=2, qformer_batch=16,
+                   qformer_lr=1e-3, qformer_warmup=100, eval_limit=600, zero_shot_limit=400, adapt_train=1600,
+                   adapt_epochs=2, adapt_val=300),
 }
 
 
@@ -253,7 +255,8 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
         with clock("stage2_text"):
             report["stages"]["stage2_text"] = base_stages.train_language(
                 bundle.model.language_model, llm_tokenizer, llm, heldin, epochs=recipe.text_epochs,
-                batch_size=recipe.text_batch, lr=recipe.text_lr, seed=seed, mc_fraction=recipe.mc_fraction, log=log)
+                batch_size=recipe.text_batch, lr=recipe.text_lr, seed=seed, mc_fraction=recipe.mc_fraction,
+                extra_per_picture=recipe.extra_per_picture, log=log)
 
     # the frozen encoder's features, once (shared by both LLMs through the disk cache)
     with clock("features"):
@@ -267,7 +270,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
         report["stages"]["stage3_qformer"] = base_stages.train_qformer(
             bundle, heldin, images, epochs=recipe.qformer_epochs, batch_size=recipe.qformer_batch,
             lr=recipe.qformer_lr, warmup_steps=recipe.qformer_warmup, train_llm=recipe.stage3_llm == "trained",
-            mc_fraction=recipe.mc_fraction, seed=seed, log=log)
+            mc_fraction=recipe.mc_fraction, extra_per_picture=recipe.extra_per_picture, seed=seed, log=log)
     changed = [n for n, t in bundle.model.vision_model.state_dict().items()
                if not n.startswith("post_layernorm.") and not torch.equal(t, vision_state[n])]
     if changed:
