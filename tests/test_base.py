@@ -4,7 +4,6 @@ One real build is shared by the module: it is trained once in memory (train_base
 cache (ensure_base) on a copy of the data without the four benchmarks, and the two must agree bit for bit.
 """
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

@@ -49,8 +49,8 @@ def _tasks(data_dir, limit: int | None) -> list[dict]:
 
 @torch.no_grad()
 def heldin_score(bundle, data_dir: str | Path, limit: int | None = None, *, model=None, shuffle: bool = False,
-                 images: Callable[[Sequence[str]], torch.Tensor] | None = None, tasks: Sequence[str] = ("caption", "vqa"),
-                 batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
+                 images: Callable[[Sequence[str]], torch.Tensor] | None = None,
+                 tasks: Sequence[str] = ("caption", "vqa"), batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
     """Held-in val scores of `model` (default bundle.model; a peft model works too): greedy generation.
 
     vqa_em: exact match (VQA normalisation) of the open questions, also by question type; caption_cider,
