@@ -131,16 +131,23 @@ def _config_label(d: pd.DataFrame) -> str:
     return f"{r['targets']}{rank}"
 
 
-def accuracy_claim(df: pd.DataFrame, setup: str, *, tolerance: float) -> Verdict:
-    """Best configuration of `setup` against the baseline, per LLM x benchmark; the statistic is
-    acc(setup) - acc(baseline) + tolerance per seed (tolerance 0: must beat; > 0: comparable)."""
-    parts, verdicts = [], []
+def _against_baseline(df: pd.DataFrame, setup: str, parts: list[str], verdicts: list[str]):
+    """(llm, benchmark, best config of `setup`, best baseline) per LLM x benchmark; a pair with either side
+    missing is recorded in parts/verdicts as inconclusive and not yielded."""
     for (llm, bench), d in df.groupby(["llm", "benchmark"]):
         a, b = best_config(d, setup), best_config(d, "baseline")
         if a.empty or b.empty:
             parts.append(f"{llm}/{bench}: missing {'baseline' if b.empty else setup} runs")
             verdicts.append(INCONCLUSIVE)
             continue
+        yield llm, bench, a, b
+
+
+def accuracy_claim(df: pd.DataFrame, setup: str, *, tolerance: float) -> Verdict:
+    """Best configuration of `setup` against the baseline, per LLM x benchmark; the statistic is
+    acc(setup) - acc(baseline) + tolerance per seed (tolerance 0: must beat; > 0: comparable)."""
+    parts, verdicts = [], []
+    for llm, bench, a, b in _against_baseline(df, setup, parts, verdicts):
         diff = paired(_by_seed(a), _by_seed(b))
         v = judge(diff, margin=-tolerance)
         verdicts.append(v)
@@ -167,12 +174,7 @@ def params_claim_measured(df: pd.DataFrame, setup: str, limit_pct: float, denomi
     models that were trained (a property of the architecture: no spread over seeds). denominator:
     'baseline' (all its trainable parameters) or 'qformer' (LoRA parameters / full Q-Former)."""
     parts, verdicts = [], []
-    for (llm, bench), d in df.groupby(["llm", "benchmark"]):
-        a, b = best_config(d, setup), best_config(d, "baseline")
-        if a.empty or b.empty:
-            parts.append(f"{llm}/{bench}: missing {'baseline' if b.empty else setup} runs")
-            verdicts.append(INCONCLUSIVE)
-            continue
+    for llm, bench, a, b in _against_baseline(df, setup, parts, verdicts):
         if denominator == "baseline":
             num, den, what = a["trainable"].max(), b["trainable"].max(), "trainable"
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .records import Collector, DataError, Loaded, Problem, Record, check_choices, check_split, read_json
+from .records import Collector, Loaded, Record, check_choices, check_split, listed_problems, read_json
 
 TASK = "choose_txt"
 _FIX_ROOT = "point --root at the folder that holds iconqa_data/ (problems.json, pid_splits.json, iconqa/)"
@@ -25,28 +25,13 @@ def load(root: str | Path, split: str, *, skip_bad: bool = False, img_only: bool
     check_split(split, "iconqa")
     data = data_dir(root)
     problems_file, splits_file = data / "problems.json", data / "pid_splits.json"
-    problems = read_json(problems_file, _FIX_ROOT)
-    splits = read_json(splits_file, _FIX_ROOT)
     key = f"{TASK}_{split}"
-    if not isinstance(problems, dict):
-        raise DataError(Problem(str(problems_file), None, "top level is not an object keyed by pid", _FIX_ROOT))
-    if not isinstance(splits, dict) or key not in splits:
-        raise DataError(Problem(str(splits_file), None, f"no {key!r} list of pids",
-                                f"pid_splits.json must hold {TASK}_train, {TASK}_val and {TASK}_test"))
     skills_file = data / "pid2skills.json"
     skills = read_json(skills_file, "") if skills_file.exists() else {}
     report = Collector(skip_bad)
     records: list[Record] = []
-    for pid in splits[key]:
-        pid = str(pid)
-        prob = problems.get(pid)
-        if prob is None:
-            report(splits_file, pid, f"listed in pid_splits.json[{key!r}] but absent from problems.json",
-                   "use the problems.json and pid_splits.json of the same release")
-            continue
-        if not isinstance(prob, dict) or not isinstance(prob.get("question"), str):
-            report(problems_file, pid, "problem has no 'question' string", "restore the problem's fields")
-            continue
+    for pid, prob in listed_problems(problems_file, splits_file, key, report, fix_root=_FIX_ROOT,
+                                     splits_fix=f"pid_splits.json must hold {TASK}_train, {TASK}_val and {TASK}_test"):
         if prob.get("ques_type", TASK) != TASK:
             report(problems_file, pid, f"ques_type is {prob.get('ques_type')!r}, not {TASK!r}",
                    f"list only {TASK} problems under {key}")

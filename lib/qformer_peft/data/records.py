@@ -102,6 +102,30 @@ def read_json(path: Path, fix: str) -> Any:
                                 "re-download the file")) from err
 
 
+def listed_problems(problems_file: Path, splits_file: Path, key: str, report: Collector, *, fix_root: str,
+                    splits_fix: str):
+    """(pid, problem) for each pid of pid_splits.json[key] that problems.json holds with a question string.
+
+    The ScienceQA/IconQA layout: a problems.json keyed by pid and a pid_splits.json of pid lists. A file that
+    cannot describe the split raises; a bad record is reported (or skipped and counted) and left out.
+    """
+    problems, splits = read_json(problems_file, fix_root), read_json(splits_file, fix_root)
+    if not isinstance(problems, dict):
+        raise DataError(Problem(str(problems_file), None, "top level is not an object keyed by pid", fix_root))
+    if not isinstance(splits, dict) or key not in splits:
+        raise DataError(Problem(str(splits_file), None, f"no {key!r} list of pids", splits_fix))
+    for pid in splits[key]:
+        pid = str(pid)
+        prob = problems.get(pid)
+        if prob is None:
+            report(splits_file, pid, f"listed in pid_splits.json[{key!r}] but absent from problems.json",
+                   "use the problems.json and pid_splits.json of the same release")
+        elif not isinstance(prob, dict) or not isinstance(prob.get("question"), str):
+            report(problems_file, pid, "problem has no 'question' string", "restore the problem's fields")
+        else:
+            yield pid, prob
+
+
 def check_choices(report: Collector, file: Path, pid: str, choices: Any, answer: Any) -> bool:
     """Validate a multiple-choice item; report and return False when it cannot be used."""
     if not isinstance(choices, (list, tuple)) or len(choices) == 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .records import Collector, DataError, Loaded, Problem, Record, check_choices, check_split, \
-    parquet_image_ref, read_json
+    listed_problems, parquet_image_ref
 
 SUBJECT_CODES = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 PARQUET_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
@@ -86,25 +86,10 @@ def load(root: str | Path, split: str, *, skip_bad: bool = False, img_only: bool
     if not (root / "problems.json").exists() and _parquet_files(root, split):
         return _load_parquet(root, split, skip_bad=skip_bad, img_only=img_only)
     problems_file, splits_file = root / "problems.json", root / "pid_splits.json"
-    problems = read_json(problems_file, _FIX_ROOT)
-    splits = read_json(splits_file, _FIX_ROOT)
-    if not isinstance(problems, dict):
-        raise DataError(Problem(str(problems_file), None, "top level is not an object keyed by pid", _FIX_ROOT))
-    if not isinstance(splits, dict) or split not in splits:
-        raise DataError(Problem(str(splits_file), None, f"no {split!r} list of pids",
-                                "pid_splits.json must map 'train', 'val' and 'test' to lists of pids"))
     report = Collector(skip_bad)
     records: list[Record] = []
-    for pid in splits[split]:
-        pid = str(pid)
-        prob = problems.get(pid)
-        if prob is None:
-            report(splits_file, pid, f"listed in pid_splits.json[{split!r}] but absent from problems.json",
-                   "use the problems.json and pid_splits.json of the same release")
-            continue
-        if not isinstance(prob, dict) or not isinstance(prob.get("question"), str):
-            report(problems_file, pid, "problem has no 'question' string", "restore the problem's fields")
-            continue
+    for pid, prob in listed_problems(problems_file, splits_file, split, report, fix_root=_FIX_ROOT,
+                                     splits_fix="pid_splits.json must map 'train', 'val' and 'test' to lists of pids"):
         if not check_choices(report, problems_file, pid, prob.get("choices"), prob.get("answer")):
             continue
         image_name = prob.get("image")

@@ -92,22 +92,22 @@ def _distinct_scene(rng, n_lo=2, n_hi=5, **kw):
     return random_scene(rng, n, distinct_shapes=True, distinct_colors=True, **kw)
 
 
-def _iq_color_of(rng):
+def _iq_attribute_of(rng, asked: str, given: str, kind: str):
+    """'What <asked> is the <given> object?' on a scene whose objects differ in both attributes."""
     sc = _distinct_scene(rng)
     target = rng.choice(sc["objects"])
-    others = [o["color"] for o in sc["objects"] if o is not target]
-    choices, answer = shuffled_options(rng, target["color"], others)
-    return {"scene": sc, "question": IQ_QUESTIONS["color_of"][0].format(shape=target["shape"]),
+    others = [o[asked] for o in sc["objects"] if o is not target]
+    choices, answer = shuffled_options(rng, target[asked], others)
+    return {"scene": sc, "question": IQ_QUESTIONS[kind][0].format(**{given: target[given]}),
             "choices": choices, "answer": answer}
+
+
+def _iq_color_of(rng):
+    return _iq_attribute_of(rng, "color", "shape", "color_of")
 
 
 def _iq_shape_of(rng):
-    sc = _distinct_scene(rng)
-    target = rng.choice(sc["objects"])
-    others = [o["shape"] for o in sc["objects"] if o is not target]
-    choices, answer = shuffled_options(rng, target["shape"], others)
-    return {"scene": sc, "question": IQ_QUESTIONS["shape_of"][0].format(color=target["color"]),
-            "choices": choices, "answer": answer}
+    return _iq_attribute_of(rng, "shape", "color", "shape_of")
 
 
 def _iq_extreme_size(rng, largest: bool):
