@@ -26,6 +26,10 @@ MULTITASK_SEP = "+"
 MULTITASK_BENCHMARKS = ("scienceqa", "iconqa")
 CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors.py
 
+# Fields added after runs were recorded, left out of to_dict (hence of config.json and the hash) at these
+# defaults, so that adding them did not turn every finished run folder into a new, unfinished config.
+HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0}
+
 # PROTOCOL §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
 LR_QFORMER_FULL = 2e-5
 LR_PEFT = 5e-4
@@ -80,6 +84,10 @@ class ExperimentConfig:
     precision: str = "auto"              # 'auto' | 'fp32' | 'bf16' | 'fp16'
     device: str = "auto"                 # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
     seed: int = 42
+    heldin_limit: int = 0                # > 0: after the test, held-in VQA exact match (base_quality.heldin_score) of
+                                         # the adapted model and with its LoRA switched off, on the first N held-in
+                                         # val task lines (3 per picture: a caption and 2 VQA) of the synthetic world
+                                         # the benchmark root lies in (DATA/heldin); 0 or no DATA/heldin: not measured
     tags: tuple[str, ...] = field(default=())  # free labels for the report (e.g. the grid cell)
 
     def __post_init__(self) -> None:
@@ -143,6 +151,8 @@ class ExperimentConfig:
             raise ConfigError(str(err)) from None
         if self.align_steps < 0:
             raise ConfigError("align_steps must be >= 0 (0: no alignment stage)")
+        if self.heldin_limit < 0:
+            raise ConfigError("heldin_limit must be >= 0 (0: the held-in cost is not measured)")
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -202,6 +212,9 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["tags"] = list(self.tags)
+        for name, default in HASH_NEUTRAL_DEFAULTS.items():  # at its default, a later field is left out: the
+            if d[name] == default:                           # configs (and run folders) from before keep their hash
+                del d[name]
         return d
 
     def replace(self, **changes: Any) -> "ExperimentConfig":

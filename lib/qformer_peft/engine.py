@@ -314,6 +314,7 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
                                                **eval_kwargs)
     eval_time = time.perf_counter() - start
     save_trained(model, run.adapter_dir)
+    heldin = heldin_cost(config, bundle, model, eval_images, autocast=autocast)
     run.write_predictions(predictions)
     if fitted.ranks:
         run.write_ranks(fitted.ranks)
@@ -344,7 +345,48 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         # the validation metric after each epoch against the optimizer step: the convergence curve
         "val_curve": [{"epoch": h["epoch"], "step": h["step"], "score": h["val"].get(primary)}
                       for h in fitted.history],
+        **({"heldin_vqa_em": heldin} if heldin is not None else {}),
     }
+
+
+def heldin_dir(config: ExperimentConfig) -> Path | None:
+    """The synthetic world the run's benchmark root lies in (DATA, beside its benchmark roots) when it holds
+    held-in tasks (DATA/heldin/val.jsonl), else None. A joint benchmark: its first task's root."""
+    if not config.data_root:
+        return None
+    data_dir = benchmark_root(config).resolve().parent
+    return data_dir if (data_dir / "heldin" / "val.jsonl").is_file() else None
+
+
+def heldin_cost(config: ExperimentConfig, bundle, model, images, *, autocast=None) -> dict[str, float | None] | None:
+    """What adapting costs on the held-in tasks (issue 5): held-in val VQA exact match (%) of the trained model
+    ('adapted') and, for a peft model, of the same model with its LoRA switched off ('adapter_off': what every
+    setup trains besides LoRA, query tokens, projection, post-ViT LayerNorm, connector, stays adapted), on the
+    first config.heldin_limit held-in val task lines. None when heldin_limit is 0 or there is no DATA/heldin.
+    images: the run's image encoder (image paths -> the frozen ViT's outputs); held-in paths are absolute
+    (read_heldin joins them to DATA/heldin). The base model's own figure is its build report's, not measured
+    here."""
+    import contextlib
+
+    from peft import PeftModel
+
+    from .models.base_quality import heldin_score
+
+    data_dir = heldin_dir(config) if config.heldin_limit else None
+    if data_dir is None:
+        return None
+    autocast = autocast or contextlib.nullcontext
+
+    def score() -> float | None:
+        with autocast():
+            return heldin_score(bundle, data_dir, config.heldin_limit, model=model, images=images,
+                                tasks=("vqa",))["vqa_em"]
+
+    out = {"adapted": score()}
+    if isinstance(model, PeftModel):
+        with model.disable_adapter():
+            out["adapter_off"] = score()
+    return out
 
 
 def _align(config: ExperimentConfig, bundle, run: runs.RunDir, *, cache_dir: Path, device, autocast, precision,
