@@ -10,7 +10,9 @@ Claims (PROTOCOL §2 headline, §6 claims 1-5), judged on the paper grid's runs 
   H1  Q-Former PEFT is comparable to full fine-tuning (accuracy) ... with < 2% of the trainable parameters
   H2  Q-Former + LLM PEFT beats the baseline (accuracy) ... with < 12% of the trainable parameters
   C1-C5  the AdaLoRA rank allocation (see CLAIMS below)
-then the open questions' claims (open_questions.OPEN_CLAIMS: MT, SC, RK, SD), judged the same way.
+then the connector study's (issue 7 §1, connector_study.CLAIMS: DeCo-*, BA-*, claims of DeCo and of the
+Bottleneck Adapter paper) and the open questions' (issue 7 §2, open_questions.OPEN_CLAIMS: MT, SC, RK, SD),
+judged the same way.
 """
 from __future__ import annotations
 
@@ -332,13 +334,15 @@ def scale_of(df: pd.DataFrame) -> str:
 def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
            full_size: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
            cache_dir: str | Path | None = None) -> list[Claim]:
-    """Every claim with its evidence and verdict: the paper's, then the open questions'.
+    """Every claim with its evidence and verdict: the paper's, then the connector study's
+    (connector_study.ledger_claims, on its runs: tagged study:connectors), then the open questions'.
 
     df: runs_frame(...) of the LoRA and AdaLoRA runs; ranks: ranks_frame(df); full_size: the full-size
     parameter ledger rows per LLM (qformer_peft.ledger), or None to compute them here (cached in
     cache_dir when given: building the full-size models on the meta device takes a while).
     """
-    from .open_questions import open_claims  # it builds on this module
+    from .connector_study import ledger_claims as connector_claims  # both build on this module
+    from .open_questions import open_claims
 
     every, every_ranks = df, ranks
     df = paper_runs(df)
@@ -367,7 +371,7 @@ def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
     add("C3", _per_llm(maps, [], _claim3))
     add("C4", _per_llm(maps, [], _claim4))
     add("C5", _per_llm(maps, ["flickr30k", "iconqa", "scienceqa", "vizwiz"], _claim5))
-    return out + open_claims(every, every_ranks)
+    return out + connector_claims(every) + open_claims(every, every_ranks)
 
 
 def full_size_ledger(llms: Sequence[str], cache_dir: str | Path | None = None) -> dict[str, list[dict]]:

@@ -4,7 +4,8 @@ of steps, then trained on one benchmark with the same protocol. Configs, tidy ta
 
     configs = connector_configs(benchmark="iconqa", llm="t5", model=..., data_dir=..., connectors=STUDY)
     frame = connector_frame(runs_frame(runs_dir))    # one row per run: accuracy, tokens, cost, parameters
-    connector_claims(runs_frame(runs_dir))           # DeCo and Bottleneck Adapter claims for the ledger
+    connector_claims(runs_frame(runs_dir))           # DeCo and Bottleneck Adapter claims (dicts, notebook 30)
+    ledger_claims(runs_frame(runs_dir))              # the same as claims.Claim rows of the index's claim ledger
 
 Symmetry: the non-Q-Former connectors have no pretrained weights, so the study's Q-Former starts from scratch
 too (connector_init='scratch'): every connector begins random and gets the same alignment budget; the base
@@ -21,7 +22,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .claims import FAILS, HOLDS, INCONCLUSIVE, _fmt, combine, judge, paired
+from .claims import FAILS, HOLDS, INCONCLUSIVE, Claim, _fmt, combine, judge, paired
 from .config import ExperimentConfig
 
 STUDY_TAG = "study:connectors"
@@ -369,6 +370,23 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
                                    fmt=lambda x: f"{x.mean():.3f}", unit=""), f"{kind} linear and {nonlinear} variants",
             f" (held-in loss: the {nonlinear} variant's minus the linear one's; at most {LOSS_TOL:g} below 0 holds)")
     return out
+
+
+SOURCE_NOTE = "issue 7 §1 (connector study); not a claim of the paper"
+
+
+def as_claim(d: Mapping[str, str]) -> Claim:
+    """One of connector_claims' dicts as a row of the claim ledger: the one place their vocabularies meet
+    (the dict's 'claim' is the ledger's statement; verdicts are already claims.HOLDS / FAILS / INCONCLUSIVE)."""
+    if d["verdict"] not in (HOLDS, FAILS, INCONCLUSIVE):
+        raise ValueError(f"connector claim {d['id']}: verdict {d['verdict']!r} is not one of the ledger's")
+    return Claim(id=d["id"], statement=d["claim"], source=f"{d['source']}; {SOURCE_NOTE}", scale=d["scale"],
+                 verdict=d["verdict"], evidence=d["evidence"])
+
+
+def ledger_claims(df: pd.DataFrame) -> list[Claim]:
+    """connector_claims(df) as claims.Claim rows (claims.ledger lists them after the paper's)."""
+    return [as_claim(d) for d in connector_claims(df)]
 
 
 def _only(frame: pd.DataFrame, kind: str, variant: str) -> str:

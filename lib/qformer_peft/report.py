@@ -3,9 +3,10 @@
     qformer-peft report [--runs DIR] [--notebooks DIR] [--out reports/]
 
 index.html carries the summary, built from run folders only: the scale statement, the claim ledger,
-Table 1, Figure 2 and the AdaLoRA heatmaps, a section per open question (issue 7 §2: multi-task AdaLoRA,
-scaling, rank sensitivity, seeds) with its charts and claims, then links to the notebook sections and the
-grid's failures.
+Table 1, Figure 2 and the AdaLoRA heatmaps, what adapting costs on held-in VQA (issue 5; when runs measured
+it), the connector study (issue 7 §1: Q-Former, DeCo's pooling, projector, Bottleneck Adapter) and a section per
+open question (issue 7 §2: multi-task AdaLoRA, scaling, rank sensitivity, seeds), each with its charts and
+claims, then links to the notebook sections and the grid's failures.
 Everything is self-contained and offline: charts are inline SVG (vl-convert), sections come from
 nbconvert's lab template with its CDN scripts (require.js, MathJax, mermaid) removed, and no page
 loads a script or stylesheet from the network. Code cells are hidden in sections; a button shows them.
@@ -106,7 +107,8 @@ def ledger_html(claims: Sequence[claims_mod.Claim], note: bool = True) -> str:
             "side: holds; on the other side: does not hold; straddling, or a single seed: inconclusive. "
             f"“Comparable” means at most {claims_mod.COMPARABLE_TOL:g} accuracy point below. A claim "
             "stated for both LLMs and benchmarks holds only where each part holds. Claims of the open questions "
-            "(MT, SC, RK, SD) are hypotheses of this study, judged by the same rule.</p>" if note else ""))
+            "(MT, SC, RK, SD) are hypotheses of this study, and those of the connector study (DeCo-*, BA-*) come "
+            "from the DeCo and Bottleneck Adapter papers; all are judged by the same rule.</p>" if note else ""))
 
 
 def scale_html(df: Any) -> str:
@@ -143,8 +145,10 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
         parts.append(_figure(rc.heatmap(values), "chart-heatmaps", "Final AdaLoRA rank averaged over each "
                              "sublayer's modules per layer (and over seeds); cross-attention exists on odd layers "
                              "only. Benchmarks side by side, one row per LLM."))
+    parts.append(heldin_cost_html(df))
+    parts.append(connectors_html(df, ledger))
     parts.append(open_questions_html(df, all_ranks, ledger))
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)
 
 
 def _chart_or_empty(make: Any, frame: Any, fid: str, caption: str, empty: str) -> str:
@@ -218,6 +222,78 @@ def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim])
         claims_of("seeds"),
     ]
     return "\n".join(p for p in parts if p)
+
+
+def connectors_html(df: Any, ledger: Sequence[claims_mod.Claim]) -> str:
+    """The connector study (issue 7 §1, notebook 30): what was run, its charts, its claims; a plain line when
+    this profile did not run it."""
+    from . import connector_study as cs
+
+    head = "<h2 id='connectors'>Connectors: Q-Former, DeCo's pooling, projector, Bottleneck Adapter</h2>"
+    if not len(df) or not cs.is_study_run(df).any():
+        return head + "<p class='empty'>Connector study: not run in this profile (no run tagged " \
+                      f"{html.escape(cs.STUDY_TAG)} in the runs folder).</p>"
+    frame = cs.connector_frame(df)
+    study = df[cs.is_study_run(df)]
+    done = study[study["state"] == "done"]
+    steps = sorted({int(s) for s in done["align_steps"].dropna()}) if "align_steps" in done else []
+    what = (f"{len(done)} of {len(study)} study runs done: " + ", ".join(dict.fromkeys(frame["connector"])) +
+            f" on {', '.join(sorted(set(frame['benchmark'])))} with {', '.join(sorted(set(frame['llm'])))}, "
+            f"seeds {', '.join(str(s) for s in sorted(set(frame['seed'])))}" +
+            (f", after {', '.join(map(str, steps))} alignment steps on the held-in tasks" if steps else "") + "."
+            if len(frame) else f"{len(study)} study runs, none finished yet.")
+    none = "no finished runs of the connector study"
+    conv, align = cs.convergence_frame(df), cs.alignment_frame(df)
+    ids = set(cs.CLAIMS)
+    parts = [
+        head,
+        "<p>The same frozen ViT and LLM joined by each connector: every connector aligned on the held-in tasks for "
+        "the same number of steps (the study's Q-Former starts from scratch like the others; the base model's "
+        "pretrained Q-Former is a reference row), then fine-tuned on the benchmark with the paper's baseline setup "
+        f"(connector trained, LLM frozen). {html.escape(what)}</p>",
+        _frame_html(_connector_table(cs.summary_table(frame))),
+        _chart_or_empty(lambda: cs.accuracy_vs_tokens(frame), frame[frame["acc"].notna()], "chart-cn-tokens",
+                        "Test accuracy against the image tokens fed to the LLM (points: seeds; tick: mean; grey: "
+                        "one connector kind's budgets; dashed: a uniform guess).", none),
+        _chart_or_empty(lambda: cs.alignment_chart(align), align, "chart-cn-alignment",
+                        "Held-in validation loss along the shared alignment budget (mean over seeds).",
+                        "no alignment curves"),
+        _chart_or_empty(lambda: cs.convergence_chart(conv), conv, "chart-cn-convergence",
+                        "Validation accuracy against the fine-tuning step (mean over seeds).", none),
+        _chart_or_empty(lambda: cs.cost_chart(frame), frame[frame["samples_per_s"].notna()], "chart-cn-cost",
+                        "Training samples per second (cached ViT features) against the image tokens.",
+                        "no training throughput recorded"),
+        ledger_html([c for c in ledger if c.id in ids], note=False),
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _connector_table(t: Any) -> Any:
+    """summary_table for the page: counts as integers, the held-in loss with its 3 digits."""
+    import pandas as pd
+
+    if not len(t):
+        return t
+    t = t.copy()
+    for col in ("tokens", "trainable", "seeds"):
+        t[col] = pd.to_numeric(t[col], errors="coerce").round().astype("Int64")
+    t["align_loss"] = [f"{v:.3f}" if pd.notna(v) else "–" for v in t["align_loss"]]
+    return t
+
+
+def heldin_cost_html(df: Any) -> str:
+    """What adapting costs on held-in VQA (issue 5), per setup: only when some run measured it (heldin_limit)."""
+    from . import report_charts as rc
+
+    t = rc.heldin_cost_table(df)
+    if t.empty:
+        return ""
+    return ("<h2 id='heldin-cost'>What adapting costs on held-in VQA</h2>"
+            "<p>Held-in validation VQA exact match (%) after training, mean over the runs that measured it "
+            "(config heldin_limit: the first N held-in val task lines, 2 of every 3 are VQA): the adapted model, "
+            "and the same model with its LoRA switched off (what every setup trains besides LoRA stays adapted; "
+            "a setup without LoRA has no such figure). base: the base model's own figure from its build report "
+            "(build_report.json, measured on the build's own number of held-in lines).</p>" + _frame_html(t))
 
 
 def grid_status_html(notebooks_dir: Path, out: Path) -> str:

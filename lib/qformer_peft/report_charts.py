@@ -26,20 +26,26 @@ LLM_LABELS = {"t5": "T5-style (Flan-T5)", "llama": "LLaMA-style (Vicuna)"}
 ACC_COLUMNS = ("result.test.accuracy", "result.test_acc")
 TRAINABLE_PREFIX = "result.trainable_params."
 CELL_KEYS = ["llm", "benchmark", "setup", "qf_sublayers", "llm_targets", "rank"]
+# result.json's heldin_vqa_em (engine.heldin_cost) -> runs_frame's columns
+HELDIN_COLUMNS = {"result.heldin_vqa_em.adapted": "heldin_adapted",
+                  "result.heldin_vqa_em.adapter_off": "heldin_adapter_off"}
 
 
 # --- run folders -> frames ------------------------------------------------------------------------------
 def runs_frame(runs_dir: str | Path, configs: Iterable[Any] | None = None) -> pd.DataFrame:
     """load_runs plus derived columns: acc (test accuracy %), score (the benchmark's primary test
     metric), trainable (sum over groups), targets, scale, profile, study ('paper' for the paper's grid,
-    else the open question or side study its tag study:<name> names), config_hash.
+    else the open question or side study its tag study:<name> names), config_hash, heldin_adapted and
+    heldin_adapter_off (held-in VQA exact match after training, with the LoRA switched off: runs with
+    heldin_limit > 0; NaN elsewhere).
 
     With configs (ExperimentConfig objects), only the runs of those configs, in their order.
     """
     df = runs.load_runs(runs_dir)
     if df.empty:
         return pd.DataFrame(columns=["run_id", "path", "state", "config_hash", *CELL_KEYS, "seed", "acc",
-                                     "trainable", "targets", "scale", "profile", "study", "method"])
+                                     "trainable", "targets", "scale", "profile", "study", "method",
+                                     *HELDIN_COLUMNS.values()])
     df["config_hash"] = [runs.config_hash(runs.read_json(Path(p) / "config.json")) for p in df["path"]]
     found = [c for c in ACC_COLUMNS if c in df]
     df["acc"] = pd.to_numeric(df[found[0]], errors="coerce") if found else np.nan
@@ -51,12 +57,46 @@ def runs_frame(runs_dir: str | Path, configs: Iterable[Any] | None = None) -> pd
     df["scale"] = [tag_value(t, "scale") or _guess_scale(m) for t, m in zip(tags, df["model"])]
     df["profile"] = [tag_value(t, "profile") for t in tags]
     df["study"] = [tag_value(t, "study") or "paper" for t in tags]
+    for key, col in HELDIN_COLUMNS.items():
+        df[col] = pd.to_numeric(df[key], errors="coerce") if key in df else np.nan
     if configs is not None:
         order = {c.hash: i for i, c in enumerate(configs)}
         df = df[df["config_hash"].isin(order)].copy()
         df["_order"] = df["config_hash"].map(order)
         df = df.sort_values("_order").drop(columns="_order")
     return df.reset_index(drop=True)
+
+
+def heldin_cost_table(df: pd.DataFrame) -> pd.DataFrame:
+    """What adapting costs on held-in VQA, per llm x study x setup x method (mean over the finished runs that
+    measured it): runs, heldin_limit (lines scored), adapted, adapter_off (NaN: no LoRA to switch off) and base
+    (the base checkpoint's held-in VQA exact match from its build report, where readable). Empty when no run
+    has the measurement."""
+    cols = ["llm", "study", "setup", "method", "runs", "heldin_limit", "adapted", "adapter_off", "base"]
+    if df.empty or "heldin_adapted" not in df or df["heldin_adapted"].isna().all():
+        return pd.DataFrame(columns=cols)
+    d = df[(df["state"] == "done") & df["heldin_adapted"].notna()].copy()
+    d["heldin_limit"] = d["heldin_limit"] if "heldin_limit" in d else np.nan
+    d["base"] = [base_heldin_vqa(m) for m in d["model"]]
+    t = d.groupby(["llm", "study", "setup", "method"], sort=False, dropna=False).agg(
+        runs=("run_id", "nunique"), heldin_limit=("heldin_limit", "max"), adapted=("heldin_adapted", "mean"),
+        adapter_off=("heldin_adapter_off", "mean"), base=("base", "mean")).reset_index()
+    t["heldin_limit"] = t["heldin_limit"].astype("Int64")
+    t["_s"] = t["setup"].map({s: i for i, s in enumerate(SETUPS)})
+    return t.sort_values(["llm", "study", "_s", "method"]).drop(columns="_s").reset_index(drop=True)[cols]
+
+
+def base_heldin_vqa(model: Any) -> float:
+    """Held-in val VQA exact match of a base checkpoint directory, from its build_report.json
+    (quality.heldin.vqa_em); NaN for a preset, a hub id or an unreadable report."""
+    path = Path(str(model)) / "build_report.json" if isinstance(model, str) and model else None
+    if path is None or not path.is_file():
+        return np.nan
+    try:
+        v = runs.read_json(path).get("quality", {}).get("heldin", {}).get("vqa_em")
+    except (OSError, ValueError, AttributeError):
+        return np.nan
+    return float(v) if isinstance(v, (int, float)) else np.nan
 
 
 def targets_label(setup: str, qf: str | None, llm: str | None) -> str:
