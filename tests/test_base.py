@@ -254,6 +254,9 @@ def test_extra_questions_answer_what_the_scene_shows_in_the_worlds_words():
                 "Is the red circle bigger than the red square?": "yes", "Is the red square smaller than the red circle?": "yes",
                 "Is the red square bigger than the red circle?": "no", "Is the red circle smaller than the red square?": "no",
                 "Is the red circle to the left of the red square?": "yes", "Is the red square to the left of the red circle?": "no",
+                "What is the color of the circle?": "red", "What is the color of the square?": "red",
+                "What is the color of the star?": "blue",
+                "What is the shape of the blue object?": "star",   # red is on two objects: never asked
             }
             assert expected.get(q) == a, (q, a)
     # smallest: two small objects, neither clearly smaller than the other -> never asked
@@ -273,3 +276,26 @@ def test_multiple_choice_keeps_the_question_and_letters_the_gold_answer(data):
                                                                          t["prompt"]))
         letter, gold = t["answer"][1], t["answer"][4:]
         assert options[letter] == gold and len(set(options.values())) == len(options) >= 2
+
+
+def test_side_by_side_builds_share_the_encoder_and_equal_one_after_the_other(heldin_only, tmp_path, monkeypatch):
+    """study.build_base_models with jobs=2 builds both LLMs in two processes; the shared stage 1 is
+    trained once (its lock) and the checkpoints are bit-identical to sequential builds."""
+    import dataclasses
+
+    from qformer_peft import grid, study
+
+    profile = dataclasses.replace(grid.PROFILES["smoke"], base_models=(("tiny", "t5"), ("tiny", "llama")),
+                                  models={"t5": "{checkpoints}/tiny-t5", "llama": "{checkpoints}/tiny-llama"})
+    monkeypatch.setitem(grid.PROFILES, "sidebyside", profile)
+    monkeypatch.setitem(study.PROFILES, "sidebyside", profile)
+    lines: list[str] = []
+    for jobs, cache in ((2, tmp_path / "parallel"), (1, tmp_path / "sequential")):
+        assert study.build_base_models("sidebyside", data_dir=heldin_only, checkpoints=str(cache), log=lines.append,
+                                       jobs=jobs) == 0
+    assert sum("[study] base model tiny-" in line for line in lines) == 4
+    assert len([p for p in (tmp_path / "parallel" / "vision").iterdir() if p.is_dir()]) == 1
+    for llm in ("t5", "llama"):
+        a = load_file(tmp_path / "parallel" / f"tiny-{llm}" / "model.safetensors")
+        b = load_file(tmp_path / "sequential" / f"tiny-{llm}" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -35,23 +35,46 @@ def _require(module: str) -> Any:
         raise
 
 
-def build_base_models(profile_name: str, *, data_dir: Path, checkpoints: str, log: Callable[[str], None]) -> int:
+def build_base_models(profile_name: str, *, data_dir: Path, checkpoints: str, log: Callable[[str], None],
+                      jobs: int = 1) -> int:
     """Build the profile's embedded base models into CHECKPOINTS/<preset>-<llm>, where its notebooks
-    look for them (models.base.ensure_base reuses a build whose key is current)."""
+    look for them (models.base.ensure_base reuses a build whose key is current). With jobs > 1 the builds
+    run side by side in processes: each is single-threaded, and the stage they share (the vision encoder)
+    is trained by whichever gets its lock first and read by the other (the README has both times)."""
     profile = PROFILES[profile_name]
     if not profile.base_models:
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
         return 0
-    base = _require("qformer_peft.models.base")
-    for preset, llm in profile.base_models:
-        expected = Path(profile.models[llm].format(checkpoints=checkpoints))
-        start = time.time()
-        path = base.ensure_base(preset, llm, base.DEFAULT_SEED, data_dir, checkpoints, log=log)
-        if Path(path).resolve() != expected.resolve():
-            raise RuntimeError(f"base model {preset}-{llm} was built into {path}, but the {profile_name} profile's "
-                               f"notebooks read {expected}")
-        log(f"[study] base model {preset}-{llm}: {path} ({time.time() - start:.1f} s)")
+    _require("qformer_peft.models.base")
+    todo = [(preset, llm, Path(profile.models[llm].format(checkpoints=checkpoints))) for preset, llm in profile.base_models]
+    workers = max(1, min(jobs, len(todo)))
+    if workers == 1:
+        for preset, llm, expected in todo:
+            log(_build_one(preset, llm, expected, data_dir, checkpoints, profile_name, log))
+        return 0
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    # spawn: a fresh interpreter per build (no fork of a process that may hold torch threads)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_build_one, preset, llm, expected, data_dir, checkpoints, profile_name, print)
+                   for preset, llm, expected in todo]
+        for future in futures:
+            log(future.result())
     return 0
+
+
+def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoints: str, profile_name: str,
+               log: Callable[[str], None]) -> str:
+    """One base model (in this process or a pool's); the line that says where it is and how long it took."""
+    from .models import base
+
+    start = time.time()
+    path = base.ensure_base(preset, llm, base.DEFAULT_SEED, data_dir, checkpoints, log=log)
+    if Path(path).resolve() != expected.resolve():
+        raise RuntimeError(f"base model {preset}-{llm} was built into {path}, but the {profile_name} profile's "
+                           f"notebooks read {expected}")
+    return f"[study] base model {preset}-{llm}: {path} ({time.time() - start:.1f} s)"
 
 
 def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str | None = None,
@@ -114,7 +137,7 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
     jobs = jobs if jobs > 0 else auto_jobs()
     log(f"[study] profile {profile} ({prof.description}); study root {layout.root}; {jobs} worker(s)")
     stage("data", data)
-    stage("base models", lambda: build_base_models(profile, data_dir=data_dir, checkpoints=ckpt, log=log))
+    stage("base models", lambda: build_base_models(profile, data_dir=data_dir, checkpoints=ckpt, log=log, jobs=jobs))
     stage("grid", grid_stage)
     stage("report", report_stage)
     log("[study] wall time by stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
