@@ -54,6 +54,7 @@ def test_adalora_schedule_comes_from_the_real_step_count():
                                          "deltaT": 10, "orth_reg_weight": 0.5}
     tiny = cfg.adalora_schedule(2)  # too short for a warm-up and a final phase: budget over every step
     assert (tiny["tinit"], tiny["tfinal"]) == (0, 0)
+    assert cfg.adalora_schedule(1) == tiny  # one step: scheduled as two, so importance exists before the end
     assert cfg.run_name == "iconqa_qf-lora_adalora_qf-all_s42"
 
 

@@ -184,10 +184,15 @@ class ExperimentConfig:
         return self.feature_cache and not self.augment
 
     def adalora_schedule(self, total_steps: int) -> dict[str, Any]:
-        """peft AdaLoraConfig arguments for a run of `total_steps` optimizer steps (the real schedule)."""
+        """peft AdaLoraConfig arguments for a run of `total_steps` optimizer steps (the real schedule).
+
+        A one-step run is scheduled as two: peft's final allocation reads importance scores that only
+        steps before it gather, so with total_step=1 its first call would be the final one (KeyError)."""
+        total_steps = max(total_steps, 2)
         tinit = int(self.adalora_tinit * total_steps)
         tfinal = int(self.adalora_tfinal * total_steps)
-        if tinit >= total_steps - tfinal:  # tiny runs: keep at least one budgeting step
+        # tiny runs: keep at least one budgeting step, and one step before the final allocation
+        if tinit >= total_steps - tfinal or total_steps - tfinal < 2:
             tinit, tfinal = 0, 0
         return {"init_r": self.adalora_init_r, "target_r": self.adalora_target_r, "total_step": total_steps,
                 "tinit": tinit, "tfinal": tfinal, "deltaT": self.adalora_delta_t,
