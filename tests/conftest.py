@@ -12,3 +12,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402  (after the offline switches)
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The tiny synthetic world (four benchmarks + held-in tasks), written once per test module."""
+    from qformer_peft import features
+    from qformer_peft.data import synthetic
+
+    root = tmp_path_factory.mktemp("world")
+    synthetic.synthesize(root, "tiny", 0)
+    features.clear_memory()
+    return root

@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 
 from qformer_peft import connector_study, features, runs
 from qformer_peft.config import ConfigError, ExperimentConfig
-from qformer_peft.data import synthetic
 from qformer_peft.engine import load_trained, run_experiment
 from qformer_peft.evaluate import candidate_nll
 from qformer_peft.models import connectors
@@ -206,14 +205,6 @@ def test_config_fields_are_validated_and_name_the_run():
 
 
 # --- end to end: alignment, training, reload -------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    synthetic.synthesize(root, "tiny", 0)
-    features.clear_memory()
-    return root
-
 
 RUN = {"benchmark": "iconqa", "model": "tiny", "llm": "t5", "setup": "baseline", "qf_sublayers": None, "rank": None,
        "max_epochs": 1, "batch_size": 8, "train_limit": 8, "val_limit": 4, "test_limit": 4, "seed": 3,

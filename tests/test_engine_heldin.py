@@ -2,18 +2,9 @@
 held-in VQA exact match of the adapted model and, for a peft model, with its LoRA switched off."""
 import pytest
 
-from qformer_peft import features, runs
+from qformer_peft import runs
 from qformer_peft.config import ConfigError, ExperimentConfig
-from qformer_peft.data import synthetic
 from qformer_peft.engine import heldin_dir, run_experiment
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    synthetic.synthesize(root, "tiny", 0)
-    features.clear_memory()
-    return root
 
 
 RUN = {"benchmark": "iconqa", "model": "tiny", "llm": "t5", "setup": "qf-lora", "qf_sublayers": "all", "rank": 2,
