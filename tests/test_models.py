@@ -183,10 +183,15 @@ def test_image_processor_resizes_and_normalises_like_blip(bundle):
     torch.testing.assert_close(pixels[0, :, 5, 5], (1 - mean) / std, rtol=0, atol=1e-4)
 
 
-def test_bundle_save_and_load_round_trip(tmp_path, bundle):
+def test_bundle_save_and_load_round_trip(tmp_path, bundle, capfd):
+    from transformers.utils import logging as hf_logging
+
     directory = bundle.save(tmp_path / "ckpt")
     assert (directory / "model.safetensors").exists() and (directory / "qformer_tokenizer").is_dir()
+    capfd.readouterr()
     again = load_bundle(directory)
+    # a local checkpoint loads without transformers' progress bar (it filled every notebook of the report)
+    assert "Loading weights" not in "".join(capfd.readouterr()) and hf_logging.is_progress_bar_enabled()
     assert again.llm_kind == bundle.llm_kind
     pictures = images(2)
     pixels = bundle.image_processor(pictures)

@@ -8,6 +8,7 @@ reads such a directory, or a hub id, back. A local directory never touches the n
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -142,6 +143,22 @@ def build_model(
                   image_processor=processor, llm_kind=llm)
 
 
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool):
+    """transformers' "Loading weights" bar off for local checkpoints: an embedded model loads in milliseconds
+    and the bar only filled every executed notebook of the report; a hub download keeps it."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if quiet and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_bundle(source: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Bundle:
     """Model, tokenizers and image processor from a checkpoint directory (Bundle.save's layout) or a hub id.
 
@@ -154,7 +171,8 @@ def load_bundle(source: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise FileNotFoundError(f"checkpoint directory {source!r} does not exist (give a directory written by "
                                 "Bundle.save, or a hub id such as Salesforce/instructblip-flan-t5-xl)")
     kwargs = {"local_files_only": True} if local else {}
-    model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
+    with _quiet_loading(local):
+        model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
     model.to(device).eval()
     processor = InstructBlipProcessor.from_pretrained(source, **kwargs)
     if model.config.image_token_index is None:
