@@ -4,3 +4,10 @@ A small library driven by parameterized notebooks (papermill). Modules, in the o
 data/ → templates → models/ → peft_setup → train → evaluate → runs → grid → report.
 """
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# transformers imports tqdm.auto, which in a Jupyter kernel without ipywidgets warns "IProgress not found"
+# into the first cell that imports it: every executed notebook of the report carried that line. This
+# package shows progress bars on terminals only, so the widget it asks for is never needed.
+_warnings.filterwarnings("ignore", message="IProgress not found")

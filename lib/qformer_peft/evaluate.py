@@ -154,7 +154,7 @@ def evaluate(bundle, examples: Sequence[Example], benchmark: str, embeds_of: Cal
     embeds_of(examples) -> [B, P+1, Dv]: the frozen ViT's outputs (cached or computed). The model is
     put in eval mode and left there.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar: in a notebook (no ipywidgets) tqdm.auto only warns
 
     model = bundle.model if model is None else model
     model.eval()

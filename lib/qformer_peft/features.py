@@ -156,7 +156,7 @@ class FeatureCache:
 
     def precompute(self, refs: Sequence[str], *, progress: bool = False) -> None:
         """Encode every image not cached yet (in batches), then flush to disk."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the terminal bar: in a notebook (no ipywidgets) tqdm.auto only warns
 
         todo: dict[str, str] = {}
         for r in refs:

@@ -461,11 +461,7 @@ def run_configs(configs: Sequence[ExperimentConfig], *, runs_dir: str | Path, ca
 
     A failing run does not stop the others; CellFailed is raised at the end, naming each failure.
     """
-    import warnings
-
-    with warnings.catch_warnings():  # tqdm.auto warns in a kernel without ipywidgets; its bars are off here
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        from . import engine
+    from . import engine
     from .report_charts import runs_frame
 
     failures = []

@@ -254,7 +254,7 @@ def fit(
     (torch.save-able); raising from it stops training as a crash would.
     Returns with the best epoch's trainable tensors loaded into the model.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar: in a notebook (no ipywidgets) tqdm.auto only warns
 
     device = torch.device(device)
     autocast = autocast_for(device, precision)
