@@ -325,3 +325,26 @@ def test_the_notebook_defaults_build_valid_smoke_sized_configs_for_every_connect
                for c in configs)
     for c in configs:  # every default budget exists on the tiny preset
         connectors.resolve(build_model("tiny", "t5").model, connectors.spec_of(c))
+
+
+def test_two_alignments_of_the_same_connector_at_once_train_it_once(world, tmp_path):
+    """Two notebooks of a grid aligning the same connector side by side: the second waits for the first's
+    result and reads it (a per-alignment lock) instead of training it again."""
+    import threading
+
+    from qformer_peft.models.alignment import align_connector
+
+    bundles = [tiny(spec=ConnectorSpec("pool", 4)) for _ in range(2)]
+    results: list = [None, None]
+
+    def align(i):
+        results[i] = align_connector(bundles[i], world, steps=3, seed=0, cache_dir=tmp_path / "aligned",
+                                     label="pool4")
+
+    threads = [threading.Thread(target=align, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["cached"] for r in results) == [False, True]
+    assert results[0]["curve"] == results[1]["curve"]

@@ -18,6 +18,8 @@ and the connector's initial weights, hence the seed and the spec), the held-in d
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import math
 import random
@@ -106,39 +108,47 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
 
     if steps < 1:
         raise ValueError(f"align_connector: steps must be >= 1, got {steps}")
+    from .base import _lock
+
     model = unwrap(bundle.model)
     root = heldin_root(data_dir)
     key = alignment_key(model, root, steps, seed)
     folder = None if cache_dir is None else Path(cache_dir) / f"{label}-s{seed}-{key}"
     apply_peft(model, "baseline")  # the connector's (or Q-Former's) parts + post-ViT LayerNorm; nothing else
     trainable = {g: n for g, n in trainable_parameters(model).items() if n}
-    if folder is not None and (folder / ALIGNED_FILE).is_file() and (folder / REPORT_FILE).is_file():
-        load_aligned(model, folder / ALIGNED_FILE)
-        model.requires_grad_(False)
-        _say(log, f"[align] {label}: reusing {folder}")
-        return {**runs.read_json(folder / REPORT_FILE), "cached": True}
+    # Two notebooks aligning the same connector at once (the mini grid runs the connector claims of both
+    # benchmarks side by side) would both train it: measured 280 s of duplicated work. The second waits here
+    # for the first's result and reads it.
+    lock = _lock(folder.parent / f".{folder.name}.lock") if folder is not None else contextlib.nullcontext()
+    with lock:
+        if folder is not None and (folder / ALIGNED_FILE).is_file() and (folder / REPORT_FILE).is_file():
+            load_aligned(model, folder / ALIGNED_FILE)
+            model.requires_grad_(False)
+            _say(log, f"[align] {label}: reusing {folder}")
+            return {**runs.read_json(folder / REPORT_FILE), "cached": True}
 
-    start = time.perf_counter()
-    heldin = base_stages.read_heldin(root)
-    if images is None:
-        images = ImageEncoder(model, bundle.image_processor, device=device,
-                              cache=FeatureCache(model, bundle.image_processor, None, device=device))
-    train, val = _schedule(heldin, steps, seed), base_stages.heldin_examples(heldin.tasks["val"][:ALIGN["val_limit"]])
-    report = _train(model, bundle, train, val, images=images, steps=steps, seed=seed, device=torch.device(device),
-                    log=log, label=label)
-    model.requires_grad_(False)
-    model.eval()
-    report.update(label=label, key=key, steps=steps, seed=seed, trainable=trainable, recipe=dict(ALIGN),
-                  n_heldin_train=len(heldin.tasks["train"]), time_s=round(time.perf_counter() - start, 2))
-    if folder is not None:
-        from safetensors.torch import save
-
-        apply_peft(model, "baseline")  # the same tensors as trained, to save them
-        state = trained_state(model)
+        start = time.perf_counter()
+        heldin = base_stages.read_heldin(root)
+        if images is None:
+            images = ImageEncoder(model, bundle.image_processor, device=device,
+                                  cache=FeatureCache(model, bundle.image_processor, None, device=device))
+        train = _schedule(heldin, steps, seed)
+        val = base_stages.heldin_examples(heldin.tasks["val"][:ALIGN["val_limit"]])
+        report = _train(model, bundle, train, val, images=images, steps=steps, seed=seed,
+                        device=torch.device(device), log=log, label=label)
         model.requires_grad_(False)
-        runs.atomic_write(folder / ALIGNED_FILE, save(state))
-        runs.write_json(folder / REPORT_FILE, report)
-    return {**report, "cached": False}
+        model.eval()
+        report.update(label=label, key=key, steps=steps, seed=seed, trainable=trainable, recipe=dict(ALIGN),
+                      n_heldin_train=len(heldin.tasks["train"]), time_s=round(time.perf_counter() - start, 2))
+        if folder is not None:
+            from safetensors.torch import save
+
+            apply_peft(model, "baseline")  # the same tensors as trained, to save them
+            state = trained_state(model)
+            model.requires_grad_(False)
+            runs.atomic_write(folder / ALIGNED_FILE, save(state))
+            runs.write_json(folder / REPORT_FILE, report)
+        return {**report, "cached": False}
 
 
 def _schedule(heldin, steps: int, seed: int) -> list:
