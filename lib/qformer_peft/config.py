@@ -30,6 +30,13 @@ CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors
 # defaults, so that adding them did not turn every finished run folder into a new, unfinished config.
 HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0}
 
+def adalora_total_steps(steps: int) -> int:
+    """AdaLoRA's total_step for a run of `steps` optimizer steps. A one-step run is scheduled as two: peft's
+    final allocation reads importance scores that only steps before it gather, so with total_step=1 its first
+    call would be the final one (KeyError)."""
+    return max(steps, 2)
+
+
 # PROTOCOL §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
 LR_QFORMER_FULL = 2e-5
 LR_PEFT = 5e-4
@@ -184,11 +191,8 @@ class ExperimentConfig:
         return self.feature_cache and not self.augment
 
     def adalora_schedule(self, total_steps: int) -> dict[str, Any]:
-        """peft AdaLoraConfig arguments for a run of `total_steps` optimizer steps (the real schedule).
-
-        A one-step run is scheduled as two: peft's final allocation reads importance scores that only
-        steps before it gather, so with total_step=1 its first call would be the final one (KeyError)."""
-        total_steps = max(total_steps, 2)
+        """peft AdaLoraConfig arguments for a run of `total_steps` optimizer steps (the real schedule)."""
+        total_steps = adalora_total_steps(total_steps)
         tinit = int(self.adalora_tinit * total_steps)
         tfinal = int(self.adalora_tfinal * total_steps)
         # tiny runs: keep at least one budgeting step, and one step before the final allocation

@@ -77,7 +77,7 @@ def heldin_cost_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     d = df[(df["state"] == "done") & df["heldin_adapted"].notna()].copy()
     d["heldin_limit"] = d["heldin_limit"] if "heldin_limit" in d else np.nan
-    d["base"] = [base_heldin_vqa(m) for m in d["model"]]
+    d["base"] = d["model"].map({m: base_heldin_vqa(m) for m in d["model"].unique()})  # one report per base
     t = d.groupby(["llm", "study", "setup", "method"], sort=False, dropna=False).agg(
         runs=("run_id", "nunique"), heldin_limit=("heldin_limit", "max"), adapted=("heldin_adapted", "mean"),
         adapter_off=("heldin_adapter_off", "mean"), base=("base", "mean")).reset_index()

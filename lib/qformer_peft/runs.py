@@ -18,6 +18,7 @@ any moment leaves either the old file or the new one, never half a file.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -37,6 +38,25 @@ def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
     """A stable hash of a JSON-able config: key order and float repr never change it."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def file_lock(target: str | Path):
+    """An exclusive lock (POSIX flock on TARGET's sibling .<name>.lock) while TARGET is built: two processes
+    (or threads) never build the same cached thing at once; the second waits, then finds it built."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock, the atomic writes still keep it consistent
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:

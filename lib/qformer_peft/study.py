@@ -46,7 +46,8 @@ def build_base_models(profile_name: str, *, data_dir: Path, checkpoints: str, lo
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
         return 0
     _require("qformer_peft.models.base")
-    todo = [(preset, llm, Path(profile.models[llm].format(checkpoints=checkpoints))) for preset, llm in profile.base_models]
+    todo = [(preset, llm, Path(profile.models[llm].format(checkpoints=checkpoints)))
+            for preset, llm in profile.base_models]
     workers = max(1, min(jobs, len(todo)))
     if workers == 1:
         for preset, llm, expected in todo:

@@ -265,9 +265,10 @@ def fit(
                                         warmup_steps=warmup_steps)
     tuner = adalora_tuner(model)
     if tuner is not None:
-        # AdaLoRA's budget schedule must end where training does (a one-step run counts as two, as in
-        # ExperimentConfig.adalora_schedule: the final allocation needs importance from a step before it)
-        tuner.peft_config[tuner.trainable_adapter_name].total_step = max(per_epoch * max_epochs, 2)
+        from .config import adalora_total_steps
+
+        # AdaLoRA's budget schedule must end where training does
+        tuner.peft_config[tuner.trainable_adapter_name].total_step = adalora_total_steps(per_epoch * max_epochs)
 
     st: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_metric": -math.inf, "best_epoch": 0, "best_val": {},
                           "best_weights": None, "bad_epochs": 0, "history": [], "ranks": [], "train_time_s": 0.0,

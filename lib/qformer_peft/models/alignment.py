@@ -19,7 +19,6 @@ and the connector's initial weights, hence the seed and the spec), the held-in d
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import math
 import random
@@ -108,8 +107,6 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
 
     if steps < 1:
         raise ValueError(f"align_connector: steps must be >= 1, got {steps}")
-    from .base import _lock
-
     model = unwrap(bundle.model)
     root = heldin_root(data_dir)
     key = alignment_key(model, root, steps, seed)
@@ -119,8 +116,7 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
     # Two notebooks aligning the same connector at once (the mini grid runs the connector claims of both
     # benchmarks side by side) would both train it: measured 280 s of duplicated work. The second waits here
     # for the first's result and reads it.
-    lock = _lock(folder.parent / f".{folder.name}.lock") if folder is not None else contextlib.nullcontext()
-    with lock:
+    with runs.file_lock(folder) if folder is not None else contextlib.nullcontext():
         if folder is not None and (folder / ALIGNED_FILE).is_file() and (folder / REPORT_FILE).is_file():
             load_aligned(model, folder / ALIGNED_FILE)
             model.requires_grad_(False)

@@ -194,7 +194,7 @@ def ensure_base(preset: str, llm: str, seed: int = DEFAULT_SEED, data_dir: str |
     key = build_key(preset, llm, seed, data_dir, recipe)
     if is_current(path, key):
         return path
-    with _lock(cache_dir / f".{path.name}.lock"):
+    with runs.file_lock(path):
         if not is_current(path, key):  # another process may have built it meanwhile
             build_base(preset, llm, seed, data_dir, cache_dir, recipe=recipe, quality=quality, log=log)
     return path
@@ -295,7 +295,7 @@ def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
     from . import base_stages
 
     weights, meta = vision_dir / "vision.safetensors", vision_dir / "stage1.json"
-    with _lock(vision_dir.parent / f".{vision_dir.name}.lock"):  # the other LLM's build may be training it
+    with runs.file_lock(vision_dir):  # the other LLM's build may be training it
         if weights.is_file() and meta.is_file():
             _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
             return load_file(weights), {**runs.read_json(meta), "reused": True}
@@ -373,23 +373,6 @@ def _threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive file lock (POSIX); two processes never build the same checkpoint at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no lock, the atomic swap still keeps it consistent
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class _Clock:

@@ -41,9 +41,9 @@ def _derangement(items: list[str], seed: int) -> dict[str, str]:
 
 
 def _tasks(data_dir, limit: int | None) -> list[dict]:
-    from .base_stages import read_heldin
+    from .base_stages import heldin_tasks
 
-    tasks = read_heldin(data_dir).tasks["val"]
+    tasks = heldin_tasks(data_dir, "val")
     return tasks[:limit] if limit else tasks
 
 

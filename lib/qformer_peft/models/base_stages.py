@@ -79,29 +79,40 @@ class HeldIn:
         return [path for path, _ in self.scenes[split]]
 
 
+def _fix(root: Path) -> str:
+    return f"write the synthetic world with `qformer-peft data synth --out {root}`"
+
+
+def heldin_tasks(data_dir: str | Path, split: str) -> list[dict]:
+    """DATA/heldin/<split>.jsonl alone (what scoring needs: read_heldin also reads the training set and the
+    scenes, ~0.5 s on mini): [{image (absolute), task, qtype, prompt, answer}]."""
+    root = Path(data_dir)
+    path = root / "heldin" / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the base models train on the held-in tasks; {_fix(root)}")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            rows.append({**row, "image": str(path.parent / row["image"]), "prompt": str(row["prompt"]),
+                         "answer": str(row["answer"]), "task": row["task"]})
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} line {n}: not a held-in task ({err!r}); expected JSON with image, task, "
+                             f"prompt, answer; {_fix(root)}") from None
+    if not rows:
+        raise ValueError(f"{path} is empty; {_fix(root)}")
+    return rows
+
+
 def read_heldin(data_dir: str | Path) -> HeldIn:
     """Read DATA/heldin/{train,val}.jsonl, text_{train,val}.txt and the held-in lines of DATA/scenes.jsonl."""
     root = Path(data_dir)
     heldin = root / "heldin"
-    fix = f"write the synthetic world with `qformer-peft data synth --out {root}`"
+    fix = _fix(root)
     tasks: dict[str, list[dict]] = {}
     text: dict[str, list[str]] = {}
     for split in ("train", "val"):
-        path = heldin / f"{split}.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: the base models train on the held-in tasks; {fix}")
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                row = json.loads(line)
-                rows.append({**row, "image": str(heldin / row["image"]), "prompt": str(row["prompt"]),
-                             "answer": str(row["answer"]), "task": row["task"]})
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path} line {n}: not a held-in task ({err!r}); expected JSON with image, task, "
-                                 f"prompt, answer; {fix}") from None
-        if not rows:
-            raise ValueError(f"{path} is empty; {fix}")
-        tasks[split] = rows
+        tasks[split] = heldin_tasks(root, split)
         text_path = heldin / f"text_{split}.txt"
         lines = text_path.read_text(encoding="utf-8").splitlines() if text_path.is_file() else []
         text[split] = [t for t in lines if t]
