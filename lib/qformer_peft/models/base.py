@@ -39,7 +39,7 @@ import torch
 
 from .. import runs
 
-BUILD_VERSION = "2"  # bump when a change here or in base_stages changes the weights a recipe builds
+BUILD_VERSION = "3"  # bump when a change here or in base_stages changes the weights a recipe builds
 DEFAULT_SEED = 0
 LLMS = ("t5", "llama")
 

@@ -482,9 +482,9 @@ EXTRA_QUESTIONS = {
     "count_shapes": "How many shapes can you see?",
     "count_color_shapes": "How many {color} shapes can you see?",
     "largest": "What is the {word} shape?",                       # word: largest | biggest | smallest
-    "than": "Is the {color} {shape} {word} than the {color2} {shape2}?",   # word: bigger | smaller
+    "than": "In the picture, is the {color} {shape} bigger or smaller next to the {color2} {shape2}?",
     "extreme": "What is the shape {word} to the {side}?",         # word: farthest | closest
-    "left_of": "Is the {color} {shape} to the left of the {color2} {shape2}?",
+    "left_of": "In the picture, is the {color} {shape} on the left or on the right of the {color2} {shape2}?",
 }
 
 
@@ -524,10 +524,8 @@ def _extra_question(rng: random.Random, sc: dict, kind: str) -> tuple[str, str, 
     if kind == "than" and len(pair) >= 2:
         a, b = rng.sample(pair, 2)
         if clearly_bigger(a, b) or clearly_bigger(b, a):
-            word = rng.choice(("bigger", "smaller"))
-            truth = clearly_bigger(a, b) if word == "bigger" else clearly_bigger(b, a)
-            return kind, q.format(color=a["color"], shape=a["shape"], word=word, color2=b["color"],
-                                  shape2=b["shape"]), "yes" if truth else "no"
+            return kind, q.format(color=a["color"], shape=a["shape"], color2=b["color"], shape2=b["shape"]), \
+                "bigger" if clearly_bigger(a, b) else "smaller"
     if kind == "extreme" and len(objs) >= 2:
         word = rng.choice(("farthest", "closest"))
         side = rng.choice(("left", "right") if word == "farthest" else ("top", "bottom"))
@@ -539,7 +537,7 @@ def _extra_question(rng: random.Random, sc: dict, kind: str) -> tuple[str, str, 
         a, b = rng.sample(pair, 2)
         if abs(a["cx"] - b["cx"]) >= 10:
             return kind, q.format(color=a["color"], shape=a["shape"], color2=b["color"], shape2=b["shape"]), \
-                "yes" if a["cx"] < b["cx"] else "no"
+                "left" if a["cx"] < b["cx"] else "right"
     return None
 
 
