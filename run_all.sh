@@ -9,7 +9,7 @@ cd "$here"
 
 usage() {
   cat <<'USAGE'
-usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [options]
+usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [--model-scaling] [options]
 
   test                 set up the environment, then run the tests (pytest; extra args go to pytest)
   --profile NAME       smoke: every code path on tiny models, minutes on a CPU (what CI runs)
@@ -18,6 +18,12 @@ usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [opti
   --jobs N             parallel notebook workers (default 0: one single-threaded worker per CPU core,
                        or one per GPU)
   --only PATTERN       run only the grid cells whose name matches PATTERN
+  --model-scaling      add the model-size axis (does PEFT's gap to full fine-tuning change with model size?).
+                       mini: builds T5 base models twice as deep and twice as wide (mini's frozen encoder
+                       reused, so only stage 3 and the build report: at least mini's ~10 min of CPU each,
+                       more for the larger models; the two side by side on 2 cores), then 12 runs on them;
+                       after a finished mini study nothing else reruns but the report. Estimated, not
+                       measured: 20-30 min on a 2-core CPU. smoke: on random tiny presets, seconds
   --data-root DIR      real data root (paper profile), or $QFP_DATA_ROOT
   --checkpoints DIR    real checkpoints root or hub ids (paper profile), or $QFP_CHECKPOINTS
   --out DIR            where runs, caches and the report go (default: this folder)

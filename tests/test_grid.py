@@ -4,6 +4,7 @@ failures are recorded without stopping the grid, and a killed grid resumes witho
 The executions use fixture notebooks (tests/fixtures/notebooks) that write run folders through
 runs.RunDir without training, so these tests do not depend on the engine.
 """
+import dataclasses
 import json
 import os
 import signal
@@ -22,9 +23,15 @@ FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 
 
 # --- profiles as data ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(grid.PROFILES))
-def test_every_profile_expands_into_valid_configs(name, tmp_path):
-    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ckpt"))
+VARIANTS = [(n, False) for n in sorted(grid.PROFILES)] + [(n, True) for n, p in sorted(grid.PROFILES.items())
+                                                          if p.model_scaling_models]
+
+
+@pytest.mark.parametrize("name,model_scaling", VARIANTS,
+                         ids=[n + ("+model-scaling" if m else "") for n, m in VARIANTS])
+def test_every_profile_expands_into_valid_configs(name, model_scaling, tmp_path):
+    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ckpt"),
+                        model_scaling=model_scaling)
     names = [c.name for c in cells]
     assert len(names) == len(set(names)), "cell names must be unique: they name the executed notebooks"
     assert cells[0].kind == "environment" and cells[-1].kind == "report"
@@ -54,6 +61,74 @@ def test_full_profiles_hold_the_papers_grid(name, tmp_path):
     assert all({cfg.seed for cfg in c.configs()} == {42, 43, 44} for c in adalora)
     assert all(cfg.method == "adalora" and cfg.adalora_init_r == 12 and cfg.adalora_target_r == 8
                for c in adalora for cfg in c.configs())
+
+
+def test_model_scaling_adds_only_the_model_size_cell_and_keeps_every_finished_cell(tmp_path):
+    """--model-scaling on a finished mini study: same profile name (runs folder, markers), every cell's parameters
+    unchanged, so all of them stay finished and only open_scaling_model_t5_iconqa (then the report) executes:
+    baseline and QF LoRA on mini-deep-t5 (+1) and mini-wide-t5 (+2), at mini's training-set size and claim seeds."""
+    from qformer_peft import open_questions as oq
+    from qformer_peft.report_charts import tag_value
+
+    kw = dict(root=tmp_path, checkpoints=str(tmp_path / "ck"))
+    plain, scaled = grid.expand("mini", **kw), grid.expand("mini", model_scaling=True, **kw)
+    assert grid.resolve_profile("mini", True).name == "mini" and grid.PROFILES["mini"].scaling_models == {}
+    assert [(c.name, c.params_hash) for c in plain] == [(c.name, c.params_hash) for c in scaled if c.name in
+                                                        {p.name for p in plain}]
+    [new] = [c for c in scaled if c.name not in {p.name for p in plain}]
+    assert new.name == "open_scaling_model_t5_iconqa" and new.notebook == grid.SCALING
+    own = new.configs()
+    assert {(Path(c.model).name, c.setup, tag_value(list(c.tags), oq.SIZE_TAG)) for c in own} == {
+        (m, s, size) for m, size in (("mini-deep-t5", "+1"), ("mini-wide-t5", "+2")) for s in ("baseline", "qf-lora")}
+    assert {c.seed for c in own} == {42, 43, 44} and {c.train_limit for c in own} == {320}
+    assert {c.rank for c in own if c.setup == "qf-lora"} == {8} and {c.llm for c in own} == {"t5"}
+    reference = oq.plan("scaling", **new.parameters).reference   # the paper grid's mini runs: already there
+    paper = {cfg.hash for c in plain if c.notebook == grid.PEFT for cfg in c.configs()}
+    assert reference and {cfg.hash for cfg in reference} <= paper and set(new.after) <= {c.name for c in plain}
+
+    out = tmp_path / "nb"                           # the plain study finished: markers and run folders
+    out.mkdir()
+    for c in plain:
+        runs.write_json(out / f"{c.name}.done.json", {"params_hash": c.params_hash})
+    assert [c.name for c in scaled if not grid.is_finished(c, out)] == [new.name]
+    assert grid.PROFILES["mini"].base_models == (("mini", "t5"), ("mini", "llama"))
+    assert grid.resolve_profile("mini", True).base_models == (("mini", "t5"), ("mini", "llama"),
+                                                              ("mini-deep", "t5"), ("mini-wide", "t5"))
+    with pytest.raises(grid.GridError, match="always on"):
+        grid.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck", model_scaling=True)
+    smoke = {c.name: c for c in grid.expand("smoke", root=tmp_path, model_scaling=True)}
+    assert smoke["open_scaling_model_t5_iconqa"].parameters["models"] == ["tiny-deep", "tiny-wide"]
+
+
+def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the_extra_bases(tmp_path, monkeypatch):
+    import argparse
+
+    from qformer_peft import study
+    from qformer_peft.models import base
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    grid.add_parser(sub)
+    study.add_parser(sub)
+    for command in ("grid", "study"):
+        assert parser.parse_args([command, "--model-scaling"]).model_scaling
+        assert not parser.parse_args([command]).model_scaling
+    assert "--model-scaling" in subprocess.run(["bash", str(Path(grid.__file__).parents[2] / "run_all.sh"), "--help"],
+                                               capture_output=True, text=True, check=True).stdout
+    built = []
+
+    def fake(preset, llm, seed, data_dir, cache, **kw):
+        built.append(f"{preset}-{llm}")
+        return base.base_path(preset, llm, seed, cache)
+
+    monkeypatch.setattr(base, "ensure_base", fake)
+    lines: list[str] = []
+    assert study.build_base_models(grid.resolve_profile("mini", True), data_dir=tmp_path, checkpoints=str(tmp_path),
+                                   log=lines.append) == 0
+    assert built == ["mini-t5", "mini-llama", "mini-deep-t5", "mini-wide-t5"] and len(lines) == 4
+    bad = dataclasses.replace(grid.PROFILES["mini"], base_models=(("mini-wide", "llama"),))
+    with pytest.raises(grid.GridError, match="none of its models reads it"):
+        study.build_base_models(bad, data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append)
 
 
 def test_paper_profile_uses_the_papers_hyperparameters(tmp_path):

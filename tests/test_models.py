@@ -207,3 +207,44 @@ def test_bundle_save_and_load_round_trip(tmp_path, bundle, capfd):
 def test_load_bundle_refuses_a_missing_directory_instead_of_asking_the_hub(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_bundle(str(tmp_path / "no" / "such" / "checkpoint"))
+
+
+# --- the model-size axis (presets.SCALED_FROM) -------------------------------------------------------
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("root", ["tiny", "mini"])
+@pytest.mark.parametrize("llm", ["t5", "llama"])
+def test_wide_and_deep_presets_double_what_sits_above_the_same_vision_tower(root, llm):
+    """Counted on the meta device with the synthetic world's vocabulary. Deep adds exactly one more copy of the
+    base's Q-Former layers and LLM blocks (T5's relative-position bias lives in the first block only); wide keeps
+    the head size; the vision tower is the base's; and the profile's scaling models are ascending by count."""
+    from qformer_peft import grid
+    from qformer_peft.data import synthetic
+    from qformer_peft.models import presets
+
+    qf, tok = default_tokenizers(list(synthetic.vocabulary()))
+    m = {name: build_model(name, llm, qformer_tokenizer=qf, llm_tokenizer=tok, device="meta").model
+         for name in (root, f"{root}-deep", f"{root}-wide")}
+    base, deep, wide = m[root], m[f"{root}-deep"], m[f"{root}-wide"]
+    for other in (deep, wide):
+        assert other.config.vision_config.to_dict() == base.config.vision_config.to_dict()
+    assert presets.vision_signature(f"{root}-wide") == presets.vision_signature(root)
+    blocks = (base.language_model.encoder.block, base.language_model.decoder.block) if llm == "t5" else \
+        (base.language_model.model.layers,)
+    bias = sum(p.numel() for n, p in base.language_model.named_parameters() if "relative_attention_bias" in n)
+    added = _count(base.qformer.encoder.layer) + sum(_count(b) for b in blocks) - bias
+    assert _count(deep) - _count(base) == added
+    assert deep.config.qformer_config.num_hidden_layers == 2 * base.config.qformer_config.num_hidden_layers
+    for cfg in (wide.config.qformer_config, wide.config.text_config):
+        heads = getattr(cfg, "num_attention_heads", None) or cfg.num_heads
+        hidden = getattr(cfg, "d_model", None) or cfg.hidden_size
+        assert hidden // heads == 16
+    assert _count(base) < _count(deep) < _count(wide)
+    if root == "mini":
+        option = grid.PROFILES["mini"].model_scaling_models["t5"]
+        assert [p.rsplit("/", 1)[1] for p in option] == [f"{root}-deep-t5", f"{root}-wide-t5"]   # ascending
+    else:
+        assert grid.PROFILES["smoke"].model_scaling_models["t5"] == ("tiny-deep", "tiny-wide")

@@ -89,6 +89,24 @@ def test_model_size_axis_tags_each_larger_model(tmp_path):
     cells = {c.name: c for c in grid.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck")}
     assert cells["open_scaling_model_t5_iconqa"].parameters["models"] == ["/ck/instructblip-flan-t5-xxl"]
     assert "open_scaling_model_t5_iconqa" not in {c.name for c in grid.expand("mini", root=tmp_path)}
+    scaled = {c.name: c for c in grid.expand("mini", root=tmp_path, checkpoints="/ck", model_scaling=True)}
+    assert scaled["open_scaling_model_t5_iconqa"].parameters["models"] == ["/ck/mini-deep-t5", "/ck/mini-wide-t5"]
+
+
+@pytest.mark.parametrize("gain,verdict", [(2.0, C.HOLDS), (-2.0, C.FAILS)])
+def test_model_size_claim_judges_run_folders_of_two_model_sizes(tmp_path, gain, verdict):
+    """SC-model from run folders as the engine writes them (fixtures): the profile's model and one larger."""
+    from fixtures.study_runs import write_open_questions, write_study
+
+    runs_dir = write_study(tmp_path, ranks=(2, 8), benchmarks=("iconqa",), rows=oq.SCALING_ROWS, adalora=())
+    write_open_questions(tmp_path, rank=8, train_limits=(), models=("/ck/mini-wide-t5",), model_gain=gain)
+    df = rc.runs_frame(runs_dir)
+    v = oq.scaling_model_claim(df)
+    assert v.verdict == verdict and "t5/iconqa: gap tiny +1.1, mini-wide-t5 " in v.evidence, v.evidence
+    data, model = oq.scaling_axes(oq.scaling_frame(df))
+    assert set(model["model_size"]) == {0, 1} and set(data["model_size"]) == {0}
+    assert oq.scaling_model_claim(df[df["model"] != "/ck/mini-wide-t5"]).evidence.startswith(
+        "not measured at this scale") and "--model-scaling" in oq.scaling_model_claim(df.iloc[:0]).evidence
 
 
 # --- constructed frames -----------------------------------------------------------------------------------

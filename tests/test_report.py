@@ -5,6 +5,7 @@ import json
 import nbformat
 import numpy as np
 import pandas as pd
+import pytest
 from fixtures.study_runs import PAPER_PATTERN, SETUP_EFFECT, write_open_questions, write_study
 
 from qformer_peft import claims, grid, report
@@ -207,13 +208,17 @@ def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
         assert report.external_references(p.read_text()) == [], p
 
 
-def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_path):
+@pytest.mark.parametrize("models", [(), ("/ck/mini-deep-t5", "/ck/mini-wide-t5")], ids=["one-size", "model-scaling"])
+def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_path, models):
+    """Without the model-size axis SC-model is "not measured"; with it (the mini profile's --model-scaling runs)
+    the report draws a model chart pair beside the training-set-size pair and SC-model gets a verdict."""
     runs_dir = write_study(tmp_path, ranks=(2, 8), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
                            adalora=("iconqa", "scienceqa"))
-    write_open_questions(tmp_path, rank=8)
+    write_open_questions(tmp_path, rank=8, models=models)
     page = report.build_report(runs_dir, out=tmp_path / "reports", full_size=FULL_SIZE, log=lambda m: None).read_text()
+    sc = ("chart-sc-accuracy", "chart-sc-gap") + (("chart-sc-model-accuracy", "chart-sc-model-gap") if models else ())
     charts = {"oq-multitask": ("chart-mt-tradeoff", "chart-mt-difference", "chart-mt-shares"),
-              "oq-scaling": ("chart-sc-accuracy", "chart-sc-gap"), "oq-ranks": ("chart-rk",),
+              "oq-scaling": sc, "oq-ranks": ("chart-rk",),
               "oq-seeds": ("chart-sd-spread", "chart-sd-orderings")}
     order = [page.index(f"id='{s}'") for s in charts]
     assert order == sorted(order) and order[0] > page.index("id='adalora'")
@@ -225,7 +230,10 @@ def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_p
             assert page.index("<svg", start) < page.index("</figure>", start)
     for cid in oq.OPEN_CLAIMS:
         assert page.count(f"<td>{cid}</td>") == 2                  # in the ledger and in its question's section
-    assert "Model width/depth: not measured at this scale" in page
+    if models:
+        assert "Model width/depth: measured on tiny, mini-deep-t5, mini-wide-t5 (ascending" in page
+    else:
+        assert "Model width/depth: not measured at this scale" in page and "--model-scaling" in page
     assert report.external_references(page) == []
     # the paper's heatmaps and Table 1 keep to the paper's runs: no joint benchmark, no r = 16 / 32
     t1 = page[page.index("id='table1'"):page.index("id='figure2'")]
@@ -234,7 +242,7 @@ def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_p
     v = {c.id: c.verdict for c in claims.ledger(rc.runs_frame(runs_dir), rc.ranks_frame(rc.runs_frame(runs_dir)),
                                                 full_size=FULL_SIZE)}
     assert (v["MT-acc"], v["MT-alloc"], v["SC-data"], v["RK-qf"]) == (claims.HOLDS,) * 4
-    assert v["SC-model"] == claims.INCONCLUSIVE
+    assert v["SC-model"] == (claims.HOLDS if models else claims.INCONCLUSIVE)
 
 
 def test_external_reference_check_catches_network_scripts_and_styles():

@@ -7,6 +7,7 @@ paper's grid in-process, so one cell = one row = up to 4 ranks x seeds runs. The
 cells it reads (Cell.after); the seeds notebook, which trains nothing, runs after every experiment.
 
     qformer-peft grid --profile mini [--jobs N] [--only PATTERN] [--data-root DIR] [--checkpoints DIR] [--out DIR]
+                      [--model-scaling]   (the model-size axis: with_model_scaling)
 
 Study layout under --out (the study root, default "."):
     runs/<profile>/             one folder per run (runs.RunDir), the only input of the report
@@ -114,6 +115,30 @@ class Profile:
     # steps every connector gets on the held-in tasks first; the paper scale has no held-in tasks to align on
     connector_cells: tuple[tuple[str, str, str], ...] = ()
     align_steps: int = 600
+    # --model-scaling: the model-size axis as an opt-in addition (with_model_scaling): base models the study
+    # builds besides base_models, and the scaling_models the open question then trains on. Empty: no opt-in.
+    model_scaling_bases: tuple[tuple[str, str], ...] = ()
+    model_scaling_models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def with_model_scaling(profile: "Profile") -> "Profile":
+    """The same profile (same name, so the same runs folder, notebooks and skip markers) plus its model-size
+    axis: every cell of the profile keeps its parameters, so a finished study only executes the new
+    open_scaling_model_* cells (and the report), after the study has built the extra base models."""
+    if not profile.model_scaling_models:
+        has = profile.scaling_models and "its scaling_models are always on" or "it has no model-size axis"
+        raise GridError(f"profile {profile.name!r} has no --model-scaling option: {has}; "
+                        f"profiles with one: {', '.join(n for n, p in PROFILES.items() if p.model_scaling_models)}")
+    import dataclasses
+
+    return dataclasses.replace(profile, base_models=(*profile.base_models, *profile.model_scaling_bases),
+                               scaling_models={**profile.scaling_models, **profile.model_scaling_models})
+
+
+def resolve_profile(profile: "Profile | str", model_scaling: bool = False) -> "Profile":
+    """A profile by name (or as given), with its model-size axis when model_scaling."""
+    p = PROFILES[profile] if isinstance(profile, str) else profile
+    return with_model_scaling(p) if model_scaling else p
 
 
 PROFILES: dict[str, Profile] = {
@@ -134,6 +159,8 @@ PROFILES: dict[str, Profile] = {
         multitask_llms=("t5",), scaling_cells=(("t5", "iconqa"),), train_limits=(8,),
         connector_cells=(("t5", "iconqa", "smoke"),), align_steps=4,
         rank_cells=(("t5", "iconqa"),), extra_ranks=(16, 32),
+        # --model-scaling on random-weight presets: the model-size path of 41_scaling in seconds
+        model_scaling_models={"t5": ("tiny-deep", "tiny-wide")},
     ),
     "mini": Profile(
         name="mini", scale="embedded",
@@ -157,11 +184,21 @@ PROFILES: dict[str, Profile] = {
         # on the 2-core CPU under load 5-11 (~150 s with two workers, plus 4 notebook start-ups): joint
         # AdaLoRA on T5 (3 runs, ~29 s each), training-set size 40/80/160 on T5 IconQA (18 runs, 3-7 s),
         # r = 16, 32 on T5 IconQA (12 runs, 9-14 s). Width/depth needs base models of other sizes, whose
-        # builds do not fit the 45-minute budget: that axis is the paper profile's (scaling_models).
+        # builds do not fit the 45-minute budget: it is the opt-in below (--model-scaling).
         multitask_llms=("t5",), scaling_cells=(("t5", "iconqa"),), train_limits=(40, 80, 160),
         # the connector claims on both benchmarks, the token-budget curve on IconQA (ScienceQA's was 310 s)
         connector_cells=(("t5", "iconqa", "claims"), ("t5", "scienceqa", "claims"), ("t5", "iconqa", "budgets")),
         rank_cells=(("t5", "iconqa"),), extra_ranks=(16, 32),
+        # --model-scaling: T5 base models twice as deep and twice as wide (Q-Former and LLM; the same frozen
+        # encoder: presets.SCALED_FROM), built with mini's recipe, then baseline and QF LoRA (rank 8, 3 seeds: 12
+        # runs) on each for IconQA. Ordered by parameter count, ascending (tests/test_models.py): mini-t5 1.60 M,
+        # mini-deep-t5 2.27 M, mini-wide-t5 3.65 M (0.83 M of each the shared vision tower; above it 0.77, 1.45
+        # and 2.83 M).
+        # Estimated, not measured: two builds of stage 3 + the build report (stage 1 is mini's, reused), each at
+        # least mini-t5's ~7 min and more for their 1.9x / 3.7x the parameters above the encoder, side by side
+        # on two cores, plus the 12 runs in one notebook and the report: 20-30 minutes on the 2-core CPU.
+        model_scaling_bases=(("mini-deep", "t5"), ("mini-wide", "t5")),
+        model_scaling_models={"t5": ("{checkpoints}/mini-deep-t5", "{checkpoints}/mini-wide-t5")},
     ),
     "paper": Profile(
         name="paper", scale="paper",
@@ -293,9 +330,10 @@ def resolve_paths(profile: Profile, layout: Layout, data_root: str | None = None
 
 
 def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | None = None,
-           checkpoints: str | None = None) -> list[Cell]:
-    """The profile's cells in execution order: environment, experiments, then the report."""
-    profile = PROFILES[profile] if isinstance(profile, str) else profile
+           checkpoints: str | None = None, model_scaling: bool = False) -> list[Cell]:
+    """The profile's cells in execution order: environment, experiments, then the report. model_scaling adds
+    the profile's model-size axis (with_model_scaling)."""
+    profile = resolve_profile(profile, model_scaling)
     layout = Layout(Path(root).resolve())
     data_dir, ckpt = resolve_paths(profile, layout, data_root, checkpoints)
     runs_dir = str(layout.runs(profile.name))
@@ -396,16 +434,18 @@ def open_question_cells(profile: Profile, *, checkpoints: str, hparams: Callable
 
 
 def describe_profiles() -> "Any":
-    """One row per profile: what it runs (for 00_environment). Paths are placeholders."""
+    """One row per profile and opt-in variant: what it runs (for 00_environment). Paths are placeholders."""
     import pandas as pd
 
     rows = []
-    for p in PROFILES.values():
+    variants = [(p, "") for p in PROFILES.values()]
+    variants += [(with_model_scaling(p), " --model-scaling") for p in PROFILES.values() if p.model_scaling_models]
+    for p, option in variants:
         cells = expand(p, root="<out>", data_root="<data-root>" if p.data_size is None else None,
                        checkpoints="<checkpoints>")
         exp = [c for c in cells if c.kind == "experiment"]
         cfgs = [cfg for c in exp for cfg in c.configs()]
-        rows.append({"profile": p.name, "scale": p.scale, "notebooks": len(cells),
+        rows.append({"profile": p.name + option, "scale": p.scale, "notebooks": len(cells),
                      "peft_notebooks": sum(c.notebook == PEFT for c in exp),
                      "adalora_notebooks": sum(c.notebook == ADALORA for c in exp),
                      "open_question_notebooks": sum(c.notebook in (MULTITASK, SCALING, RANK_SENSITIVITY, SEEDS)
@@ -525,7 +565,8 @@ def _missing_input(cell: Cell) -> str | None:
     for m in [cell.parameters["model"], *cell.parameters.get("models", [])]:
         if Path(m).is_absolute() and not Path(m).exists():
             return (f"model checkpoint {m} not found: build it with `qformer-peft study --profile ...` "
-                    f"(base-model stage) or pass --checkpoints DIR")
+                    f"(base-model stage; add --model-scaling for the model-size axis's bases) or pass "
+                    f"--checkpoints DIR")
     for bench in cell.parameters.get("tasks") or [cell.parameters["benchmark"]]:
         root = Path(cell.parameters["data_dir"]) / bench
         if cell.parameters.get("data_size") is None and not root.exists():
@@ -814,6 +855,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="real data root: DIR/scienceqa, DIR/iconqa, ... (or $QFP_DATA_ROOT)")
     p.add_argument("--checkpoints", help="checkpoints root or hub namespace (or $QFP_CHECKPOINTS)")
     p.add_argument("--out", default=".", help="study root: runs/, reports/, cache/, data/ (default: .)")
+    p.add_argument("--model-scaling", action="store_true",
+                   help="add the model-size axis (mini: T5 base models twice as deep and twice as wide, built "
+                        "first; finished cells are kept, only the new ones run)")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -842,7 +886,7 @@ def select(cells: Iterable[Cell], only: str | None) -> list[Cell]:
 def main(args: argparse.Namespace) -> int:
     try:
         cells = select(expand(args.profile, root=args.out, data_root=args.data_root,
-                              checkpoints=args.checkpoints), args.only)
+                              checkpoints=args.checkpoints, model_scaling=args.model_scaling), args.only)
     except GridError as err:
         print(f"qformer-peft grid: {err}", file=sys.stderr)
         return 2

@@ -168,16 +168,20 @@ def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim])
         return ledger_html([c for c in ledger if oq.OPEN_CLAIMS.get(c.id, ("", ""))[1] == q], note=False)
 
     acc, diff, shares = oq.multitask_accuracy(df), oq.allocation_difference(ranks), oq.allocation_shares(ranks)
-    frame = oq.scaling_frame(df)
-    gaps = oq.scaling_gaps(frame)
+    data_f, model_f = oq.scaling_axes(oq.scaling_frame(df))   # one chart pair per axis: never mixed on one x
+    gaps, model_gaps = oq.scaling_gaps(data_f), oq.scaling_gaps(model_f)
     rank_f, cells, pairs = oq.rank_frame(df), oq.seed_cells(df), oq.orderings(df)
     none = "no runs of this question in this study (its profile leaves it out, or its notebook has not run)"
-    widths = ("Model width/depth: " + ("measured on " + ", ".join(sorted(set(frame["model"]))) + "."
-              if len(frame) and frame["model_size"].nunique() > 1 else
+    by_size = model_f.drop_duplicates("model_size").sort_values("model_size")["model"] if len(model_f) else []
+    widths = ("Model width/depth: " + ("measured on " + ", ".join(by_size) + " (ascending parameter count), at "
+                                       "the profile's own training-set size."
+              if len(model_f) and model_f["model_size"].nunique() > 1 else
               "not measured at this scale. It needs base models of other sizes, each with its own staged build; "
-              "in the mini profile those builds do not fit the 45-minute budget, so only the training-set size is "
-              "varied here. The paper profile runs the width/depth axis on the next InstructBLIP checkpoint of "
-              "each LLM (Flan-T5-XXL, Vicuna-13B; same Q-Former)."))
+              "they do not fit the mini profile's 45-minute budget, so it is an opt-in: ./run_all.sh "
+              "--model-scaling (or qformer-peft study --profile mini --model-scaling) builds T5 base models twice "
+              "as deep and twice as wide on the same frozen encoder and adds their runs to this study. The paper "
+              "profile runs the width/depth axis on the next InstructBLIP checkpoint of each LLM (Flan-T5-XXL, "
+              "Vicuna-13B; same Q-Former)."))
     parts = [
         "<h2 id='oq-multitask'>Open question: one AdaLoRA budget over ScienceQA + IconQA</h2>",
         "<p>AdaLoRA on every Q-Former target with the same budget as a single-task run (initial rank 12, average "
@@ -197,10 +201,15 @@ def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim])
         f"<p>Baseline (full Q-Former fine-tuning) and Q-Former LoRA on all sublayers at the grid's largest rank, "
         f"trained on fewer items than the profile's own (same epochs, so fewer steps), same validation and test "
         f"sets. {html.escape(widths)}</p>",
-        _chart_or_empty(lambda: oc.scaling_accuracy(frame), frame, "chart-sc-accuracy",
+        _chart_or_empty(lambda: oc.scaling_accuracy(data_f), data_f, "chart-sc-accuracy",
                         "Test accuracy against the training-set size (points: seeds; line: mean).", none),
-        _chart_or_empty(lambda: oc.scaling_gap(gaps, frame), gaps, "chart-sc-gap",
+        _chart_or_empty(lambda: oc.scaling_gap(gaps, data_f), gaps, "chart-sc-gap",
                         "The gap QF LoRA − baseline (mean ± sd over seeds); above zero, LoRA is ahead.", none),
+        *([_figure(oc.scaling_accuracy(model_f), "chart-sc-model-accuracy",
+                   "Test accuracy against the model, by ascending parameter count (points: seeds; line: mean)."),
+           _figure(oc.scaling_gap(model_gaps, model_f), "chart-sc-model-gap",
+                   "The gap QF LoRA − baseline per model (mean ± sd over seeds); above zero, LoRA is ahead.")]
+          if len(model_gaps) and model_f["model_size"].nunique() > 1 else []),
         claims_of("scaling"),
         "<h2 id='oq-ranks'>Open question: rank sensitivity past the paper's grid</h2>",
         "<p>The paper's ranks come from its grid (r ≤ 8); r = 16 and 32 are trained here, for Q-Former LoRA and "

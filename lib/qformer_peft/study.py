@@ -1,7 +1,7 @@
 """A profile end to end: synthetic data -> embedded base models -> the grid of notebooks -> the report.
 
     qformer-peft study --profile smoke|mini|paper [--jobs N] [--only PATTERN] [--data-root DIR]
-                       [--checkpoints DIR] [--out DIR]
+                       [--checkpoints DIR] [--out DIR] [--model-scaling]
 
 This is what ./run_all.sh runs. Each stage reuses what is already there (data with its completion
 marker, base models, finished notebooks and runs), so a rerun after an interruption only does what is
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
-from .grid import (PROFILES, GridError, Layout, add_common_arguments, auto_jobs, ensure_data, expand, run_grid,
-                   select)
+from .grid import (PROFILES, GridError, Layout, Profile, add_common_arguments, auto_jobs, ensure_data, expand,
+                   resolve_profile, run_grid, select)
 
 
 class NotBuilt(Exception):
@@ -35,19 +35,29 @@ def _require(module: str) -> Any:
         raise
 
 
-def build_base_models(profile_name: str, *, data_dir: Path, checkpoints: str, log: Callable[[str], None],
+def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: str, log: Callable[[str], None],
                       jobs: int = 1) -> int:
     """Build the profile's embedded base models into CHECKPOINTS/<preset>-<llm>, where its notebooks
     look for them (models.base.ensure_base reuses a build whose key is current). With jobs > 1 the builds
-    run side by side in processes: each is single-threaded, and the stage they share (the vision encoder)
-    is trained by whichever gets its lock first and read by the other (the README has both times)."""
-    profile = PROFILES[profile_name]
+    run side by side in processes: each is single-threaded, and the stage they share (the vision encoder,
+    shared by both LLMs and by every model size) is trained by whichever gets its lock first and read by the
+    others (the README has the times)."""
+    profile = PROFILES[profile] if isinstance(profile, str) else profile
+    profile_name = profile.name
     if not profile.base_models:
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
         return 0
-    _require("qformer_peft.models.base")
-    todo = [(preset, llm, Path(profile.models[llm].format(checkpoints=checkpoints)))
-            for preset, llm in profile.base_models]
+    base = _require("qformer_peft.models.base")
+    # where the notebooks read each model: the profile's models and its larger ones (scaling_models)
+    read = [Path(m.format(checkpoints=checkpoints))
+            for m in [*profile.models.values(), *(m for ms in profile.scaling_models.values() for m in ms)]]
+    todo = []
+    for preset, llm in profile.base_models:
+        expected = next((p for p in read if p.name == base.base_name(preset, llm)), None)
+        if expected is None:
+            raise GridError(f"profile {profile_name} builds base model {preset}-{llm}, but none of its models "
+                            f"reads it: {', '.join(map(str, read))}")
+        todo.append((preset, llm, expected))
     workers = max(1, min(jobs, len(todo)))
     if workers == 1:
         for preset, llm, expected in todo:
@@ -79,11 +89,12 @@ def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoint
 
 
 def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str | None = None,
-              data_root: str | None = None, checkpoints: str | None = None,
+              data_root: str | None = None, checkpoints: str | None = None, model_scaling: bool = False,
               log: Callable[[str], None] = print) -> int:
-    """Every stage of a profile; returns the number of failures (capped like the grid's)."""
+    """Every stage of a profile (with its model-size axis when model_scaling: its extra base models, then
+    only the cells not finished yet); returns the number of failures (capped like the grid's)."""
     layout = Layout(Path(root).resolve())
-    prof = PROFILES[profile]
+    prof = resolve_profile(profile, model_scaling)
     cells = select(expand(prof, root=layout.root, data_root=data_root, checkpoints=checkpoints), only)
     data_dir = Path(cells[0].parameters["data_dir"])
     ckpt = cells[0].parameters["checkpoints"]
@@ -136,15 +147,17 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
         return 0
 
     jobs = jobs if jobs > 0 else auto_jobs()
-    log(f"[study] profile {profile} ({prof.description}); study root {layout.root}; {jobs} worker(s)")
+    log(f"[study] profile {profile}{' with --model-scaling' if model_scaling else ''} ({prof.description}); "
+        f"study root {layout.root}; {jobs} worker(s)")
     stage("data", data)
-    stage("base models", lambda: build_base_models(profile, data_dir=data_dir, checkpoints=ckpt, log=log, jobs=jobs))
+    stage("base models", lambda: build_base_models(prof, data_dir=data_dir, checkpoints=ckpt, log=log, jobs=jobs))
     stage("grid", grid_stage)
     stage("report", report_stage)
     log("[study] wall time by stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
         + f"; total {sum(timings.values()):.1f} s")
     layout.reports.mkdir(parents=True, exist_ok=True)
-    runs.write_json(layout.reports / "study_timings.json", {"profile": profile, "jobs": jobs, "stages_s": timings,
+    runs.write_json(layout.reports / "study_timings.json", {"profile": profile, "model_scaling": model_scaling, "jobs": jobs,
+                                                            "stages_s": timings,
                                                             "failures": failures, "finished": runs._now()})
     return min(failures, 100)
 
@@ -159,7 +172,7 @@ def add_parser(subparsers: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         return run_study(args.profile, root=args.out, jobs=max(0, args.jobs), only=args.only,
-                         data_root=args.data_root, checkpoints=args.checkpoints)
+                         data_root=args.data_root, checkpoints=args.checkpoints, model_scaling=args.model_scaling)
     except GridError as err:
         print(f"qformer-peft study: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,9 @@ tokenizers as an ordinary checkpoint directory (Bundle.save, read by load_bundle
 
 Cache layout (default $QFP_CACHE/base, else ~/.cache/qformer-peft/base; outside git):
     <preset>-<llm>[-s<seed>]/     the checkpoint + build_key.json + build_report.{json,md}
-    vision/<preset>-s<seed>-<key>/  the stage-1 encoder and its report, shared by both LLMs
+    vision/<root>-s<seed>-<key>/  the stage-1 encoder and its report, shared by both LLMs and by every preset
+                                  with the same vision tower and stage-1 recipe (mini, mini-wide, mini-deep):
+                                  <key> hashes the vision config, not the preset's name
     features/                     the frozen encoder's outputs (features.FeatureCache), shared by both LLMs
 A checkpoint is current when its build_key.json equals the key of (preset, LLM, seed, data version, recipe,
 BUILD_VERSION); anything else is rebuilt in place (built in a temporary folder, then swapped in).
@@ -38,6 +40,7 @@ from typing import Any, Callable
 import torch
 
 from .. import runs
+from .presets import SCALED_FROM, root_preset, vision_signature
 
 BUILD_VERSION = "3"  # bump when a change here or in base_stages changes the weights a recipe builds
 DEFAULT_SEED = 0
@@ -112,6 +115,11 @@ RECIPES: dict[str, Recipe] = {
 # no better either (56.5 / 41.5 / 34.3; CIDEr 192 against 239). Unlike T5, LLaMA does not learn colour-shape
 # binding within these budgets (held-in what_color 18 against T5's 88).
 LLM_RECIPES: dict[tuple[str, str], dict[str, Any]] = {("mini", "llama"): {"qformer_epochs": 3}}
+# The scaled presets (presets.SCALED_FROM: mini-wide, mini-deep, tiny-wide, tiny-deep) are built with their base
+# preset's recipe, LLM adjustments included (recipe_for looks those up by the root preset): the model-size axis
+# varies the model, not how long or how fast it is trained. Same vision_* fields, so they share the base preset's
+# stage-1 encoder (_vision_dir).
+RECIPES.update({name: RECIPES[src] for name, (src, _) in SCALED_FROM.items() if src in RECIPES})
 
 
 # --- names, keys, paths ---------------------------------------------------------------------------
@@ -161,9 +169,25 @@ def build_key(preset: str, llm: str, seed: int, data_dir: str | Path, recipe: Re
 
 
 def _vision_key(key: dict[str, Any]) -> str:
+    """What stage 1 depends on: the vision tower's shape (not the preset's name, so that presets differing only
+    above the encoder share it), the seed, the data, the stage-1 recipe fields and the build version."""
     stage1 = {k: v for k, v in key["recipe"].items() if k.startswith("vision_")}
-    return runs.config_hash({"preset": key["preset"], "seed": key["seed"], "data": key["data_version"],
-                             "recipe": stage1, "build_version": key["build_version"]})
+    return runs.config_hash({"vision": vision_signature(key["preset"]), "seed": key["seed"],
+                             "data": key["data_version"], "recipe": stage1, "build_version": key["build_version"]})
+
+
+def _vision_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
+    return cache_dir / "vision" / f"{root_preset(key['preset'])}-s{key['seed']}-{_vision_key(key)}"
+
+
+def _legacy_vision_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
+    """Where builds before the shared key kept the root preset's encoder (keyed by the preset's name): a mini
+    study built then still gives mini-wide / mini-deep its very encoder instead of training another."""
+    stage1 = {k: v for k, v in key["recipe"].items() if k.startswith("vision_")}
+    root = root_preset(key["preset"])
+    old = runs.config_hash({"preset": root, "seed": key["seed"], "data": key["data_version"], "recipe": stage1,
+                            "build_version": key["build_version"]})
+    return cache_dir / "vision" / f"{root}-s{key['seed']}-{old}"
 
 
 def is_current(path: str | Path, key: dict[str, Any]) -> bool:
@@ -179,7 +203,8 @@ def recipe_for(preset: str, overrides: dict[str, Any] | None = None, *, llm: str
     """The preset's recipe, with the LLM's own adjustments (LLM_RECIPES) and then `overrides`."""
     if preset not in RECIPES:
         raise ValueError(f"no base-model recipe for preset {preset!r}; embedded presets: {', '.join(RECIPES)}")
-    return RECIPES[preset].replace(**LLM_RECIPES.get((preset, llm), {})).replace(**(overrides or {}))
+    adjust = LLM_RECIPES.get((preset, llm), LLM_RECIPES.get((root_preset(preset), llm), {}))
+    return RECIPES[preset].replace(**adjust).replace(**(overrides or {}))
 
 
 # --- building ---------------------------------------------------------------------------------------
@@ -254,8 +279,9 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
 
     # stage 1: shared by both LLMs (cached under vision/)
     with clock("stage1_vision"):
-        vision_dir = cache_dir / "vision" / f"{preset}-s{seed}-{_vision_key(key)}"
-        vision_state, report["stages"]["stage1_vision"] = _stage1(vision_dir, preset, heldin, recipe, seed, log)
+        vision_state, report["stages"]["stage1_vision"] = _stage1(_vision_dir(cache_dir, key), preset, heldin,
+                                                                  recipe, seed, log,
+                                                                  legacy=_legacy_vision_dir(cache_dir, key))
     bundle = build_model(preset, llm, qformer_tokenizer=qformer_tokenizer, llm_tokenizer=llm_tokenizer, seed=seed)
     bundle.model.vision_model.load_state_dict(vision_state)
     for param in bundle.model.parameters():
@@ -289,13 +315,18 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
     return bundle, report, images, clock
 
 
-def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
+def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log, *, legacy: Path | None = None):
     from safetensors.torch import load_file, save
 
     from . import base_stages
 
     weights, meta = vision_dir / "vision.safetensors", vision_dir / "stage1.json"
-    with runs.file_lock(vision_dir):  # the other LLM's build may be training it
+    with runs.file_lock(vision_dir):  # another build (other LLM, other size) may be training it
+        if legacy is not None and not weights.is_file() and (legacy / "vision.safetensors").is_file() \
+                and (legacy / "stage1.json").is_file():
+            _say(log, f"[base] stage 1: adopting the encoder of {legacy} (cached under its preset's name)")
+            runs.atomic_write(weights, (legacy / "vision.safetensors").read_bytes())
+            runs.write_json(meta, runs.read_json(legacy / "stage1.json"))
         if weights.is_file() and meta.is_file():
             _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
             return load_file(weights), {**runs.read_json(meta), "reused": True}
@@ -497,6 +528,7 @@ def add_parser(subparsers) -> None:
 
 
 DATA_SIZE = {"tiny": "smoke", "mini": "mini"}  # the synthetic world each preset is built on by default
+DATA_SIZE.update({name: DATA_SIZE[src] for name, (src, _) in SCALED_FROM.items() if src in DATA_SIZE})
 
 
 def _cli_build(args: argparse.Namespace) -> int:

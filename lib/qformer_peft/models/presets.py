@@ -1,7 +1,9 @@
 """Model sizes as data: `tiny` (tests), `mini` (the embedded default) and the paper's full-size models.
 
 A preset fixes the vision tower, the Q-Former and the LLM's shape; `build_config` turns it into a
-transformers `InstructBlipConfig`. The full-size presets are written out here (no download) so that
+transformers `InstructBlipConfig`. `mini-wide` / `mini-deep` (and `tiny-wide` / `tiny-deep` for tests) are
+the embedded presets with the Q-Former and LLM doubled in width or depth on the same vision tower
+(SCALED_FROM, below). The full-size presets are written out here (no download) so that
 `build_model(..., device="meta")` can count their parameters without weights:
   EVA ViT-g/14 at 224 px (hidden 1408, 39 layers, MLP 6144, 16 heads)
   Q-Former = BERT-base (12 layers, hidden 768, cross-attention on layers 0,2,..,10, 32 queries,
@@ -84,6 +86,50 @@ PRESETS: dict[str, Preset] = {
         llm="llama", qformer_vocab_size=30523, llm_vocab_size=32002, image_token_index=32001,
     ),
 }
+
+
+# --- model-size axis (issue 7, "Scaling: embedded model width and depth") -------------------------------
+# The embedded presets scaled up in width or in depth, for the open question "does the gap between Q-Former
+# LoRA and full fine-tuning change with model size?" at the embedded scale (the mini profile's opt-in
+# --model-scaling). Only the Q-Former and the LLM change: the vision tower stays exactly the base preset's,
+# so that every size is built on the same frozen stage-1 encoder (models/base.py shares it between presets
+# whose vision tower and stage-1 recipe agree) and the comparison varies the adapted parts alone.
+#   width: hidden and intermediate sizes doubled, heads doubled so the head size stays the base's (16)
+#   depth: Q-Former and LLM layers doubled (cross-attention frequency unchanged, so the deeper Q-Former keeps
+#          the paper's alternation: cross-attention on every other layer)
+SCALED_FROM: dict[str, tuple[str, str]] = {  # name -> (base preset, axis)
+    "tiny-wide": ("tiny", "width"), "tiny-deep": ("tiny", "depth"),
+    "mini-wide": ("mini", "width"), "mini-deep": ("mini", "depth"),
+}
+VISION_FIELDS = ("image_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads", "vision_intermediate")
+
+
+def scaled(p: Preset, axis: str, factor: int = 2) -> Preset:
+    """`p` with its Q-Former and LLM `factor` times as wide ('width') or as deep ('depth'); vision unchanged."""
+    import dataclasses
+
+    if axis == "width":
+        return dataclasses.replace(
+            p, qformer_hidden=p.qformer_hidden * factor, qformer_heads=p.qformer_heads * factor,
+            qformer_intermediate=p.qformer_intermediate * factor, llm_hidden=p.llm_hidden * factor,
+            llm_heads=p.llm_heads * factor, llm_intermediate=p.llm_intermediate * factor)
+    if axis == "depth":
+        return dataclasses.replace(p, qformer_layers=p.qformer_layers * factor, llm_layers=p.llm_layers * factor)
+    raise ValueError(f"axis must be 'width' or 'depth', got {axis!r}")
+
+
+PRESETS.update({name: scaled(PRESETS[src], axis) for name, (src, axis) in SCALED_FROM.items()})
+
+
+def root_preset(name: str) -> str:
+    """The preset a scaled one derives from ('mini-wide' -> 'mini'); the name itself otherwise."""
+    return SCALED_FROM[name][0] if name in SCALED_FROM else name
+
+
+def vision_signature(name: str) -> dict[str, int]:
+    """What fixes a preset's vision tower (build_config adds only constants to it)."""
+    p = get_preset(name)
+    return {f: getattr(p, f) for f in VISION_FIELDS}
 
 
 def get_preset(name: str) -> Preset:
