@@ -304,30 +304,25 @@ def test_side_by_side_builds_share_the_encoder_and_equal_one_after_the_other(hel
 
 def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldin_only, tmp_path, monkeypatch):
     """tiny-wide / tiny-deep (presets.SCALED_FROM) have tiny's vision tower and recipe, so their builds read the
-    encoder tiny's build trained (never train another) and every model size sees the very same frozen encoder;
-    an encoder cached under the older name-keyed folder (a study built before the shared key) is adopted."""
+    encoder tiny's build trained (never train another) and every model size sees the very same frozen encoder."""
     path, cache = built
     (vision_file,) = (cache / "vision").glob("*/vision.safetensors")
     stage1 = load_file(vision_file)
     key = base.build_key("tiny", "t5", 0, heldin_only, RECIPE)
     assert vision_file.parent == base._vision_dir(cache, key)
     monkeypatch.setattr(base_stages, "train_vision", lambda *a, **k: pytest.fail("stage 1 trained a second time"))
-    shared, legacy = tmp_path / "shared", tmp_path / "legacy"
-    for copy in (shared, legacy):
-        shutil.copytree(cache / "vision", copy / "vision")
-    (legacy / "vision" / vision_file.parent.name).rename(base._legacy_vision_dir(legacy, key))
+    shared = tmp_path / "shared"
+    shutil.copytree(cache / "vision", shared / "vision")
     for preset in ("tiny-wide", "tiny-deep"):
         assert base.recipe_for(preset, llm="t5") == base.recipe_for("tiny", llm="t5")
         assert base._vision_dir(cache, base.build_key(preset, "t5", 0, heldin_only, RECIPE)) == vision_file.parent
-        for where in (shared, legacy):
-            built_path = base.ensure_base(preset, "t5", 0, heldin_only, where, recipe=RECIPE, quality=False, log=None)
-            model = load_bundle(built_path).model
-            assert model.config.qformer_config.to_dict() != load_bundle(path).model.config.qformer_config.to_dict()
-            vision = model.vision_model.state_dict()
-            frozen = [k for k in stage1 if not k.startswith("post_layernorm.")]
-            assert frozen and all(torch.equal(vision[k], stage1[k]) for k in frozen), (preset, where.name)
+        built_path = base.ensure_base(preset, "t5", 0, heldin_only, shared, recipe=RECIPE, quality=False, log=None)
+        model = load_bundle(built_path).model
+        assert model.config.qformer_config.to_dict() != load_bundle(path).model.config.qformer_config.to_dict()
+        vision = model.vision_model.state_dict()
+        frozen = [k for k in stage1 if not k.startswith("post_layernorm.")]
+        assert frozen and all(torch.equal(vision[k], stage1[k]) for k in frozen), preset
     assert [p.parent.name for p in (shared / "vision").glob("*/vision.safetensors")] == [vision_file.parent.name]
-    assert (legacy / "vision" / vision_file.parent.name / "vision.safetensors").is_file()   # adopted under the new key
 
 
 def test_base_build_command_accepts_the_scaled_presets():

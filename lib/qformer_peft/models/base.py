@@ -180,16 +180,6 @@ def _vision_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
     return cache_dir / "vision" / f"{root_preset(key['preset'])}-s{key['seed']}-{_vision_key(key)}"
 
 
-def _legacy_vision_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
-    """Where builds before the shared key kept the root preset's encoder (keyed by the preset's name): a mini
-    study built then still gives mini-wide / mini-deep its very encoder instead of training another."""
-    stage1 = {k: v for k, v in key["recipe"].items() if k.startswith("vision_")}
-    root = root_preset(key["preset"])
-    old = runs.config_hash({"preset": root, "seed": key["seed"], "data": key["data_version"], "recipe": stage1,
-                            "build_version": key["build_version"]})
-    return cache_dir / "vision" / f"{root}-s{key['seed']}-{old}"
-
-
 def is_current(path: str | Path, key: dict[str, Any]) -> bool:
     """Does `path` hold a finished build of exactly this key?"""
     path = Path(path)
@@ -280,8 +270,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
     # stage 1: shared by both LLMs (cached under vision/)
     with clock("stage1_vision"):
         vision_state, report["stages"]["stage1_vision"] = _stage1(_vision_dir(cache_dir, key), preset, heldin,
-                                                                  recipe, seed, log,
-                                                                  legacy=_legacy_vision_dir(cache_dir, key))
+                                                                  recipe, seed, log)
     bundle = build_model(preset, llm, qformer_tokenizer=qformer_tokenizer, llm_tokenizer=llm_tokenizer, seed=seed)
     bundle.model.vision_model.load_state_dict(vision_state)
     for param in bundle.model.parameters():
@@ -315,18 +304,13 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
     return bundle, report, images, clock
 
 
-def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log, *, legacy: Path | None = None):
+def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
     from safetensors.torch import load_file, save
 
     from . import base_stages
 
     weights, meta = vision_dir / "vision.safetensors", vision_dir / "stage1.json"
     with runs.file_lock(vision_dir):  # another build (other LLM, other size) may be training it
-        if legacy is not None and not weights.is_file() and (legacy / "vision.safetensors").is_file() \
-                and (legacy / "stage1.json").is_file():
-            _say(log, f"[base] stage 1: adopting the encoder of {legacy} (cached under its preset's name)")
-            runs.atomic_write(weights, (legacy / "vision.safetensors").read_bytes())
-            runs.write_json(meta, runs.read_json(legacy / "stage1.json"))
         if weights.is_file() and meta.is_file():
             _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
             return load_file(weights), {**runs.read_json(meta), "reused": True}
