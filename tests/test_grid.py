@@ -245,6 +245,17 @@ def test_a_cell_that_reads_another_starts_after_it_and_analysis_runs_last(tmp_pa
     assert [c.kind for c in cells][-2:] == ["analysis", "report"]
 
 
+def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_alignments(tmp_path):
+    cells = grid.expand("mini", root=tmp_path)
+    order = grid.start_order(cells)
+    connectors = [c for c in cells if c.notebook == grid.CONNECTORS]
+    assert len(connectors) == 3 and order[:3] == connectors and order[3:] == [c for c in cells if c not in connectors]
+    by_name = {c.name: c for c in connectors}
+    # the two claim notebooks align the same connectors: the second starts once the first has finished
+    assert by_name["connectors_t5_scienceqa_claims"].after == ("connectors_t5_iconqa_claims",)
+    assert by_name["connectors_t5_iconqa_claims"].after == () and by_name["connectors_t5_iconqa_budgets"].after == ()
+
+
 def test_cell_with_all_runs_done_is_skipped_and_changed_parameters_rerun(tmp_path):
     cell = fake_cell(tmp_path, "cell_a")
     for cfg in cell.configs():                                 # runs finished outside the grid
