@@ -104,7 +104,7 @@ RECIPES: dict[str, Recipe] = {
                    eval_limit=24, zero_shot_limit=8, adapt_train=16, adapt_epochs=1, adapt_val=8),
     # the embedded default, sized by measurement (see the module docstring of base_stages and the report)
     "mini": Recipe(vision_epochs=8, vision_batch=16, vision_lr=1e-3, qformer_epochs=2, qformer_batch=16,
-                   qformer_lr=1e-3, qformer_warmup=100, extra_per_picture=2, eval_limit=300, zero_shot_limit=400,
+                   qformer_lr=1e-3, qformer_warmup=100, extra_per_picture=3, eval_limit=300, zero_shot_limit=400,
                    adapt_train=1600, adapt_epochs=2, adapt_val=300),
 }
 # Per-LLM adjustments. The LLaMA build reuses stage 1 and its stage-3 steps cost less than T5's, so it runs
