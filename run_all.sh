@@ -20,10 +20,10 @@ usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [--mo
   --only PATTERN       run only the grid cells whose name matches PATTERN
   --model-scaling      add the model-size axis (does PEFT's gap to full fine-tuning change with model size?).
                        mini: builds T5 base models twice as deep and twice as wide (mini's frozen encoder
-                       reused, so only stage 3 and the build report: at least mini's ~10 min of CPU each,
-                       more for the larger models; the two side by side on 2 cores), then 12 runs on them;
-                       after a finished mini study nothing else reruns but the report. Estimated, not
-                       measured: 20-30 min on a 2-core CPU. smoke: on random tiny presets, seconds
+                       reused, so only stage 3 and the build report: 16-17 min of CPU each, the two
+                       side by side on 2 cores), then 12 runs on them;
+                       after a finished mini study nothing else reruns but the report. Measured: 20 min
+                       on a 2-core CPU. smoke: on random tiny presets, seconds
   --data-root DIR      real data root (paper profile), or $QFP_DATA_ROOT
   --checkpoints DIR    real checkpoints root or hub ids (paper profile), or $QFP_CHECKPOINTS
   --out DIR            where runs, caches and the report go (default: this folder)

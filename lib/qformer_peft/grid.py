@@ -194,9 +194,8 @@ PROFILES: dict[str, Profile] = {
         # runs) on each for IconQA. Ordered by parameter count, ascending (tests/test_models.py): mini-t5 1.60 M,
         # mini-deep-t5 2.27 M, mini-wide-t5 3.65 M (0.83 M of each the shared vision tower; above it 0.77, 1.45
         # and 2.83 M).
-        # Estimated, not measured: two builds of stage 3 + the build report (stage 1 is mini's, reused), each at
-        # least mini-t5's ~7 min and more for their 1.9x / 3.7x the parameters above the encoder, side by side
-        # on two cores, plus the 12 runs in one notebook and the report: 20-30 minutes on the 2-core CPU.
+        # Measured after a fresh mini study on the 2-core CPU: 20.2 min (the two builds side by side 1,041 s,
+        # stage 1 reused; the 12 runs in one notebook 143 s; the report 11 s).
         model_scaling_bases=(("mini-deep", "t5"), ("mini-wide", "t5")),
         model_scaling_models={"t5": ("{checkpoints}/mini-deep-t5", "{checkpoints}/mini-wide-t5")},
     ),
