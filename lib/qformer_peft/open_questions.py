@@ -412,8 +412,7 @@ def multitask_alloc_claim(ranks: pd.DataFrame) -> C.Verdict:
 
 
 def scaling_data_claim(df: pd.DataFrame) -> C.Verdict:
-    gaps = scaling_gaps(scaling_frame(df))
-    gaps = gaps[gaps["model_size"] == 0] if len(gaps) else gaps
+    gaps = scaling_gaps(scaling_axes(scaling_frame(df))[0])
     parts, verdicts = [], []
     for (llm, bench), g in gaps.groupby(["llm", "benchmark"]):
         sizes = sorted(g["train_n"].unique())
@@ -429,13 +428,11 @@ def scaling_data_claim(df: pd.DataFrame) -> C.Verdict:
 
 
 def scaling_model_claim(df: pd.DataFrame) -> C.Verdict:
-    gaps = scaling_gaps(scaling_frame(df))
+    gaps = scaling_gaps(scaling_axes(scaling_frame(df))[1])
     parts, verdicts = [], []
     for (llm, bench), g in (gaps.groupby(["llm", "benchmark"]) if len(gaps) else []):
         if g["model_size"].nunique() < 2:
             continue
-        n = g[g["model_size"] > 0]["train_n"].max()
-        g = g[g["train_n"] == n]
         sizes = sorted(g["model_size"].unique())
         name = {s: g[g["model_size"] == s]["model"].iloc[0] for s in sizes}
         big, small = (_by_seed(g[g["model_size"] == s], "gap") for s in (sizes[-1], sizes[0]))
