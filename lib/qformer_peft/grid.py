@@ -50,6 +50,9 @@ MULTITASK, SCALING, RANK_SENSITIVITY, SEEDS = ("40_multitask_adalora.ipynb", "41
 CONNECTORS = "30_connectors.ipynb"
 OPEN_QUESTION_OF = {MULTITASK: "multitask", SCALING: "scaling", RANK_SENSITIVITY: "ranks"}
 KERNEL_NAME = "qformer-peft"           # a kernelspec written by the grid: this interpreter's ipykernel
+# papermill waits 60 s for a kernel by default; on the 2-core machine, with two workers starting kernels beside a
+# test run, one kernel once took longer (a clean-clone CI run) and its notebook was recorded as failed
+KERNEL_START_TIMEOUT = 300
 MAX_EXIT_STATUS = 100                  # the exit status counts failures, capped below the shell's 126+
 FINAL_KINDS = ("analysis", "report")   # executed after every experiment cell, when anything ran
 
@@ -668,7 +671,7 @@ def _execute_main(spec_path: str) -> int:
     try:
         pm.execute_notebook(spec["input"], spec["output"], parameters=spec["parameters"],
                             kernel_name=spec["kernel"], cwd=spec["cwd"], progress_bar=False, log_output=True,
-                            execution_timeout=spec.get("timeout"))
+                            execution_timeout=spec.get("timeout"), start_timeout=KERNEL_START_TIMEOUT)
     except pm.PapermillExecutionError as err:
         print(f"[grid] {err.ename}: {err.evalue} (cell {err.exec_count})", file=sys.stderr)
         return 1
