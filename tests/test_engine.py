@@ -159,9 +159,10 @@ def test_save_and_attach_round_trip_gives_identical_outputs(setup, qf, llm_targe
         expected = unwrap(model)(**batch).logits
         loaded = attach_trained(fresh().model, tmp_path / "adapter")
         got = unwrap(loaded)(**batch).logits
-    # same parameters bit for bit; the outputs may differ in the 7th digit because oneDNN's reductions
+    # same parameters bit for bit; the outputs may differ in the 6th digit because oneDNN's reductions
     # depend on the alignment of (non-contiguous) activation buffers, which differs between two models
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # (1.1e-5 seen on an AMD EPYC; a wrong or missing adapter moves them by ~1e-2)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
     saved = {n: p for n, p in unwrap(model).named_parameters()}
     assert all(torch.equal(p, saved[n]) for n, p in unwrap(loaded).named_parameters())
     assert ((tmp_path / "adapter" / "adapter_config.json").exists()) == (setup != "baseline")
