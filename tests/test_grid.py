@@ -245,6 +245,37 @@ def test_a_cell_that_reads_another_starts_after_it_and_analysis_runs_last(tmp_pa
     assert [c.kind for c in cells][-2:] == ["analysis", "report"]
 
 
+def test_cells_start_once_their_base_model_is_built_on_the_cores_the_builds_free(tmp_path):
+    """study.Builds gates the grid: a cell reading a model still being built waits for it, and each running build
+    keeps one of the `jobs` workers free, so with 2 jobs and one build the other cells run one at a time."""
+    import threading
+    from concurrent.futures import Future
+
+    from qformer_peft import study
+
+    building, built = tmp_path / "model-building", tmp_path / "model-present"
+    for m in (building, built):
+        m.mkdir()
+    started = {n: tmp_path / f"{n}.started" for n in ("cell_a", "cell_b", "cell_c")}
+    cell = lambda n, m: fake_cell(tmp_path, n, model=str(m), executions_log=str(started[n]), sleep_s=0.4)
+    cells = [cell("cell_a", building), cell("cell_b", built), cell("cell_c", built), report_cell(tmp_path)]
+    build = Future()
+    build.set_running_or_notify_cancel()
+    ended = []
+    timer = threading.Timer(1.5, lambda: (ended.append(time.time_ns()), build.set_result("built")))
+    timer.start()
+    builds = study.Builds({building.resolve(): build})
+    assert builds.cores() == 1 and builds.blocks(cells[0]) and not builds.blocks(cells[1])
+    assert run(cells, tmp_path, jobs=2, builds=builds).exit_status == 0
+    timer.join()
+    mtime = lambda p: p.stat().st_mtime_ns
+    assert mtime(started["cell_a"]) >= ended[0]                                   # waited for its model
+    done_b, done_c = mtime(tmp_path / "nb" / "cell_b.done.json"), mtime(tmp_path / "nb" / "cell_c.done.json")
+    first, second = sorted([("cell_b", done_b), ("cell_c", done_c)], key=lambda x: x[1])
+    assert mtime(started[second[0]]) >= first[1]                                  # one free worker, one at a time
+    assert not builds.cores() and not builds.blocks(cells[0])
+
+
 def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_alignments(tmp_path):
     cells = grid.expand("mini", root=tmp_path)
     order = grid.start_order(cells)

@@ -725,8 +725,11 @@ class GridResult:
 
 def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str | Path = NOTEBOOKS_DIR,
              jobs: int = 1, backend: str = "local", kernel: str | None = None, timeout: float | None = None,
-             log: Callable[[str], None] = print) -> GridResult:
-    """Execute the cells not yet finished; the report cell last, whenever anything else ran."""
+             builds: Any = None, log: Callable[[str], None] = print) -> GridResult:
+    """Execute the cells not yet finished; the report cell last, whenever anything else ran.
+
+    builds (study.Builds, local backend): base models still being built beside the grid. A cell waits while
+    builds.blocks(cell), and builds.cores() of the `jobs` workers stay free for them."""
     out_dir, notebooks_dir = Path(out_dir).resolve(), Path(notebooks_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = jobs if jobs > 0 else auto_jobs()
@@ -766,6 +769,8 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
     log(f"[grid] {len(cells)} cells: {len(outcomes)} already finished, {len(todo)} to execute "
         f"({jobs} worker{'s' if jobs > 1 else ''}, backend {backend})")
     if backend == "submitit":
+        if builds is not None and builds.cores():
+            raise GridError("the submitit backend runs after the base models are built, not beside them")
         _run_submitit(todo + final, notebooks_dir=notebooks_dir, out_dir=out_dir, kernel=kernel, env=env,
                       timeout=timeout, record=record, run_final=lambda: bool(todo) or not all(map(finished, final)))
         return GridResult(outcomes)
@@ -799,13 +804,19 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
             running = [t for t in running if t.is_alive()]
             with lock:
                 waiting -= {o.cell for o in outcomes}
-            ready = [c for c in pending if not waiting & set(c.after)] or (pending[:1] if not running else [])
-            for c in ready[:max(0, jobs - len(running))]:
+            building = builds.cores() if builds is not None else 0
+            startable = [c for c in pending if not (building and builds.blocks(c))]
+            # nothing ready and nothing running or building (cells waiting on each other): start one anyway
+            ready = ([c for c in startable if not waiting & set(c.after)]
+                     or (startable[:1] if not running and not building else []))
+            for c in ready[:max(0, jobs - building - len(running))]:
                 pending.remove(c)
                 t = threading.Thread(target=work, args=(c,), daemon=True)
                 t.start()
                 running.append(t)
             time.sleep(0.05)
+        while builds is not None and builds.cores():  # no experiment cell left: the report reads every model's runs
+            time.sleep(0.5)
         for c in final:
             if todo or not finished(c):
                 work(c)

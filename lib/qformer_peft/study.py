@@ -5,16 +5,20 @@
 
 This is what ./run_all.sh runs. Each stage reuses what is already there (data with its completion
 marker, base models, finished notebooks and runs), so a rerun after an interruption only does what is
-missing. A stage whose module is not built yet says so and the others go on; the wall time of every
-stage is printed at the end and kept in reports/study_timings.json.
+missing. With several workers the grid starts while the base models are still building (each cell once the
+models it reads are built, on the cores the builds have freed). A stage whose module is not built yet says so
+and the others go on; the wall time of every stage is printed at the end and kept in
+reports/study_timings.json.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 import time
 from pathlib import Path
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from . import runs
@@ -35,18 +39,79 @@ def _require(module: str) -> Any:
         raise
 
 
+class Builds:
+    """Base models being built in background processes while the grid runs (run_grid's `builds`): each build
+    holds a core until it ends, and a cell starts once the models it reads are built. Before, the grid waited
+    for every build: in the mini study T5's finished 100 s before LLaMA's, one core idle meanwhile."""
+
+    def __init__(self, futures: "dict[Path, Future[str]]"):
+        self.futures = futures
+
+    def cores(self) -> int:
+        return sum(not f.done() for f in self.futures.values())
+
+    def blocks(self, cell: Any) -> bool:
+        if cell.kind != "experiment":  # the environment notebook lists the checkpoints present: all of them
+            return self.cores() > 0
+        reads = {Path(m).resolve() for m in [cell.parameters["model"], *cell.parameters.get("models", [])]}
+        return any(not f.done() for path, f in self.futures.items() if path in reads)
+
+
 def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: str, log: Callable[[str], None],
-                      jobs: int = 1) -> int:
+                      jobs: int = 1, alongside: "Callable[[Builds], int] | None" = None,
+                      timings: dict[str, float] | None = None) -> int:
     """Build the profile's embedded base models into CHECKPOINTS/<preset>-<llm>, where its notebooks
-    look for them (models.base.ensure_base reuses a build whose key is current). With jobs > 1 the builds
-    run side by side in processes: each is single-threaded, and the stage they share (the vision encoder,
-    shared by both LLMs and by every model size) is trained by whichever gets its lock first and read by the
-    others (the README has the times)."""
+    look for them (models.base.ensure_base reuses a build whose key is current); returns the failures.
+    With jobs > 1 the builds run side by side in processes: each is single-threaded but stage 1, and the stage
+    they share (the vision encoder, shared by both LLMs and by every model size) is trained by whichever gets
+    its lock first and read by the others (the README has the times). alongside(builds), when given, runs
+    meanwhile (the grid, gated by `builds`; after the builds when jobs is 1) and its failures are added.
+    timings["base models"]: seconds until the last build ended."""
     profile = PROFILES[profile] if isinstance(profile, str) else profile
     profile_name = profile.name
-    if not profile.base_models:
+    start = time.time()
+    todo = _base_models_to_build(profile, checkpoints)
+    if not todo:
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
-        return 0
+    if jobs <= 1 or not todo:
+        failures = 0
+        for preset, llm, expected in todo:
+            try:
+                log(_build_one(preset, llm, expected, data_dir, checkpoints, profile_name, log))
+            except Exception as err:  # noqa: BLE001 - the other builds (and what reads them) go on
+                failures += 1
+                log(f"[study] base model {preset}-{llm}: FAILED: {type(err).__name__}: {err}")
+        if timings is not None:
+            timings["base models"] = round(time.time() - start, 1)
+        return failures + (alongside(Builds({})) if alongside else 0)
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    ended: list[float] = []
+
+    def done(name: str, future: "Future[str]") -> None:  # as each build ends, not after the grid
+        ended.append(time.time())
+        err = future.exception()
+        log(f"[study] base model {name}: FAILED: {type(err).__name__}: {err}" if err else future.result())
+
+    # spawn: a fresh interpreter per build (no fork of a process that may hold torch threads)
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for preset, llm, expected in todo:
+            futures[expected.resolve()] = f = pool.submit(_build_one, preset, llm, expected, data_dir, checkpoints,
+                                                          profile_name, print)
+            f.add_done_callback(functools.partial(done, f"{preset}-{llm}"))
+        failures = alongside(Builds(futures)) if alongside else 0
+    failures += sum(f.exception() is not None for f in futures.values())
+    if timings is not None:
+        timings["base models"] = round(max(ended, default=start) - start, 1)
+    return failures
+
+
+def _base_models_to_build(profile: Profile, checkpoints: str) -> list[tuple[str, str, Path]]:
+    """(preset, llm, the path its notebooks read) for each base model the profile builds."""
+    if not profile.base_models:
+        return []
     base = _require("qformer_peft.models.base")
     # where the notebooks read each model: the profile's models and its larger ones (scaling_models)
     read = [Path(m.format(checkpoints=checkpoints))
@@ -55,24 +120,10 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
     for preset, llm in profile.base_models:
         expected = next((p for p in read if p.name == base.base_name(preset, llm)), None)
         if expected is None:
-            raise GridError(f"profile {profile_name} builds base model {preset}-{llm}, but none of its models "
+            raise GridError(f"profile {profile.name} builds base model {preset}-{llm}, but none of its models "
                             f"reads it: {', '.join(map(str, read))}")
         todo.append((preset, llm, expected))
-    workers = max(1, min(jobs, len(todo)))
-    if workers == 1:
-        for preset, llm, expected in todo:
-            log(_build_one(preset, llm, expected, data_dir, checkpoints, profile_name, log))
-        return 0
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
-    # spawn: a fresh interpreter per build (no fork of a process that may hold torch threads)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_build_one, preset, llm, expected, data_dir, checkpoints, profile_name, print)
-                   for preset, llm, expected in todo]
-        for future in futures:
-            log(future.result())
-    return 0
+    return todo
 
 
 def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoints: str, profile_name: str,
@@ -101,7 +152,7 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
     timings: dict[str, float] = {}
     failures = 0
 
-    def stage(name: str, fn: Callable[[], int]) -> None:
+    def stage(name: str, fn: Callable[[], int], timed: bool = True) -> None:
         nonlocal failures
         start = time.time()
         try:
@@ -111,7 +162,8 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
         except Exception as err:  # noqa: BLE001 - one stage failing must not hide the others' results
             failures += 1
             log(f"[study] {name}: FAILED: {type(err).__name__}: {err}")
-        timings[name] = round(time.time() - start, 1)
+        if timed:
+            timings[name] = round(time.time() - start, 1)
 
     def data() -> int:
         if prof.data_size is None:
@@ -125,9 +177,11 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
         log(f"[study] data: synthetic '{prof.data_size}' benchmarks {'written to' if fresh else 'present in'} {data_dir}")
         return 0
 
-    def grid_stage() -> int:
+    def grid_stage(builds: Builds | None = None) -> int:
+        start = time.time()
         _require("qformer_peft.engine")
-        result = run_grid(cells, out_dir=layout.notebooks_out, jobs=jobs, log=log)
+        result = run_grid(cells, out_dir=layout.notebooks_out, jobs=jobs, builds=builds, log=log)
+        timings["grid"] = round(time.time() - start, 1)
         log(f"[study] grid: {result.count('done')} executed, {result.count('skipped')} already finished, "
             f"{len(result.failures)} failed")
         for o in result.failures:
@@ -146,18 +200,27 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
         log(f"[study] report: {index}")
         return 0
 
+    def models_and_grid() -> int:
+        # with several workers the grid starts while the base models build: a cell once the models it reads
+        # are there, on the cores the builds no longer hold (Builds)
+        return build_base_models(prof, data_dir=data_dir, checkpoints=ckpt, log=log, jobs=jobs,
+                                 alongside=grid_stage, timings=timings)
+
     jobs = jobs if jobs > 0 else auto_jobs()
     log(f"[study] profile {profile}{' with --model-scaling' if model_scaling else ''} ({prof.description}); "
         f"study root {layout.root}; {jobs} worker(s)")
+    began = time.time()
     stage("data", data)
-    stage("base models", lambda: build_base_models(prof, data_dir=data_dir, checkpoints=ckpt, log=log, jobs=jobs))
-    stage("grid", grid_stage)
+    stage("base models and grid", models_and_grid, timed=False)  # each timed on its own
     stage("report", report_stage)
+    total = round(time.time() - began, 1)
+    overlap = jobs > 1 and "base models" in timings and "grid" in timings
     log("[study] wall time by stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
-        + f"; total {sum(timings.values()):.1f} s")
+        + (" (the grid alongside the base models)" if overlap else "") + f"; total {total:.1f} s")
     layout.reports.mkdir(parents=True, exist_ok=True)
     runs.write_json(layout.reports / "study_timings.json", {"profile": profile, "model_scaling": model_scaling, "jobs": jobs,
-                                                            "stages_s": timings,
+                                                            "stages_s": timings, "total_s": total,
+                                                            "grid_alongside_base_models": overlap,
                                                             "failures": failures, "finished": runs._now()})
     return min(failures, 100)
 
