@@ -131,6 +131,24 @@ def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the
         study.build_base_models(bad, data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append)
 
 
+def test_a_failed_base_build_is_counted_and_what_runs_alongside_still_runs(tmp_path, monkeypatch):
+    from qformer_peft import study
+    from qformer_peft.models import base
+
+    def fake(preset, llm, seed, data_dir, cache, **kw):
+        if llm == "llama":
+            raise RuntimeError("stage 3 diverged")
+        return base.base_path(preset, llm, seed, cache)
+
+    monkeypatch.setattr(base, "ensure_base", fake)
+    lines, seen, timings = [], [], {}
+    failures = study.build_base_models("mini", data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append,
+                                       alongside=lambda builds: seen.append(builds.cores()) or 2, timings=timings)
+    assert failures == 3 and seen == [0] and timings["base models"] >= 0   # one build + the grid's two
+    assert lines[0].startswith("[study] base model mini-t5: ")
+    assert lines[1] == "[study] base model mini-llama: FAILED: RuntimeError: stage 3 diverged"
+
+
 def test_paper_profile_uses_the_papers_hyperparameters(tmp_path):
     cells = {c.name: c for c in grid.expand("paper", root=tmp_path, data_root="/real", checkpoints="Salesforce")}
     llama = cells["peft_llama_scienceqa_qf-lora_all"].configs()[0]
@@ -274,6 +292,8 @@ def test_cells_start_once_their_base_model_is_built_on_the_cores_the_builds_free
     first, second = sorted([("cell_b", done_b), ("cell_c", done_c)], key=lambda x: x[1])
     assert mtime(started[second[0]]) >= first[1]                                  # one free worker, one at a time
     assert not builds.cores() and not builds.blocks(cells[0])
+    pending = {tmp_path / f"m{i}": Future() for i in range(4)}                  # 4 builds, 2 at a time
+    assert study.Builds(pending, workers=2).cores() == 2
 
 
 def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_alignments(tmp_path):

@@ -44,11 +44,11 @@ class Builds:
     holds a core until it ends, and a cell starts once the models it reads are built. Before, the grid waited
     for every build: in the mini study T5's finished 100 s before LLaMA's, one core idle meanwhile."""
 
-    def __init__(self, futures: "dict[Path, Future[str]]"):
-        self.futures = futures
+    def __init__(self, futures: "dict[Path, Future[str]]", workers: int = 1):
+        self.futures, self.workers = futures, workers  # workers: builds at a time (the pool's processes)
 
     def cores(self) -> int:
-        return sum(not f.done() for f in self.futures.values())
+        return min(self.workers, sum(not f.done() for f in self.futures.values()))
 
     def blocks(self, cell: Any) -> bool:
         if cell.kind != "experiment":  # the environment notebook lists the checkpoints present: all of them
@@ -95,13 +95,14 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
         log(f"[study] base model {name}: FAILED: {type(err).__name__}: {err}" if err else future.result())
 
     # spawn: a fresh interpreter per build (no fork of a process that may hold torch threads)
-    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    workers = min(jobs, len(todo))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {}
         for preset, llm, expected in todo:
             futures[expected.resolve()] = f = pool.submit(_build_one, preset, llm, expected, data_dir, checkpoints,
                                                           profile_name, print)
             f.add_done_callback(functools.partial(done, f"{preset}-{llm}"))
-        failures = alongside(Builds(futures)) if alongside else 0
+        failures = alongside(Builds(futures, workers)) if alongside else 0
     failures += sum(f.exception() is not None for f in futures.values())
     if timings is not None:
         timings["base models"] = round(max(ended, default=start) - start, 1)
