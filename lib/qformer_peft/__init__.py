@@ -11,3 +11,7 @@ import warnings as _warnings
 # into the first cell that imports it: every executed notebook of the report carried that line. This
 # package shows progress bars on terminals only, so the widget it asks for is never needed.
 _warnings.filterwarnings("ignore", message="IProgress not found")
+# peft's PeftModel reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning in 5.x) each
+# time it wraps a model, in get_peft_model and PeftModel.from_pretrained alike: not ours to fix, and it
+# filled the study log and the notebook sections.
+_warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)

@@ -17,7 +17,6 @@ as the BA paper). `trainable_parameters` is the one answer to "which parameters 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -167,9 +166,7 @@ def apply_peft(
         raise ValueError(f"setup {setup!r} adapts the Q-Former, which this model's connector replaces")
     if lora:
         targets = target_module_names(model, qf_sublayers, llm_targets)
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            model = get_peft_model(model, _peft_config(targets, rank, adalora, lora_alpha, lora_dropout))
+        model = get_peft_model(model, _peft_config(targets, rank, adalora, lora_alpha, lora_dropout))
     for name, param in unwrap(model).named_parameters():
         param.requires_grad = _trainable(parameter_group(name), spec, own_connector)
     return model

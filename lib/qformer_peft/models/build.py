@@ -69,7 +69,8 @@ class Bundle:
             raise ValueError("Bundle.save needs both tokenizers and the image processor (a meta-device bundle has none)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)  # model.safetensors + config.json
+        with _no_progress_bars(True):  # transformers' "Writing model shards" bar, in the build log
+            self.model.save_pretrained(directory)  # model.safetensors + config.json
         InstructBlipProcessor(
             image_processor=self.image_processor.hf, tokenizer=self.llm_tokenizer,
             qformer_tokenizer=self.qformer_tokenizer, num_query_tokens=self.model.config.num_query_tokens,
@@ -144,9 +145,10 @@ def build_model(
 
 
 @contextlib.contextmanager
-def _quiet_loading(quiet: bool):
-    """transformers' "Loading weights" bar off for local checkpoints: an embedded model loads in milliseconds
-    and the bar only filled every executed notebook of the report; a hub download keeps it."""
+def _no_progress_bars(quiet: bool):
+    """transformers' progress bars off inside the block when quiet: an embedded model loads ("Loading
+    weights") and saves ("Writing model shards") in milliseconds, and the bars only filled every executed
+    notebook of the report and the study log; a hub download keeps its bar."""
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()
@@ -171,7 +173,7 @@ def load_bundle(source: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise FileNotFoundError(f"checkpoint directory {source!r} does not exist (give a directory written by "
                                 "Bundle.save, or a hub id such as Salesforce/instructblip-flan-t5-xl)")
     kwargs = {"local_files_only": True} if local else {}
-    with _quiet_loading(local):
+    with _no_progress_bars(local):
         model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
     model.to(device).eval()
     processor = InstructBlipProcessor.from_pretrained(source, **kwargs)
