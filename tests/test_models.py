@@ -110,6 +110,29 @@ def test_full_size_builds_on_meta_without_memory():
 
 # --- batches --------------------------------------------------------------------------------------
 
+def test_token_ids_are_cached_per_tokenizer_and_equal_a_fresh_tokenization(tokenizers):
+    from qformer_peft.models import inputs
+
+    qf, _ = tokenizers
+    calls = []
+
+    class Counting:  # the tokenizer, counting the texts it is asked to tokenize
+        def __call__(self, texts, **kw):
+            calls.append(list(texts))
+            return qf(texts, **kw)
+
+    tok = Counting()
+    texts = ["Question: what colour is the ball ?", "red", "Question: what colour is the ball ?"]
+    first = inputs._ids(tok, texts)
+    assert first == qf(texts, add_special_tokens=False)["input_ids"]
+    assert calls == [texts[:2]]                       # each distinct text once
+    assert inputs._ids(tok, ["red", texts[0], "blue"]) == qf(["red", texts[0], "blue"],
+                                                               add_special_tokens=False)["input_ids"]
+    assert calls[1:] == [["blue"]]                    # only the new text
+    assert inputs._ids(Counting(), ["red"]) == qf(["red"], add_special_tokens=False)["input_ids"]
+    assert len(calls) == 3                            # another tokenizer object has its own cache
+
+
 def test_make_batch_layout_and_left_truncation(bundle):
     qf, llm = bundle.qformer_tokenizer, bundle.llm_tokenizer
     q = bundle.model.config.num_query_tokens

@@ -53,7 +53,6 @@ SMOKE_CONNECTORS: tuple[dict[str, Any], ...] = (
     {"connector": "projector"}, {"connector": "projector", "connector_variant": "linear"},
     {"connector": "bottleneck"}, {"connector": "bottleneck", "connector_variant": "gelu"},
 )
-ALIGN_STEPS = {"smoke": 4, "mini": 600}  # the alignment budget per profile (measured: see the module's report)
 
 
 def connector_configs(*, benchmark: str, llm: str, model: str, data_dir: str, connectors: Sequence[Mapping[str, Any]],
