@@ -63,6 +63,21 @@ def test_full_profiles_hold_the_papers_grid(name, tmp_path):
                for c in adalora for cfg in c.configs())
 
 
+def test_mini_stops_lora_runs_at_the_first_epoch_without_gain_and_never_cuts_an_adalora_schedule(tmp_path):
+    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    every = [cfg for c in cells for cfg in c.configs()]
+    adalora = [cfg for cfg in every if cfg.method == "adalora"]
+    lora = [cfg for cfg in every if cfg.method == "lora"]
+    assert {cfg.benchmark for cfg in adalora} >= {"scienceqa", "iconqa", "flickr30k", "vizwiz",
+                                                   f"scienceqa{MULTITASK_SEP}iconqa"}
+    # train.fit stops once `patience` epochs in a row fail to improve; epoch 1 always improves, so a patience of
+    # max_epochs - 1 or more never stops: the rank budget, scheduled over every step, is always finished
+    assert all(cfg.patience >= cfg.max_epochs - 1 for cfg in adalora)
+    assert lora and all(cfg.patience == 1 for cfg in lora)
+    # the open questions read the grid's runs through the same configs: patience must not split them
+    assert len({cfg.hash for cfg in every}) == len(every)
+
+
 def test_model_scaling_adds_only_the_model_size_cell_and_keeps_every_finished_cell(tmp_path):
     """--model-scaling on a finished mini study: same profile name (runs folder, markers), every cell's parameters
     unchanged, so all of them stay finished and only open_scaling_model_t5_iconqa (then the report) executes:
