@@ -16,6 +16,12 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    # pytest resets warning filters per test, undoing the one qformer_peft/__init__.py sets for peft's read of
+    # transformers' deprecated is_gradient_checkpointing (48 copies in a run's summary): the same filter here
+    config.addinivalue_line("filterwarnings", "ignore:.*is_gradient_checkpointing:FutureWarning")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The tiny synthetic world (four benchmarks + held-in tasks), written once per test module."""
