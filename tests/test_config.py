@@ -62,3 +62,17 @@ def test_adalora_schedule_comes_from_the_real_step_count():
 def test_setup_defaults_make_every_setup_valid(setup):
     cfg = ExperimentConfig().replace(setup=setup, **setup_defaults(setup))
     assert cfg.setup == setup and (cfg.rank is None) == (setup == "baseline")
+
+
+def test_validating_a_config_imports_neither_torch_nor_transformers():
+    # the grid expands and validates every cell up front, and each fixture notebook of the grid tests builds
+    # configs: through models/__init__ this once imported torch, transformers and peft (~5 s a process)
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom qformer_peft import grid\n"
+            "cfg = grid.experiment_configs(benchmark='iconqa', llm='t5', model='tiny', data_dir='data', ranks=[2])[0]\n"
+            "assert cfg.connector_label == 'qformer'\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -151,7 +151,7 @@ class ExperimentConfig:
         if self.connector != "qformer" and self.setup != "baseline" and self.qf_sublayers is not None:
             raise ConfigError(f"Q-Former LoRA needs connector='qformer', not {self.connector!r}")
         try:
-            from .models.connectors import ConnectorSpec
+            from .models.connector_spec import ConnectorSpec
 
             ConnectorSpec(self.connector, self.connector_tokens, self.connector_variant, self.connector_init)
         except ValueError as err:
@@ -181,7 +181,7 @@ class ExperimentConfig:
     @property
     def connector_label(self) -> str:
         """'qformer', 'pool16', 'bottleneck4-gelu', 'qformer16-scratch', ... (+ '-a<steps>' when aligned)."""
-        from .models.connectors import ConnectorSpec
+        from .models.connector_spec import ConnectorSpec
 
         label = ConnectorSpec(self.connector, self.connector_tokens, self.connector_variant, self.connector_init).label
         return label + (f"-a{self.align_steps}" if self.align_steps else "")

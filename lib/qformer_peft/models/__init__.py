@@ -5,14 +5,23 @@ build       build_model (random init, CPU or meta), Bundle (+ save), load_bundle
 tokenizers  offline word-level tokenizers for the embedded presets
 inputs      make_batch (sequence layout, labels, left truncation), forward (pixels or cached ViT features)
 lavis       load_lavis_checkpoint: LAVIS .pth state dicts onto the transformers layout
-"""
-from .build import Bundle, ImageProcessor, build_model, load_bundle
-from .inputs import encode_images, forward, forward_from_image_embeds, make_batch, unwrap
-from .lavis import load_lavis_checkpoint
-from .presets import PRESETS, build_config
-from .tokenizers import word_tokenizer
+connector_spec  ConnectorSpec (torch-free); connectors: the connector modules
 
-__all__ = [
-    "PRESETS", "Bundle", "ImageProcessor", "build_config", "build_model", "encode_images", "forward",
-    "forward_from_image_embeds", "load_bundle", "load_lavis_checkpoint", "make_batch", "unwrap", "word_tokenizer",
-]
+Names are imported on first use (PEP 562), so that importing one light submodule (connector_spec, presets)
+does not import torch, transformers and peft through this package.
+"""
+import importlib
+
+_WHERE = {
+    "Bundle": "build", "ImageProcessor": "build", "build_model": "build", "load_bundle": "build",
+    "encode_images": "inputs", "forward": "inputs", "forward_from_image_embeds": "inputs", "make_batch": "inputs",
+    "unwrap": "inputs", "load_lavis_checkpoint": "lavis", "PRESETS": "presets", "build_config": "presets",
+    "word_tokenizer": "tokenizers",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
