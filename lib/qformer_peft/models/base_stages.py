@@ -37,6 +37,9 @@ T5 held-in VQA 72.5 -> 64.5, CIDEr 500 -> 313, IconQA adaptability +8.0 -> -1.3 
 (64 items; the batches then shuffled) was no better: T5's stage 3 took 505 s against 602 s run side by side
 with the ordinary build, but held-in VQA 74.0 -> 70.5, CIDEr 476 -> 396, val loss 0.391 -> 0.482, and the
 adaptability check +4.3 -> -0.3 points. Padding is the price of batches that mix the held-in tasks.
+Nor do larger stage-3 batches pay: batch 32 (half the steps) took 489 s against the batch-16 build's 520 s (a
+step is compute, not overhead, at this size), and lost held-in VQA 74.0 -> 65.0 with the learning rate
+doubled (2e-3; CIDEr 534, zero-shot IconQA 45.3, adaptability 44.0 -> 45.7) or 59.5 at 1e-3 (what_color 65).
 """
 from __future__ import annotations
 
