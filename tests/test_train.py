@@ -1,5 +1,6 @@
 """The training loop: optimizer groups, schedules, what each setup trains, best-epoch restore, early
 stopping, and AdaLoRA's budget."""
+import copy
 import itertools
 import math
 
@@ -12,7 +13,7 @@ from qformer_peft.evaluate import Example
 from qformer_peft.features import FeatureCache, ImageEncoder
 from qformer_peft.models.build import build_model, default_tokenizers
 from qformer_peft.models.inputs import forward, make_batch, unwrap
-from qformer_peft.train import (adalora_ranks, fit, make_schedule, param_groups, seed_everything, steps_per_epoch,
+from qformer_peft.train import (adalora_ranks, adamw, fit, make_schedule, param_groups, seed_everything, steps_per_epoch,
                                 trainable_state)
 
 WORDS = "<Image> Question: what color is it ? Options: ( a ) b red blue . Short answer:".split()
@@ -55,6 +56,28 @@ def test_weight_decay_only_on_matrices():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         param_groups(model, 0.05)
+
+
+def test_adamw_is_fused_on_cpu_and_updates_as_the_reference():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+    twin = copy.deepcopy(model)
+    fused = adamw(param_groups(model, 0.05), 1e-2)
+    reference = torch.optim.AdamW(param_groups(twin, 0.05), lr=1e-2, betas=(0.9, 0.999), foreach=False)
+    assert fused.defaults["fused"] and fused.param_groups[0]["weight_decay"] == 0.05
+    x = torch.randn(32, 8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(5):
+        for m, opt in ((model, fused), (twin, reference)):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert (p - before[name]).abs().max() > 1e-3, name  # it trained
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    # a device the fused kernel has no version for: the for-loop implementation
+    meta = torch.nn.Parameter(torch.zeros(2, 2, device="meta"))
+    assert not adamw([{"params": [meta], "weight_decay": 0.0}], 1e-3).defaults["fused"]
 
 
 def test_schedules():

@@ -74,7 +74,7 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
     from .evaluate import candidate_nll, candidate_nll_loop
     from .features import FeatureCache, ImageEncoder
     from .models.inputs import encode_images
-    from .train import backward_step, param_groups, seed_everything
+    from .train import adamw, backward_step, param_groups, seed_everything
 
     out: dict[str, Any] = {"preset": "mini", "llm": llm, "batch_size": batch_size, "threads": torch.get_num_threads(),
                            "train": [], "eval": {}}
@@ -89,7 +89,7 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
             model = peft_setup.apply_peft(bundle.model, setup, **kwargs)
             model.train()
             bundle.model.vision_model.eval()
-            optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-5)
+            optimizer = adamw(param_groups(model, 0.05), 1e-5)
             row: dict[str, Any] = {"setup": setup, "trainable": sum(peft_setup.trainable_parameters(model).values())}
             for cached in (True, False):
                 features.clear_memory()
@@ -155,7 +155,7 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
     from . import peft_setup
     from .models.inputs import forward
     from .models.presets import build_config
-    from .train import param_groups
+    from .train import adamw, param_groups
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -184,7 +184,7 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
             model = InstructBlipForConditionalGeneration(config).to(torch.bfloat16)  # random weights
         model = peft_setup.apply_peft(model, setup, **SETUPS[setup])
         model.train()
-        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-5)
+        optimizer = adamw(param_groups(model, 0.05), 1e-5)
 
         def step():
             with torch.autocast(device.type, dtype=torch.bfloat16):

@@ -32,7 +32,7 @@ from .. import runs
 
 ALIGN = {"batch_size": 16, "lr": 5e-4, "weight_decay": 0.05, "warmup_frac": 0.1, "checkpoints": 4,
          "val_limit": 192, "max_prompt_tokens": 128}
-ALIGN_VERSION = "1"  # bump when a change here changes what an alignment computes
+ALIGN_VERSION = "2"  # bump when a change here changes what an alignment computes
 ALIGNED_FILE, REPORT_FILE = "aligned.safetensors", "align.json"
 
 
@@ -164,7 +164,7 @@ def _train(model, bundle, train: list, val: list, *, images, steps: int, seed: i
            log, label: str) -> dict[str, Any]:
     from transformers import get_cosine_schedule_with_warmup
 
-    from ..train import backward_step, param_groups, seed_everything
+    from ..train import adamw, backward_step, param_groups, seed_everything
     from .inputs import forward, make_batch
 
     @torch.no_grad()
@@ -182,7 +182,7 @@ def _train(model, bundle, train: list, val: list, *, images, steps: int, seed: i
         return round(total / len(val), 4)
 
     seed_everything(seed)
-    optimizer = torch.optim.AdamW(param_groups(model, ALIGN["weight_decay"]), lr=ALIGN["lr"], betas=(0.9, 0.999))
+    optimizer = adamw(param_groups(model, ALIGN["weight_decay"]), ALIGN["lr"])
     warmup = math.ceil(ALIGN["warmup_frac"] * steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
     marks = sorted({max(1, round(steps * (i + 1) / ALIGN["checkpoints"])) for i in range(ALIGN["checkpoints"])})

@@ -42,7 +42,7 @@ import torch
 from .. import runs
 from .presets import SCALED_FROM, root_preset, vision_signature
 
-BUILD_VERSION = "3"  # bump when a change here or in base_stages changes the weights a recipe builds
+BUILD_VERSION = "4"  # bump when a change here or in base_stages changes the weights a recipe builds
 DEFAULT_SEED = 0
 LLMS = ("t5", "llama")
 

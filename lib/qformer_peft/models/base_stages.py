@@ -301,11 +301,9 @@ def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, l
     torch.manual_seed(seed)
     vision = InstructBlipVisionModel(vision_config(preset))
     heads = DenseHeads(vision.config.hidden_size)
-    params = list(vision.parameters()) + list(heads.parameters())
-    decay = [q for q in params if q.ndim >= 2]
-    rest = [q for q in params if q.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-                                  lr=lr)
+    from ..train import adamw, param_groups
+
+    optimizer = adamw(param_groups(nn.ModuleList([vision, heads]), 0.05), lr)
     n = len(pixels)
     per_epoch = n // batch_size
     total = max(1, per_epoch * epochs)
@@ -442,10 +440,9 @@ def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, 
     rng = random.Random(seed)
     for param in language_model.parameters():
         param.requires_grad = True
-    decay = [q for q in language_model.parameters() if q.ndim >= 2]
-    rest = [q for q in language_model.parameters() if q.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-                                  lr=lr)
+    from ..train import adamw, param_groups
+
+    optimizer = adamw(param_groups(language_model, 0.05), lr)
     per_epoch = max(1, len(train_pairs) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, per_epoch * epochs),
                                                     pct_start=0.05, anneal_strategy="cos")
