@@ -78,6 +78,21 @@ def test_mini_stops_lora_runs_at_the_first_epoch_without_gain_and_never_cuts_an_
     assert len({cfg.hash for cfg in every}) == len(every)
 
 
+def test_mini_measures_the_held_in_cost_on_each_cells_first_seed_only(tmp_path):
+    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    every = [cfg for c in cells for cfg in c.configs()]
+    limit = grid.PROFILES["mini"].hparams["heldin_limit"]
+    assert limit > 0
+    by_seed = {s: {cfg.heldin_limit for cfg in every if cfg.seed == s} for s in (42, 43, 44)}
+    assert by_seed == {42: {limit}, 43: {0}, 44: {0}}
+    # every kind of run is still measured on its first seed: the report's held-in table has a row per setup
+    measured = {(cfg.setup, cfg.method, cfg.connector) for cfg in every if cfg.heldin_limit}
+    assert measured == {(cfg.setup, cfg.method, cfg.connector) for cfg in every}
+    # a later seed's run is the config it was before held-in scoring existed (heldin_limit 0 is hash-neutral)
+    later = next(cfg for cfg in every if cfg.seed == 43)
+    assert "heldin_limit" not in later.to_dict()
+
+
 def test_model_scaling_adds_only_the_model_size_cell_and_keeps_every_finished_cell(tmp_path):
     """--model-scaling on a finished mini study: same profile name (runs folder, markers), every cell's parameters
     unchanged, so all of them stay finished and only open_scaling_model_t5_iconqa (then the report) executes:

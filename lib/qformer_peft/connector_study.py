@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .claims import FAILS, HOLDS, INCONCLUSIVE, Claim, _fmt, combine, judge, paired
-from .config import ExperimentConfig
+from .config import ExperimentConfig, heldin_on_first_seed
 
 STUDY_TAG = "study:connectors"
 COMPARABLE_TOL = 1.0  # "matches" / "is enough": at most 1 accuracy point below
@@ -69,11 +69,11 @@ def connector_configs(*, benchmark: str, llm: str, model: str, data_dir: str, co
         if unknown:
             raise ValueError(f"connector spec {dict(spec)}: unknown key(s) {unknown}; use {', '.join(CONNECTOR_KEYS)}")
         for seed in seeds:
-            out.append(ExperimentConfig.from_dict({
+            out.append(ExperimentConfig.from_dict(heldin_on_first_seed({
                 "benchmark": benchmark, "llm": llm, "model": str(model), "data_root": str(Path(data_dir) / benchmark),
                 "setup": "baseline", "qf_sublayers": None, "llm_targets": None, "rank": None,
                 "align_steps": align_steps, **dict(hparams or {}), **dict(spec), "seed": seed,
-                "tags": [*tags, STUDY_TAG]}))
+                "tags": [*tags, STUDY_TAG]}, seeds)))
     return out
 
 

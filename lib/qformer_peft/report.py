@@ -299,7 +299,8 @@ def heldin_cost_html(df: Any) -> str:
         return ""
     return ("<h2 id='heldin-cost'>What adapting costs on held-in VQA</h2>"
             "<p>Held-in validation VQA exact match (%) after training, mean over the runs that measured it "
-            "(config heldin_limit: the first N held-in val task lines, 2 of every 3 are VQA): the adapted model, "
+            "(config heldin_limit: the first N held-in val task lines, 2 of every 3 are VQA; the grid measures it "
+            "on each cell's first seed): the adapted model, "
             "and the same model with its LoRA switched off (what every setup trains besides LoRA stays adapted; "
             "a setup without LoRA has no such figure). base: the base model's own figure from its build report "
             "(build_report.json, measured on the build's own number of held-in lines).</p>" + _frame_html(t))
