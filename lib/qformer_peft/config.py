@@ -30,6 +30,7 @@ CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors
 # defaults, so that adding them did not turn every finished run folder into a new, unfinished config.
 HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0}
 
+
 def heldin_on_first_seed(values: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
     """A run's config values with heldin_limit set to 0 (not measured) unless its seed is the first of its cell's
     seeds. What adapting costs on held-in VQA is reported per setup and no claim reads its spread over seeds;

@@ -285,6 +285,7 @@ def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, l
     held-out attribute accuracy (vision_quality), the majority-class reference, steps and time."""
     from transformers import InstructBlipVisionModel
 
+    from ..train import adamw, param_groups
     from .build import ImageProcessor
 
     start = time.perf_counter()
@@ -301,8 +302,6 @@ def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, l
     torch.manual_seed(seed)
     vision = InstructBlipVisionModel(vision_config(preset))
     heads = DenseHeads(vision.config.hidden_size)
-    from ..train import adamw, param_groups
-
     optimizer = adamw(param_groups(nn.ModuleList([vision, heads]), 0.05), lr)
     n = len(pixels)
     per_epoch = n // batch_size
@@ -432,6 +431,8 @@ def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, 
                    lr: float, seed: int, mc_fraction: float = 0.0, extra_per_picture: int = 0,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stage 2: the LLM alone on the held-in text, in place. Returns held-out perplexity before and after."""
+    from ..train import adamw, param_groups
+
     start = time.perf_counter()
     train_pairs = text_corpus(heldin, "train", mc_fraction, seed, extra_per_picture)
     val_pairs = text_corpus(heldin, "val", mc_fraction, seed, extra_per_picture)
@@ -440,8 +441,6 @@ def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, 
     rng = random.Random(seed)
     for param in language_model.parameters():
         param.requires_grad = True
-    from ..train import adamw, param_groups
-
     optimizer = adamw(param_groups(language_model, 0.05), lr)
     per_epoch = max(1, len(train_pairs) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, per_epoch * epochs),
