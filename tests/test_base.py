@@ -103,6 +103,28 @@ def test_build_report_holds_every_stage_the_controls_and_the_times(built):
     assert "shuffled images" in md and "Stage 1" in md and "no text stage" in md
 
 
+def test_adaptability_scores_the_same_test_items_before_and_after_with_a_paired_error(built, data, tmp_path):
+    path, cache = built
+    a = base_quality.adaptability(path, data, tmp_path / "adapt", cache_dir=cache / "features", train_limit=16,
+                                  epochs=1, val_limit=8, heldin_limit=6, seed=0)
+    assert a["test_n"] == 8 and a["steps"] >= 1
+    assert a["test_gain"] == pytest.approx(a["test_after"] - a["test_before"], abs=0.02)
+    assert 0 <= a["test_gain_se"] <= 100
+    md = base.report_markdown({**base.runs.read_json(path / "build_report.json"),
+                               "quality": {**base.runs.read_json(path / "build_report.json")["quality"],
+                                           "adaptability": a}})
+    assert f"held-out test {a['test_before']} -> {a['test_after']}" in md
+
+
+def test_paired_gain_is_the_mean_item_difference_with_its_standard_error():
+    before = {"a": True, "b": False, "c": False, "d": True}
+    after = {"a": True, "b": True, "c": False, "d": False}
+    assert base_quality.paired_gain(before, after) == {"gain": 0.0, "se": 40.82, "n": 4}  # d = 0, +1, 0, -1
+    assert base_quality.paired_gain(before, {**after, "b": True, "d": True}) == {"gain": 25.0, "se": 25.0, "n": 4}
+    with pytest.raises(ValueError, match="same items"):
+        base_quality.paired_gain(before, {"a": True})
+
+
 # --- the cache ------------------------------------------------------------------------------------------
 
 def test_ensure_base_reuses_a_current_build_and_rebuilds_on_a_new_seed_data_or_recipe(built, heldin_only, monkeypatch,

@@ -466,8 +466,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         a = q.get("adaptability")
         if a:
             c = a["heldin_vqa_em"]
+            held_out = (f"; held-out test {a['test_before']} -> {a['test_after']} ({a['test_gain']:+} ± "
+                        f"{a['test_gain_se']} paired SE, n {a['test_n']})" if "test_gain" in a else "")
             lines += [f"- adaptability ({a['setup']}, {a['steps']} steps on {a['train_items']} IconQA items): val "
-                      f"{a['val_before']} -> {a['val_after']} (chance {a['chance']})",
+                      f"{a['val_before']} -> {a['val_after']} (val picks the epoch; chance {a['chance']}){held_out}",
                       f"- what adapting costs on held-in VQA: base {c['base']}, adapted {c['adapted']}, adapter "
                       f"switched off {c.get('adapter_off')}"]
     lines += ["", "## Time (wall s; CPU s in brackets)", ""]

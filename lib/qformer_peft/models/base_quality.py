@@ -5,17 +5,20 @@
   heldin_chance     what a blind model scores: the most common training answer per question type
   zero_shot         candidate-ranking accuracy on a synthetic benchmark split (engine's evaluator), and chance
   adaptability      a short qf-lora run on synthetic IconQA through engine.run_experiment: val accuracy
-                    before and after, and what it costs on held-in (adapted, adapter switched off)
+                    before and after (val also picks the epoch), test accuracy before and after on the same
+                    items with the paired standard error (paired_gain), and what it costs on held-in
+                    (adapted, adapter switched off)
   adaptation_cost   that last comparison for any finished LoRA run folder (the study can call it per setup)
 Only evaluation reads the benchmarks; nothing here trains the base model.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -116,9 +119,10 @@ def heldin_chance(data_dir: str | Path, limit: int | None = None) -> dict[str, A
 @torch.no_grad()
 def zero_shot(bundle, data_dir: str | Path, benchmark: str, *, split: str = "val", limit: int | None = None,
               images: Callable[[Sequence[str]], torch.Tensor] | None = None, model=None,
-              batch_size: int = 32) -> dict[str, Any]:
+              batch_size: int = 32, items: bool = False) -> dict[str, Any]:
     """Candidate-ranking accuracy (PROTOCOL §5, the engine's evaluator) on the first `limit` items of a
-    synthetic multiple-choice benchmark, with chance (mean 1 / number of options) and per-skill accuracy."""
+    synthetic multiple-choice benchmark, with chance (mean 1 / number of options) and per-skill accuracy;
+    with items, also whether each item was right ("correct": {id: bool}, what paired_gain compares)."""
     from .. import data
     from ..engine import examples_of
     from ..evaluate import evaluate
@@ -132,10 +136,26 @@ def zero_shot(bundle, data_dir: str | Path, benchmark: str, *, split: str = "val
     for ex, p in zip(examples, preds):
         key = ",".join(ex.meta.get("skills") or ()) or str(ex.meta.get("category", "")) or "all"
         groups[key].append(bool(p["correct"]))
-    return {"accuracy": round(metrics["accuracy"], 2),
-            "chance": round(100.0 * sum(1 / len(e.candidates) for e in examples) / len(examples), 2),
-            "by_group": {k: round(100.0 * sum(v) / len(v), 2) for k, v in sorted(groups.items())},
-            "n": len(examples), "split": split}
+    out = {"accuracy": round(metrics["accuracy"], 2),
+           "chance": round(100.0 * sum(1 / len(e.candidates) for e in examples) / len(examples), 2),
+           "by_group": {k: round(100.0 * sum(v) / len(v), 2) for k, v in sorted(groups.items())},
+           "n": len(examples), "split": split}
+    if items:
+        out["correct"] = {ex.id: bool(p["correct"]) for ex, p in zip(examples, preds)}
+    return out
+
+
+def paired_gain(before: Mapping[str, bool], after: Mapping[str, bool]) -> dict[str, Any]:
+    """after - before in accuracy points on the same items, with the standard error of that mean paired
+    difference (each item contributes -1, 0 or +1): a gain is clear when it is more than twice its SE."""
+    if set(before) != set(after) or not before:
+        raise ValueError(f"paired_gain needs the same items on both sides: {len(before)} before, {len(after)} "
+                         f"after, {len(set(before) & set(after))} shared")
+    d = [int(after[i]) - int(before[i]) for i in before]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return {"gain": round(100.0 * mean, 2), "se": round(100.0 * math.sqrt(var / n), 2), "n": n}
 
 
 def adaptation_cost(base: str | Path, run_dir: str | Path, data_dir: str | Path, limit: int | None = None, *,
@@ -164,8 +184,11 @@ def adaptability(checkpoint: str | Path, data_dir: str | Path, out: str | Path, 
                  train_limit: int, epochs: int, val_limit: int, heldin_limit: int, rank: int = 8, seed: int = 42,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """A short qf-lora run (all Q-Former sublayers, rank `rank`) on synthetic IconQA from the checkpoint:
-    val accuracy before (zero-shot, same items) and after, the optimizer steps it took, and the held-in
-    cost (adaptation_cost)."""
+    val accuracy before (zero-shot, same items) and after, the optimizer steps it took, the held-in cost
+    (adaptation_cost), and the gain on the first `val_limit` test items (paired_gain). The val gain is
+    optimistic: val picks the best epoch. Measured on a mini T5 base (build version 4, a fourth draw): val
+    41.0 -> 43.0, 43.3, 43.0 over three seeds, while the same runs scored 43.7 -> 44.7, 42.3, 42.7 on test."""
+    from .. import runs
     from ..engine import run_experiment
     from ..features import FeatureCache, ImageEncoder
     from .build import load_bundle
@@ -179,14 +202,19 @@ def adaptability(checkpoint: str | Path, data_dir: str | Path, out: str | Path, 
               "setup": "qf-lora", "qf_sublayers": "all", "rank": rank, "max_epochs": epochs, "patience": epochs,
               "train_limit": train_limit, "val_limit": val_limit, "test_limit": val_limit, "seed": seed}
     result = run_experiment(config, out=out, cache_dir=cache_dir)
-    cost = adaptation_cost(checkpoint, _run_path(out), data_dir, heldin_limit, images=images)
+    run = _run_path(out)
+    test_before = zero_shot(bundle, data_dir, "iconqa", split="test", limit=val_limit, images=images, items=True)
+    gain = paired_gain(test_before["correct"], {p["id"]: bool(p["correct"]) for p in runs.RunDir(run).predictions()})
+    cost = adaptation_cost(checkpoint, run, data_dir, heldin_limit, images=images)
     report = {"setup": f"qf-lora all r{rank}", "steps": result["steps"], "epochs": result["epochs"],
               "train_items": result["n"]["train"], "val_before": before["accuracy"],
-              "val_after": round(result["val_score"], 2), "test_after": round(result["test_score"], 2),
-              "chance": before["chance"], "heldin_vqa_em": cost,
+              "val_after": round(result["val_score"], 2), "test_before": test_before["accuracy"],
+              "test_after": round(result["test_score"], 2), "test_gain": gain["gain"], "test_gain_se": gain["se"],
+              "test_n": gain["n"], "chance": before["chance"], "heldin_vqa_em": cost,
               "time_s": round(time.perf_counter() - start, 2)}
     if log is not None:
-        log(f"[base] adaptability: IconQA val {report['val_before']} -> {report['val_after']} after "
+        log(f"[base] adaptability: IconQA val {report['val_before']} -> {report['val_after']}, held-out test "
+            f"{report['test_before']} -> {report['test_after']} ({gain['gain']:+.2f} ± {gain['se']} paired SE) after "
             f"{report['steps']} qf-lora steps; held-in VQA {cost}")
     return report
 
