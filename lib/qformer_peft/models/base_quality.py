@@ -186,7 +186,7 @@ def adaptability(checkpoint: str | Path, data_dir: str | Path, out: str | Path, 
     """A short qf-lora run (all Q-Former sublayers, rank `rank`) on synthetic IconQA from the checkpoint:
     val accuracy before (zero-shot, same items) and after, the optimizer steps it took, the held-in cost
     (adaptation_cost), and the gain on the first `val_limit` test items (paired_gain). The val gain is
-    optimistic: val picks the best epoch. Measured on a mini T5 base (build version 4, a fourth draw): val
+    optimistic: val picks the best epoch. Measured on the seventh study's mini T5 base (build version 4): val
     41.0 -> 43.0, 43.3, 43.0 over three seeds, while the same runs scored 43.7 -> 44.7, 42.3, 42.7 on test."""
     from .. import runs
     from ..engine import run_experiment
