@@ -110,9 +110,8 @@ def test_adaptability_scores_the_same_test_items_before_and_after_with_a_paired_
     assert a["test_n"] == 8 and a["steps"] >= 1
     assert a["test_gain"] == pytest.approx(a["test_after"] - a["test_before"], abs=0.02)
     assert 0 <= a["test_gain_se"] <= 100
-    md = base.report_markdown({**base.runs.read_json(path / "build_report.json"),
-                               "quality": {**base.runs.read_json(path / "build_report.json")["quality"],
-                                           "adaptability": a}})
+    report = base.runs.read_json(path / "build_report.json")
+    md = base.report_markdown({**report, "quality": {**report["quality"], "adaptability": a}})
     assert f"held-out test {a['test_before']} -> {a['test_after']}" in md
 
 
