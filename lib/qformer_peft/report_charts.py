@@ -313,7 +313,11 @@ def heatmap(values: pd.DataFrame, *, title: str = "mean AdaLoRA rank") -> alt.Fa
                                              color=alt.condition(alt.datum.mean_rank > mid, alt.value("black"),
                                                                  alt.value("white")))
     return (alt.layer(rect, text, data=d).properties(width=150, height=16 * max(1, d["layer"].nunique()))
-            .facet(row=alt.Row("llm_label:N", title=None),
+            # row labels horizontal, above each row: rotated, they are longer than a 4-layer panel is high and
+            # the two LLMs' labels ran into each other
+            .facet(row=alt.Row("llm_label:N", title=None,
+                               header=alt.Header(labelAngle=0, labelOrient="top", labelAnchor="start",
+                                                 labelFontWeight="bold")),
                    column=alt.Column("benchmark:N", title=None, sort=["iconqa", "scienceqa", "flickr30k", "vizwiz"])))
 
 
