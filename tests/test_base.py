@@ -3,9 +3,11 @@
 One real build is shared by the module: it is trained once in memory (train_base) and once through the
 cache (ensure_base) on a copy of the data without the four benchmarks, and the two must agree bit for bit.
 """
+import re
 import shutil
 
 import pytest
+
 import torch
 from safetensors.torch import load_file
 
@@ -106,13 +108,13 @@ def test_build_report_holds_every_stage_the_controls_and_the_times(built):
 def test_adaptability_scores_the_same_test_items_before_and_after_with_a_paired_error(built, data, tmp_path):
     path, cache = built
     a = base_quality.adaptability(path, data, tmp_path / "adapt", cache_dir=cache / "features", train_limit=16,
-                                  epochs=1, val_limit=8, heldin_limit=6, seed=0)
-    assert a["test_n"] == 8 and a["steps"] >= 1
+                                  epochs=1, val_limit=8, heldin_limit=6, seed=0, lr=3e-3)
+    assert a["test_n"] == 8 and a["steps"] >= 1 and a["lr"] == 3e-3  # the check's own rate, not the grid's
     assert a["test_gain"] == pytest.approx(a["test_after"] - a["test_before"], abs=0.02)
     assert 0 <= a["test_gain_se"] <= 100
     report = base.runs.read_json(path / "build_report.json")
     md = base.report_markdown({**report, "quality": {**report["quality"], "adaptability": a}})
-    assert f"held-out test {a['test_before']} -> {a['test_after']}" in md
+    assert f"held-out test {a['test_before']} -> {a['test_after']}" in md and f"steps at lr 0.003 on" in md
 
 
 def test_paired_gain_is_the_mean_item_difference_with_its_standard_error():
@@ -257,8 +259,13 @@ def test_extra_questions_answer_what_the_scene_shows_in_the_worlds_words():
             qa = base_stages._extra_question(random.Random(seed), sc, kind)
             if qa is None:
                 continue
-            _, q, a = qa
+            _, q, a, distractors = qa
             seen.add(kind)
+            attr = {"color_of": "color"}.get(kind, "shape")
+            in_picture = sorted({o[attr] for o in sc["objects"]} - {a})
+            assert distractors == {"than": [{"bigger": "smaller", "smaller": "bigger"}.get(a)],
+                                   "left_of": [{"left": "right", "right": "left"}.get(a)],
+                                   "count_shapes": [], "count_color_shapes": []}.get(kind, in_picture), (q, a)
             assert set(re.findall(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]", q + " " + a)) <= vocab, q
             expected = {
                 "How many shapes can you see?": "3", "How many red shapes can you see?": "2",
@@ -298,6 +305,31 @@ def test_multiple_choice_keeps_the_question_and_letters_the_gold_answer(data):
                                                                          t["prompt"]))
         letter, gold = t["answer"][1], t["answer"][4:]
         assert options[letter] == gold and len(set(options.values())) == len(options) >= 2
+
+
+def test_multiple_choice_asks_the_extra_questions_against_what_the_picture_shows(data):
+    """The options of an extra question are its gold answer and the other objects' values (a colour or shape
+    that is in the picture), so that only binding, not presence, tells them apart, as in IconQA; counts, and
+    pictures that show one value only, draw from the question type's pool."""
+    heldin = base_stages.read_heldin(data)
+    scenes = dict(heldin.scenes["train"])
+    extra = base_stages.extra_questions(heldin, "train", 3, 0)
+    mc = base_stages.multiple_choice(extra, 1.0, 0)
+    by_kind = {}
+    for t in mc:
+        options = re.findall(r"\(([a-z])\) (.*?)(?= \([a-z]\) |\. Answer:$)", t["prompt"])
+        values = {o for _, o in options}
+        objects = scenes[t["image"]]["objects"]
+        kind = t["qtype"].removeprefix("extra_")
+        by_kind.setdefault(kind, set()).add(len(values))
+        if kind in ("color_of", "shape_of", "largest", "extreme"):
+            attr = "color" if kind == "color_of" else "shape"
+            present = {o[attr] for o in objects}
+            assert values <= present or len(present) == 1, t["prompt"]  # one value: the pool serves
+        elif kind in ("than", "left_of"):
+            assert len(values) == 2
+    assert {"color_of", "shape_of", "count_shapes"} <= set(by_kind)
+    assert max(by_kind["count_shapes"]) > 2  # pool distractors: other counts
 
 
 def test_side_by_side_builds_share_the_encoder_and_equal_one_after_the_other(heldin_only, tmp_path, monkeypatch):

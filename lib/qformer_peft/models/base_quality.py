@@ -182,12 +182,15 @@ def adaptation_cost(base: str | Path, run_dir: str | Path, data_dir: str | Path,
 
 def adaptability(checkpoint: str | Path, data_dir: str | Path, out: str | Path, *, cache_dir: str | Path,
                  train_limit: int, epochs: int, val_limit: int, heldin_limit: int, rank: int = 8, seed: int = 42,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 lr: float | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """A short qf-lora run (all Q-Former sublayers, rank `rank`) on synthetic IconQA from the checkpoint:
     val accuracy before (zero-shot, same items) and after, the optimizer steps it took, the held-in cost
     (adaptation_cost), and the gain on the first `val_limit` test items (paired_gain). The val gain is
     optimistic: val picks the best epoch. Measured on the seventh study's mini T5 base (build version 4): val
-    41.0 -> 43.0, 43.3, 43.0 over three seeds, while the same runs scored 43.7 -> 44.7, 42.3, 42.7 on test."""
+    41.0 -> 43.0, 43.3, 43.0 over three seeds, while the same runs scored 43.7 -> 44.7, 42.3, 42.7 on test.
+    lr: the check's own rate (None: the grid's LR_PEFT). At the grid's 5e-4, 200 steps sit before anything
+    moves on any base measured; on build version 5's T5, 376 steps at 2e-3 (mini's recipe) took held-out test
+    55.7 -> 63.8 on 600 items, against 55.0 after 200 steps at 5e-4 (base_stages' docstring)."""
     from .. import runs
     from ..engine import run_experiment
     from ..features import FeatureCache, ImageEncoder
@@ -200,13 +203,14 @@ def adaptability(checkpoint: str | Path, data_dir: str | Path, out: str | Path, 
     before = zero_shot(bundle, data_dir, "iconqa", limit=val_limit, images=images)
     config = {"benchmark": "iconqa", "data_root": str(Path(data_dir) / "iconqa"), "model": str(checkpoint),
               "setup": "qf-lora", "qf_sublayers": "all", "rank": rank, "max_epochs": epochs, "patience": epochs,
-              "train_limit": train_limit, "val_limit": val_limit, "test_limit": val_limit, "seed": seed}
+              "train_limit": train_limit, "val_limit": val_limit, "test_limit": val_limit, "seed": seed, "lr": lr}
     result = run_experiment(config, out=out, cache_dir=cache_dir)
     run = _run_path(out)
     test_before = zero_shot(bundle, data_dir, "iconqa", split="test", limit=val_limit, images=images, items=True)
     gain = paired_gain(test_before["correct"], {p["id"]: bool(p["correct"]) for p in runs.RunDir(run).predictions()})
     cost = adaptation_cost(checkpoint, run, data_dir, heldin_limit, images=images)
-    report = {"setup": f"qf-lora all r{rank}", "steps": result["steps"], "epochs": result["epochs"],
+    report = {"setup": f"qf-lora all r{rank}", "lr": result["learning_rate"], "steps": result["steps"],
+              "epochs": result["epochs"],
               "train_items": result["n"]["train"], "val_before": before["accuracy"],
               "val_after": round(result["val_score"], 2), "test_before": test_before["accuracy"],
               "test_after": round(result["test_score"], 2), "test_gain": gain["gain"], "test_gain_se": gain["se"],

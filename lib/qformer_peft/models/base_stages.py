@@ -40,6 +40,30 @@ adaptability check +4.3 -> -0.3 points. Padding is the price of batches that mix
 Nor do larger stage-3 batches pay: batch 32 (half the steps) took 489 s against the batch-16 build's 520 s (a
 step is compute, not overhead, at this size), and lost held-in VQA 74.0 -> 65.0 with the learning rate
 doubled (2e-3; CIDEr 534, zero-shot IconQA 45.3, adaptability 44.0 -> 45.7) or 59.5 at 1e-3 (what_color 65).
+
+Build version 5: binding, measured where IconQA asks for it. Build version 4's T5 answered IconQA at 48.7 on
+600 test items, the same with the options hidden (48.2: an open question ranked over the option words), so the
+letters were not the obstacle: it did not know the answers. Asked on held-in val pictures with the options
+IconQA uses, the other objects' values ("What is the shape of the red object?" against the picture's other
+shapes), it bound a shape to a colour at 41% in pictures of 4-5 objects (chance 33%; colour to a shape 81%),
+while its held-in multiple-choice questions had drawn wrong options from the whole pool ("blue" when nothing
+is blue), which presence alone rules out. Its IconQA skills stayed near chance after any short adaptation, and
+qf-lora took ~1,000 steps at 4x the grid's rate to gain 5-7 points. Two changes, on the same stage 1 (T5,
+stage-3 wall time with two builds side by side; binding = shape of a colour / colour of a shape, 4-5 objects;
+IconQA = zero-shot on 600 test items -> after 564 qf-lora steps at 4e-3 on its 3,000 training items):
+    version 4 (2 epochs, pool options)             303 s alone    41 / 81    48.7 -> 55.3 (seed 43: 53.5)
+    + options from the picture (2 epochs)          328 s          55 / 93    49.8 -> 59.2
+    + a third epoch (the default)                  641 s          69 / 95    55.7 -> 67.5
+    4 epochs, pool options                         689 s          91 / 97    52.8 -> 69.3
+The extra questions therefore carry the picture's own wrong answers (_extra_question's distractors), which
+multiple_choice offers as options, and mini's stage 3 runs 3 epochs for both LLMs. A fourth epoch binds
+better still, but T5's build alone would pass the 10-minute budget on this machine's faster draws. Measured
+and not kept: stage-3 lr 2e-3 (val loss 0.457 against 0.380 at 1e-3, 2 epochs); batches of captions apart
+from batches of questions (a caption pads every mixed batch's targets to ~24-43 tokens against 1-5), which
+was no faster (216 against 221 s an epoch, side by side). The LLaMA-style base binds nothing either way: 3
+or 4 epochs with picture options left both bindings at chance (33-45% against 32-50%), and neither qf-lora
+(376 steps at 2e-3: test 42.8 -> 42.2) nor training its Q-Former and LLM together (750 steps at 1e-4, build
+version 4: 44.0 -> 42.3, training accuracy 39 -> 45) moved IconQA: its limit is the model, not the check.
 """
 from __future__ import annotations
 
@@ -507,8 +531,15 @@ EXTRA_WEIGHTS = {"color_of": 5, "shape_of": 5, "count_shapes": 1, "count_color_s
                  "extreme": 5, "left_of": 3}
 
 
+def _others(objs: list[dict], target: dict, attr: str) -> list[str]:
+    """The values of `attr` in the picture other than the target's: distractors only binding can rule out."""
+    return sorted({o[attr] for o in objs} - {target[attr]})
+
+
 def _extra_question(rng: random.Random, sc: dict, kind: str) -> tuple[str, str, str] | None:
-    """(kind, question, answer) about a held-in scene, or None when this kind has no clear answer here."""
+    """(kind, question, answer, distractors) about a held-in scene, or None when this kind has no clear answer
+    here. distractors: the wrong answers the picture itself offers (the other objects' colours or shapes, the
+    opposite word), what multiple_choice asks against; [] where the question type's pool serves (counts)."""
     from ..data.synthetic_world import clearly_bigger
 
     objs = sc["objects"]
@@ -517,42 +548,42 @@ def _extra_question(rng: random.Random, sc: dict, kind: str) -> tuple[str, str, 
     pair = [o for o in objs if sum(x["shape"] == o["shape"] and x["color"] == o["color"] for x in objs) == 1]
     if kind == "color_of" and unique_shape:
         o = rng.choice(unique_shape)
-        return kind, q.format(shape=o["shape"]), o["color"]
+        return kind, q.format(shape=o["shape"]), o["color"], _others(objs, o, "color")
     if kind == "shape_of":
         unique_color = [o for o in objs if sum(x["color"] == o["color"] for x in objs) == 1]
         if unique_color:
             o = rng.choice(unique_color)
-            return kind, q.format(color=o["color"]), o["shape"]
+            return kind, q.format(color=o["color"]), o["shape"], _others(objs, o, "shape")
         return None
     if kind == "count_shapes":
-        return kind, q, str(len(objs))
+        return kind, q, str(len(objs)), []
     if kind == "count_color_shapes":
         color = rng.choice(objs)["color"]
-        return kind, q.format(color=color), str(sum(o["color"] == color for o in objs))
+        return kind, q.format(color=color), str(sum(o["color"] == color for o in objs)), []
     if kind == "largest" and len(objs) >= 2:
         word = rng.choice(("largest", "biggest", "smallest"))
         ranked = sorted(objs, key=lambda o: o["extent"], reverse=word != "smallest")
         top = ranked[0]
         clear = all(clearly_bigger(top, o) if word != "smallest" else clearly_bigger(o, top) for o in ranked[1:])
         if clear and top in unique_shape:
-            return kind, q.format(word=word), top["shape"]
+            return kind, q.format(word=word), top["shape"], _others(objs, top, "shape")
     if kind == "than" and len(pair) >= 2:
         a, b = rng.sample(pair, 2)
         if clearly_bigger(a, b) or clearly_bigger(b, a):
             return kind, q.format(color=a["color"], shape=a["shape"], color2=b["color"], shape2=b["shape"]), \
-                "bigger" if clearly_bigger(a, b) else "smaller"
+                *(("bigger", ["smaller"]) if clearly_bigger(a, b) else ("smaller", ["bigger"]))
     if kind == "extreme" and len(objs) >= 2:
         word = rng.choice(("farthest", "closest"))
         side = rng.choice(("left", "right") if word == "farthest" else ("top", "bottom"))
         key = "cx" if side in ("left", "right") else "cy"
         ranked = sorted(objs, key=lambda o: o[key], reverse=side in ("right", "bottom"))
         if abs(ranked[0][key] - ranked[1][key]) >= 8 and ranked[0] in unique_shape:
-            return kind, q.format(word=word, side=side), ranked[0]["shape"]
+            return kind, q.format(word=word, side=side), ranked[0]["shape"], _others(objs, ranked[0], "shape")
     if kind == "left_of" and len(pair) >= 2:
         a, b = rng.sample(pair, 2)
         if abs(a["cx"] - b["cx"]) >= 10:
             return kind, q.format(color=a["color"], shape=a["shape"], color2=b["color"], shape2=b["shape"]), \
-                "left" if a["cx"] < b["cx"] else "right"
+                *(("left", ["right"]) if a["cx"] < b["cx"] else ("right", ["left"]))
     return None
 
 
@@ -568,9 +599,10 @@ def extra_questions(heldin: "HeldIn", split: str, per_picture: int, seed: int) -
         for _ in range(min(per_picture, len(kinds))):
             kind = rng.choices(kinds, weights=[EXTRA_WEIGHTS[k] for k in kinds])[0]
             kinds.remove(kind)
-            _, question, answer = found[kind]
+            _, question, answer, distractors = found[kind]
             out.append({"image": image, "task": "vqa", "qtype": f"extra_{kind}",
-                        "prompt": HELDIN_PROMPTS["vqa"].format(q=question), "answer": answer})
+                        "prompt": HELDIN_PROMPTS["vqa"].format(q=question), "answer": answer,
+                        "distractors": distractors})
     return out
 
 
@@ -586,8 +618,13 @@ def multiple_choice(tasks: list[dict], fraction: float, seed: int) -> list[dict]
     """Held-in questions re-asked with lettered options, as extra stage-3 tasks (InstructBLIP's held-in
     mixture has multiple-choice sets too; without any, "(a) red" is a format the model has never written and
     zero-shot ranking measures letter priors). The question and picture stay held-in; the options are the
-    gold answer and 1-3 other answers its question type has in the training tasks, in random order:
+    gold answer and 1-3 wrong ones in random order: for the extra questions, what the picture itself offers
+    (the other objects' colours or shapes, the opposite word: its "distractors"), else other answers its
+    question type has in the training tasks:
         <Image> Question: What color is the circle? Options: (a) blue (b) red. Answer:   ->   (b) red
+    Options from the pool can be ruled out by what is present at all ("blue" when nothing is blue); options
+    from the picture only by binding the colour to its shape, which is what IconQA's options demand (build
+    version 5; the measurements are in the module docstring).
     """
     if fraction <= 0:
         return []
@@ -598,7 +635,9 @@ def multiple_choice(tasks: list[dict], fraction: float, seed: int) -> list[dict]
     rng = random.Random(f"mc/{seed}")
     out = []
     for t in tasks:
-        others = sorted(pools.get(t.get("qtype"), set()) - {t["answer"]}) if t["task"] == "vqa" else []
+        others = t.get("distractors")
+        if not others:
+            others = sorted(pools.get(t.get("qtype"), set()) - {t["answer"]}) if t["task"] == "vqa" else []
         if not others or rng.random() >= fraction or not t["prompt"].endswith(" Answer:"):
             continue
         options = rng.sample(others, min(len(others), rng.randint(1, 3))) + [t["answer"]]
