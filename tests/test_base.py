@@ -7,7 +7,6 @@ import re
 import shutil
 
 import pytest
-
 import torch
 from safetensors.torch import load_file
 
@@ -114,7 +113,7 @@ def test_adaptability_scores_the_same_test_items_before_and_after_with_a_paired_
     assert 0 <= a["test_gain_se"] <= 100
     report = base.runs.read_json(path / "build_report.json")
     md = base.report_markdown({**report, "quality": {**report["quality"], "adaptability": a}})
-    assert f"held-out test {a['test_before']} -> {a['test_after']}" in md and f"steps at lr 0.003 on" in md
+    assert f"held-out test {a['test_before']} -> {a['test_after']}" in md and "steps at lr 0.003 on" in md
 
 
 def test_paired_gain_is_the_mean_item_difference_with_its_standard_error():

@@ -544,7 +544,7 @@ def _others(objs: list[dict], target: dict, attr: str) -> list[str]:
     return sorted({o[attr] for o in objs} - {target[attr]})
 
 
-def _extra_question(rng: random.Random, sc: dict, kind: str) -> tuple[str, str, str] | None:
+def _extra_question(rng: random.Random, sc: dict, kind: str) -> tuple[str, str, str, list[str]] | None:
     """(kind, question, answer, distractors) about a held-in scene, or None when this kind has no clear answer
     here. distractors: the wrong answers the picture itself offers (the other objects' colours or shapes, the
     opposite word), what multiple_choice asks against; [] where the question type's pool serves (counts)."""
@@ -578,8 +578,9 @@ def _extra_question(rng: random.Random, sc: dict, kind: str) -> tuple[str, str, 
     if kind == "than" and len(pair) >= 2:
         a, b = rng.sample(pair, 2)
         if clearly_bigger(a, b) or clearly_bigger(b, a):
+            answer, other = ("bigger", "smaller") if clearly_bigger(a, b) else ("smaller", "bigger")
             return kind, q.format(color=a["color"], shape=a["shape"], color2=b["color"], shape2=b["shape"]), \
-                *(("bigger", ["smaller"]) if clearly_bigger(a, b) else ("smaller", ["bigger"]))
+                answer, [other]
     if kind == "extreme" and len(objs) >= 2:
         word = rng.choice(("farthest", "closest"))
         side = rng.choice(("left", "right") if word == "farthest" else ("top", "bottom"))
@@ -590,8 +591,9 @@ def _extra_question(rng: random.Random, sc: dict, kind: str) -> tuple[str, str, 
     if kind == "left_of" and len(pair) >= 2:
         a, b = rng.sample(pair, 2)
         if abs(a["cx"] - b["cx"]) >= 10:
+            answer, other = ("left", "right") if a["cx"] < b["cx"] else ("right", "left")
             return kind, q.format(color=a["color"], shape=a["shape"], color2=b["color"], shape2=b["shape"]), \
-                *(("left", ["right"]) if a["cx"] < b["cx"] else ("right", ["left"]))
+                answer, [other]
     return None
 
 
