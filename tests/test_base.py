@@ -377,6 +377,62 @@ def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldi
     assert [p.parent.name for p in (shared / "vision").glob("*/vision.safetensors")] == [vision_file.parent.name]
 
 
+def test_a_llama_build_can_start_its_qformer_from_the_t5_build_and_its_key_follows_that_build(
+        built, heldin_only, tmp_path, monkeypatch):
+    """recipe.qformer_from: stage 3 starts from the named LLM's build (built first when missing): the Q-Former and
+    query tokens it trains from are that build's, bit for bit; its key holds that build's key, so that rebuilding
+    the source rebuilds it."""
+    _, cache = built
+    shutil.copytree(cache / "vision", tmp_path / "vision")  # stage 1 is not what this test is about
+    recipe = RECIPE.replace(qformer_from="t5")
+    seen = {}
+    train = base_stages.train_qformer
+
+    def spy(bundle, *a, **k):
+        seen.update({n: t.clone() for n, t in bundle.model.state_dict().items()
+                     if n.startswith("qformer.") or n == "query_tokens"})
+        return train(bundle, *a, **k)
+
+    monkeypatch.setattr(base_stages, "train_qformer", spy)
+    bundle, report, _, _ = base.train_base("tiny", "llama", 0, heldin_only, tmp_path, recipe=recipe, log=None)
+    source = tmp_path / "tiny-t5"
+    t5 = load_file(source / "model.safetensors")
+    assert seen and seen.keys() == {k for k in t5 if k.startswith("qformer.") or k == "query_tokens"}
+    assert all(torch.equal(seen[k], t5[k]) for k in seen)
+    assert not torch.equal(bundle.model.query_tokens, t5["query_tokens"])  # and stage 3 trained them on
+    assert report["stages"]["qformer_source"] == {"from": "tiny-t5", "tensors": len(seen), "build_key": base.runs.config_hash(
+        base.runs.read_json(source / "build_key.json"))}
+    assert "starting from tiny-t5's Q-Former" in base.report_markdown(
+        {"name": "tiny-llama", "key": base.build_key("tiny", "llama", 0, heldin_only, recipe), **report,
+         "time_s": {}, "cpu_s": {}})
+    key = base.build_key("tiny", "llama", 0, heldin_only, recipe)
+    assert key["qformer_from"] == base.runs.read_json(source / "build_key.json")
+    monkeypatch.setitem(base.RECIPES, "tiny", base.RECIPES["tiny"].replace(qformer_lr=5e-4))  # another T5 build
+    assert base.build_key("tiny", "llama", 0, heldin_only, recipe)["qformer_from"] != key["qformer_from"]
+    assert "qformer_from" not in base.build_key("tiny", "llama", 0, heldin_only, RECIPE)  # from scratch
+
+
+def test_a_qformer_starts_only_from_another_llms_build_of_the_same_preset(built, monkeypatch):
+    path, _ = built
+    with pytest.raises(ValueError, match="qformer_from='gpt'"):
+        RECIPE.replace(qformer_from="gpt")
+    with pytest.raises(ValueError, match="names the build itself"):
+        base.qformer_source("tiny", "t5", RECIPE.replace(qformer_from="t5"))
+    monkeypatch.setitem(base.LLM_RECIPES, ("tiny", "t5"), {"qformer_from": "llama"})
+    with pytest.raises(ValueError, match="chains are not supported"):
+        base.qformer_source("tiny", "llama", RECIPE.replace(qformer_from="t5"))
+    deep = build_model("tiny-deep", "llama", seed=0).model
+    with pytest.raises(ValueError, match="same preset"):
+        base.load_qformer(deep, path)
+
+
+def test_the_shipped_llama_recipes_start_from_the_t5_builds_qformer():
+    """Measured on mini (LLM_RECIPES): from scratch, LLaMA's Q-Former never learns to read the question."""
+    for preset in ("tiny", "mini", "mini-deep", "mini-wide"):
+        assert base.dependencies(preset, "llama") == [(preset, "t5")]
+        assert base.dependencies(preset, "t5") == []
+
+
 def test_base_build_command_accepts_the_scaled_presets():
     import argparse
 

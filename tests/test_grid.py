@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,7 @@ def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the
     lines: list[str] = []
     assert study.build_base_models(grid.resolve_profile("mini", True), data_dir=tmp_path, checkpoints=str(tmp_path),
                                    log=lines.append) == 0
-    assert built == ["mini-t5", "mini-llama", "mini-deep-t5", "mini-wide-t5"] and len(lines) == 4
+    assert built == ["mini-t5", "mini-deep-t5", "mini-wide-t5", "mini-llama"] and len(lines) == 4  # LLaMA after T5
     bad = dataclasses.replace(grid.PROFILES["mini"], base_models=(("mini-wide", "llama"),))
     with pytest.raises(grid.GridError, match="none of its models reads it"):
         study.build_base_models(bad, data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append)
@@ -322,8 +323,37 @@ def test_cells_start_once_their_base_model_is_built_on_the_cores_the_builds_free
     first, second = sorted([("cell_b", done_b), ("cell_c", done_c)], key=lambda x: x[1])
     assert mtime(started[second[0]]) >= first[1]                                  # one free worker, one at a time
     assert not builds.cores() and not builds.blocks(cells[0])
-    pending = {tmp_path / f"m{i}": Future() for i in range(4)}                  # 4 builds, 2 at a time
-    assert study.Builds(pending, workers=2).cores() == 2
+    running = {tmp_path / f"m{i}": Future() for i in range(4)}                  # 4 builds, 2 at a time
+    for f in running.values():
+        f.set_running_or_notify_cancel()
+    assert study.Builds(running, workers=2).cores() == 2
+
+
+def test_a_build_that_starts_from_another_waits_for_it_without_holding_a_core(tmp_path):
+    """study._submit_after: the LLaMA build (its Q-Former starts from T5's) is submitted once T5's has ended; till
+    then it holds no core (Builds.cores), so the cells reading T5 run beside it; a failed source fails it unrun."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qformer_peft import study
+
+    release, ran = threading.Event(), []
+    with ThreadPoolExecutor(2) as pool:
+        source = pool.submit(lambda: release.wait(5) and "t5 built")
+        after = study._submit_after(pool, [source], lambda name: ran.append(name) or f"{name} built", "llama")
+        builds = study.Builds({tmp_path / "t5": source, tmp_path / "llama": after}, workers=2)
+        time.sleep(0.1)
+        assert not after.running() and not after.done() and ran == [] and builds.cores() == 1
+        env = types.SimpleNamespace(kind="environment")
+        assert builds.blocks(env)  # the environment notebook lists every checkpoint: it waits for both
+        release.set()
+        assert after.result(5) == "llama built" and ran == ["llama"] and builds.cores() == 0
+        assert not builds.blocks(env)
+        failed = pool.submit(lambda: 1 / 0)
+        orphan = study._submit_after(pool, [failed], lambda: ran.append("never"))
+        with pytest.raises(RuntimeError, match="whose build failed.*ZeroDivisionError"):
+            orphan.result(5)
+    assert ran == ["llama"]
 
 
 def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_alignments(tmp_path):

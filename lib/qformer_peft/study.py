@@ -16,9 +16,10 @@ import argparse
 import functools
 import importlib
 import sys
+import threading
 import time
 from pathlib import Path
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, Callable
 
 from . import runs
@@ -40,19 +41,20 @@ def _require(module: str) -> Any:
 
 
 class Builds:
-    """Base models being built in background processes while the grid runs (run_grid's `builds`): each build
-    holds a core until it ends, and a cell starts once the models it reads are built. Before, the grid waited
-    for every build: in the mini study T5's finished 100 s before LLaMA's, one core idle meanwhile."""
+    """Base models being built in background processes while the grid runs (run_grid's `builds`): each running
+    build holds a core until it ends, and a cell starts once the models it reads are built. Before, the grid
+    waited for every build: in the mini study T5's finished 100 s before LLaMA's, one core idle meanwhile.
+    A build waiting for another (models.base.dependencies) is not running yet and holds no core."""
 
     def __init__(self, futures: "dict[Path, Future[str]]", workers: int = 1):
         self.futures, self.workers = futures, workers  # workers: builds at a time (the pool's processes)
 
     def cores(self) -> int:
-        return min(self.workers, sum(not f.done() for f in self.futures.values()))
+        return min(self.workers, sum(f.running() for f in self.futures.values()))
 
     def blocks(self, cell: Any) -> bool:
         if cell.kind != "experiment":  # the environment notebook lists the checkpoints present: all of them
-            return self.cores() > 0
+            return any(not f.done() for f in self.futures.values())
         reads = {Path(m).resolve() for m in [cell.parameters["model"], *cell.parameters.get("models", [])]}
         return any(not f.done() for path, f in self.futures.items() if path in reads)
 
@@ -71,6 +73,7 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
     profile_name = profile.name
     start = time.time()
     todo = _base_models_to_build(profile, checkpoints)
+    base = _require("qformer_peft.models.base") if todo else None
     if not todo:
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
     if jobs <= 1 or not todo:
@@ -97,12 +100,15 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
     # spawn: a fresh interpreter per build (no fork of a process that may hold torch threads)
     workers = min(jobs, len(todo))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {}
-        for preset, llm, expected in todo:
-            futures[expected.resolve()] = f = pool.submit(_build_one, preset, llm, expected, data_dir, checkpoints,
-                                                          profile_name, print)
+        futures, by_model = {}, {}
+        for preset, llm, expected in todo:  # dependencies first (_base_models_to_build)
+            after = [by_model[d] for d in base.dependencies(preset, llm) if d in by_model]
+            f = _submit_after(pool, after, _build_one, preset, llm, expected, data_dir, checkpoints, profile_name,
+                              print)
+            futures[expected.resolve()] = by_model[preset, llm] = f
             f.add_done_callback(functools.partial(done, f"{preset}-{llm}"))
         failures = alongside(Builds(futures, workers)) if alongside else 0
+        wait(list(futures.values()))  # a dependent build submits itself late: before the pool shuts down
     failures += sum(f.exception() is not None for f in futures.values())
     if timings is not None:
         timings["base models"] = round(max(ended, default=start) - start, 1)
@@ -124,7 +130,32 @@ def _base_models_to_build(profile: Profile, checkpoints: str) -> list[tuple[str,
             raise GridError(f"profile {profile.name} builds base model {preset}-{llm}, but none of its models "
                             f"reads it: {', '.join(map(str, read))}")
         todo.append((preset, llm, expected))
-    return todo
+    # a build that starts from another's Q-Former (base.dependencies; never a chain) after the others
+    return sorted(todo, key=lambda t: bool(base.dependencies(t[0], t[1])))
+
+
+def _submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str], *args: Any) -> "Future[str]":
+    """pool.submit(fn, *args) once every future in `after` has succeeded (at once when there are none). The
+    future returned is running only from then on (Builds.cores counts running builds), and fails without
+    running fn when one of `after` fails."""
+    if not after:
+        return pool.submit(fn, *args)
+    proxy: "Future[str]" = Future()
+
+    def chain() -> None:
+        failed = [f.exception() for f in after if f.exception() is not None]  # exception() waits for each
+        if failed:
+            proxy.set_exception(RuntimeError(f"not built: it starts from a base model whose build failed "
+                                             f"({type(failed[0]).__name__}: {failed[0]})"))
+            return
+        proxy.set_running_or_notify_cancel()
+        try:
+            proxy.set_result(pool.submit(fn, *args).result())
+        except BaseException as err:  # noqa: BLE001 - handed to whoever reads the future
+            proxy.set_exception(err)
+
+    threading.Thread(target=chain, name="build-after", daemon=True).start()
+    return proxy
 
 
 def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoints: str, profile_name: str,
