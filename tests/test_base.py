@@ -400,13 +400,14 @@ def test_a_llama_build_can_start_its_qformer_from_the_t5_build_and_its_key_follo
     assert seen and seen.keys() == {k for k in t5 if k.startswith("qformer.") or k == "query_tokens"}
     assert all(torch.equal(seen[k], t5[k]) for k in seen)
     assert not torch.equal(bundle.model.query_tokens, t5["query_tokens"])  # and stage 3 trained them on
-    assert report["stages"]["qformer_source"] == {"from": "tiny-t5", "tensors": len(seen), "build_key": base.runs.config_hash(
-        base.runs.read_json(source / "build_key.json"))}
+    source_key = base.runs.read_json(source / "build_key.json")
+    assert report["stages"]["qformer_source"] == {"from": "tiny-t5", "tensors": len(seen),
+                                                  "build_key": base.runs.config_hash(source_key)}
     assert "starting from tiny-t5's Q-Former" in base.report_markdown(
         {"name": "tiny-llama", "key": base.build_key("tiny", "llama", 0, heldin_only, recipe), **report,
          "time_s": {}, "cpu_s": {}})
     key = base.build_key("tiny", "llama", 0, heldin_only, recipe)
-    assert key["qformer_from"] == base.runs.read_json(source / "build_key.json")
+    assert key["qformer_from"] == source_key
     monkeypatch.setitem(base.RECIPES, "tiny", base.RECIPES["tiny"].replace(qformer_lr=5e-4))  # another T5 build
     assert base.build_key("tiny", "llama", 0, heldin_only, recipe)["qformer_from"] != key["qformer_from"]
     assert "qformer_from" not in base.build_key("tiny", "llama", 0, heldin_only, RECIPE)  # from scratch

@@ -66,8 +66,10 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
     look for them (models.base.ensure_base reuses a build whose key is current); returns the failures.
     With jobs > 1 the builds run side by side in processes: each is single-threaded but stage 1, and the stage
     they share (the vision encoder, shared by both LLMs and by every model size) is trained by whichever gets
-    its lock first and read by the others (the README has the times). alongside(builds), when given, runs
-    meanwhile (the grid, gated by `builds`; after the builds when jobs is 1) and its failures are added.
+    its lock first and read by the others (the README has the times); a build that starts from another's
+    Q-Former (base.dependencies: LLaMA from T5) is submitted when that one has ended. alongside(builds), when
+    given, runs meanwhile (the grid, gated by `builds`; after the builds when jobs is 1) and its failures are
+    added.
     timings["base models"]: seconds until the last build ended."""
     profile = PROFILES[profile] if isinstance(profile, str) else profile
     profile_name = profile.name

@@ -8,7 +8,8 @@
 
 A build runs models/base_stages.py (1: vision encoder on dense labels, then frozen; 2: language model on the
 world's text, optional and off by default (measured not to pay, see base_stages); 3: Q-Former + queries +
-projection, with the LLM, on the held-in tasks from cached encoder features), saves the result with its
+projection, with the LLM, on the held-in tasks from cached encoder features; LLaMA's stage 3 starts from the
+T5 build's Q-Former, which is built first when missing: see LLM_RECIPES), saves the result with its
 tokenizers as an ordinary checkpoint directory (Bundle.save, read by load_bundle), and measures it
 (models/base_quality.py): build_report.json and build_report.md lie beside the weights.
 
@@ -19,7 +20,8 @@ Cache layout (default $QFP_CACHE/base, else ~/.cache/qformer-peft/base; outside 
                                   <key> hashes the vision config, not the preset's name
     features/                     the frozen encoder's outputs (features.FeatureCache), shared by both LLMs
 A checkpoint is current when its build_key.json equals the key of (preset, LLM, seed, data version, recipe,
-BUILD_VERSION); anything else is rebuilt in place (built in a temporary folder, then swapped in).
+BUILD_VERSION, and the key of the build its Q-Former starts from); anything else is rebuilt in place (built in a
+temporary folder, then swapped in).
 The `tiny` preset on the `smoke` (or `tiny`) synthetic data is the smoke variant: it builds in seconds.
 """
 from __future__ import annotations
