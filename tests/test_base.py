@@ -408,7 +408,7 @@ def test_a_llama_build_can_start_its_qformer_from_the_t5_build_and_its_key_follo
          "time_s": {}, "cpu_s": {}})
     key = base.build_key("tiny", "llama", 0, heldin_only, recipe)
     assert key["qformer_from"] == source_key
-    monkeypatch.setitem(base.RECIPES, "tiny", base.RECIPES["tiny"].replace(qformer_lr=5e-4))  # another T5 build
+    monkeypatch.setitem(base.LLM_RECIPES, ("tiny", "t5"), {"qformer_lr": 5e-4})  # another T5 build
     assert base.build_key("tiny", "llama", 0, heldin_only, recipe)["qformer_from"] != key["qformer_from"]
     assert "qformer_from" not in base.build_key("tiny", "llama", 0, heldin_only, RECIPE)  # from scratch
 
@@ -425,6 +425,24 @@ def test_a_qformer_starts_only_from_another_llms_build_of_the_same_preset(built,
     deep = build_model("tiny-deep", "llama", seed=0).model
     with pytest.raises(ValueError, match="same preset"):
         base.load_qformer(deep, path)
+
+
+def test_the_qformer_source_takes_the_builds_own_recipe_changes_so_one_command_builds_one_t5(heldin_only, tmp_path,
+                                                                                            capsys):
+    changed = RECIPE.replace(qformer_from="t5", qformer_epochs=2)  # RECIPE: tiny with eval_limit 12
+    assert base.qformer_source("tiny", "llama", changed) == ("tiny", "t5", RECIPE.replace(qformer_epochs=2))
+    assert base.qformer_source("tiny", "llama", base.recipe_for("tiny", llm="llama"))[2] == base.RECIPES["tiny"]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    base.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["base", "build", "--preset", "tiny", "--llm", "both", "--data", str(heldin_only),
+                              "--cache", str(tmp_path), "--set", "eval_limit=10", "--no-quality"])
+    assert args.func(args) == 0
+    t5_key = base.runs.read_json(tmp_path / "tiny-t5" / "build_key.json")
+    assert t5_key["recipe"]["eval_limit"] == 10  # the command's T5, not one LLaMA built for itself
+    assert base.runs.read_json(tmp_path / "tiny-llama" / "build_key.json")["qformer_from"] == t5_key
+    assert capsys.readouterr().out.count("[base] building tiny-t5") == 1
 
 
 def test_the_shipped_llama_recipes_start_from_the_t5_builds_qformer():

@@ -72,7 +72,8 @@ class Recipe:
     qformer_warmup: int = 100
     stage3_llm: str = "trained"
     qformer_from: str | None = None       # stage 3 starts from this LLM's build's Q-Former + query tokens (same
-                                          # preset, seed and data; built first if missing); None: from scratch
+                                          # preset, seed, data; built first if missing: qformer_source); None:
+                                          # from scratch
     mc_fraction: float = 0.25             # share of the questions also asked with lettered options
     extra_per_picture: int = 1            # base_stages.EXTRA_QUESTIONS asked per held-in picture
     # report
@@ -198,12 +199,17 @@ def build_key(preset: str, llm: str, seed: int, data_dir: str | Path, recipe: Re
 
 def qformer_source(preset: str, llm: str, recipe: Recipe) -> tuple[str, str, Recipe] | None:
     """(preset, llm, recipe) of the build whose Q-Former stage 3 starts from (recipe.qformer_from), or None.
-    That build is the source LLM's default recipe; it must itself start from scratch (no chains)."""
+    That build's recipe is the source LLM's own, with every change `recipe` makes to this LLM's default (so that
+    `base build --llm both --set FIELD=VALUE` builds one T5, and LLaMA starts from it); it must itself start
+    from scratch (no chains)."""
     if recipe.qformer_from is None:
         return None
     if recipe.qformer_from == llm:
         raise ValueError(f"{preset}-{llm}: qformer_from={llm!r} names the build itself")
-    source = recipe_for(preset, llm=recipe.qformer_from)
+    default = recipe_for(preset, llm=llm)
+    changes = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)
+               if f.name != "qformer_from" and getattr(recipe, f.name) != getattr(default, f.name)}
+    source = recipe_for(preset, changes, llm=recipe.qformer_from)
     if source.qformer_from is not None:
         raise ValueError(f"{preset}-{llm} starts its Q-Former from {preset}-{recipe.qformer_from}, which starts "
                          f"its own from {preset}-{source.qformer_from}: chains are not supported")
