@@ -180,6 +180,25 @@ def test_a_failed_base_build_is_counted_and_what_runs_alongside_still_runs(tmp_p
     assert lines[1] == "[study] base model mini-llama: FAILED: RuntimeError: stage 3 diverged"
 
 
+def test_a_failed_t5_build_fails_the_llama_build_that_starts_from_it_without_trying_it_again(tmp_path, monkeypatch):
+    from qformer_peft import study
+    from qformer_peft.models import base
+
+    tried = []
+
+    def fake(preset, llm, seed, data_dir, cache, **kw):
+        tried.append(llm)
+        raise RuntimeError("stage 3 diverged")
+
+    monkeypatch.setattr(base, "ensure_base", fake)
+    lines: list[str] = []
+    assert study.build_base_models("mini", data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append) == 2
+    assert tried == ["t5"]
+    assert lines == ["[study] base model mini-t5: FAILED: RuntimeError: stage 3 diverged",
+                     "[study] base model mini-llama: FAILED: RuntimeError: not built: it starts from a base model "
+                     "whose build failed (RuntimeError: stage 3 diverged)"]
+
+
 def test_paper_profile_uses_the_papers_hyperparameters(tmp_path):
     cells = {c.name: c for c in grid.expand("paper", root=tmp_path, data_root="/real", checkpoints="Salesforce")}
     llama = cells["peft_llama_scienceqa_qf-lora_all"].configs()[0]

@@ -79,13 +79,17 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
     if not todo:
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
     if jobs <= 1 or not todo:
-        failures = 0
-        for preset, llm, expected in todo:
+        failed: dict[tuple[str, str], str] = {}
+        for preset, llm, expected in todo:  # dependencies first
+            source = next((d for d in base.dependencies(preset, llm) if d in failed), None)
             try:
+                if source:  # its build would only try the failed one again
+                    raise RuntimeError(f"not built: it starts from a base model whose build failed ({failed[source]})")
                 log(_build_one(preset, llm, expected, data_dir, checkpoints, profile_name, log))
             except Exception as err:  # noqa: BLE001 - the other builds (and what reads them) go on
-                failures += 1
-                log(f"[study] base model {preset}-{llm}: FAILED: {type(err).__name__}: {err}")
+                failed[preset, llm] = f"{type(err).__name__}: {err}"
+                log(f"[study] base model {preset}-{llm}: FAILED: {failed[preset, llm]}")
+        failures = len(failed)
         if timings is not None:
             timings["base models"] = round(time.time() - start, 1)
         return failures + (alongside(Builds({})) if alongside else 0)
