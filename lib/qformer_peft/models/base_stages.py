@@ -63,12 +63,12 @@ time with 3 (895 s in the ninth study's session), within the 10-minute budget on
 the machine when the two build side by side (783 s for both). Measured
 and not kept: stage-3 lr 2e-3 (val loss 0.457 against 0.380 at 1e-3, 2 epochs); batches of captions apart
 from batches of questions (a caption pads every mixed batch's targets to ~24-43 tokens against 1-5), which
-was no faster (216 against 221 s an epoch, side by side). The LLaMA-style base binds nothing either way: 3
+was no faster (216 against 221 s an epoch, side by side). The LLaMA-style base from scratch bound nothing: 3
 or 4 epochs with picture options left both bindings at chance (33-45% against 32-50%), and neither qf-lora
 (376 steps at 2e-3: test 42.8 -> 42.2) nor training its Q-Former and LLM together (750 steps at 1e-4, build
-version 4: 44.0 -> 42.3, training accuracy 39 -> 45) moved IconQA. Its Q-Former never learns to read the
+version 4: 44.0 -> 42.3, training accuracy 39 -> 45) moved IconQA. Its Q-Former never learned to read the
 question: blanking the Q-Former's text at evaluation takes T5's bindings 95 -> 48 and 69 -> 40, LLaMA's not
-at all (33 -> 33, 36 -> 35), and mini-deep (Q-Former 8 layers, LLM 4) binds nothing either. Started from the
+at all (33 -> 33, 36 -> 35), and mini-deep (Q-Former 8 layers, LLM 4) bound nothing either. Started from the
 T5 build's Q-Former and queries, the same LLaMA stage 3 reaches val loss 0.220 (0.648 from scratch), bindings
 99 / 95, zero-shot IconQA 57.7, and +8.6 after 376 qf-lora steps: the LLM is not the limit. From a T5
 Q-Former trained 1 epoch it reaches only val loss 0.439, bindings 30 / 44, zero-shot 46.0, +4.0: a Q-Former
