@@ -403,10 +403,9 @@ def test_a_llama_build_can_start_its_qformer_from_the_t5_build_and_its_key_follo
     source_key = base.runs.read_json(source / "build_key.json")
     assert report["stages"]["qformer_source"] == {"from": "tiny-t5", "tensors": len(seen),
                                                   "build_key": base.runs.config_hash(source_key)}
-    assert "starting from tiny-t5's Q-Former" in base.report_markdown(
-        {"name": "tiny-llama", "key": base.build_key("tiny", "llama", 0, heldin_only, recipe), **report,
-         "time_s": {}, "cpu_s": {}})
     key = base.build_key("tiny", "llama", 0, heldin_only, recipe)
+    assert "starting from tiny-t5's Q-Former" in base.report_markdown(
+        {"name": "tiny-llama", "key": key, **report, "time_s": {}, "cpu_s": {}})
     assert key["qformer_from"] == source_key
     monkeypatch.setitem(base.LLM_RECIPES, ("tiny", "t5"), {"qformer_lr": 5e-4})  # another T5 build
     assert base.build_key("tiny", "llama", 0, heldin_only, recipe)["qformer_from"] != key["qformer_from"]

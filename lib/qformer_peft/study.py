@@ -84,7 +84,7 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
             source = next((d for d in base.dependencies(preset, llm) if d in failed), None)
             try:
                 if source:  # its build would only try the failed one again
-                    raise RuntimeError(f"not built: it starts from a base model whose build failed ({failed[source]})")
+                    raise _source_failed(failed[source])
                 log(_build_one(preset, llm, expected, data_dir, checkpoints, profile_name, log))
             except Exception as err:  # noqa: BLE001 - the other builds (and what reads them) go on
                 failed[preset, llm] = f"{type(err).__name__}: {err}"
@@ -140,6 +140,11 @@ def _base_models_to_build(profile: Profile, checkpoints: str) -> list[tuple[str,
     return sorted(todo, key=lambda t: bool(base.dependencies(t[0], t[1])))
 
 
+def _source_failed(reason: str) -> RuntimeError:
+    """The error of a build not attempted because the build its Q-Former starts from failed with `reason`."""
+    return RuntimeError(f"not built: it starts from a base model whose build failed ({reason})")
+
+
 def _submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str], *args: Any) -> "Future[str]":
     """pool.submit(fn, *args) once every future in `after` has succeeded (at once when there are none). The
     future returned is running only from then on (Builds.cores counts running builds), and fails without
@@ -151,8 +156,7 @@ def _submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str],
     def chain() -> None:
         failed = [f.exception() for f in after if f.exception() is not None]  # exception() waits for each
         if failed:
-            proxy.set_exception(RuntimeError(f"not built: it starts from a base model whose build failed "
-                                             f"({type(failed[0]).__name__}: {failed[0]})"))
+            proxy.set_exception(_source_failed(f"{type(failed[0]).__name__}: {failed[0]}"))
             return
         proxy.set_running_or_notify_cancel()
         try:

@@ -57,11 +57,11 @@ IconQA = zero-shot on 600 test items -> after 564 qf-lora steps at 4e-3 on its 3
     + a third epoch (the default)                  641 s          69 / 95    55.7 -> 67.5
     4 epochs, pool options                         689 s          91 / 97    52.8 -> 69.3
 The extra questions therefore carry the picture's own wrong answers (_extra_question's distractors), which
-multiple_choice offers as options, and mini's stage 3 runs 3 epochs for both LLMs. A fourth epoch binds
-better still, at a fourth of stage 3's time more: T5's build alone already takes ~4.1 stage-3 epochs of wall
-time with 3 (895 s in the ninth study's session), within the 10-minute budget only as each build's share of
-the machine when the two build side by side (783 s for both). Measured
-and not kept: stage-3 lr 2e-3 (val loss 0.457 against 0.380 at 1e-3, 2 epochs); batches of captions apart
+multiple_choice offers as options, and mini's T5 stage 3 runs 3 epochs (LLaMA's, started from T5's Q-Former,
+2: below). A fourth epoch binds better still, at a fourth of stage 3's time more: T5's build alone already
+takes ~4 stage-3 epochs of wall time with 3 (895 s in the ninth study's session, 797 s in the tenth's), within
+the 10-minute budget only as the average of the two builds (tenth study: 1,119 s for both). Measured and not
+kept: stage-3 lr 2e-3 (val loss 0.457 against 0.380 at 1e-3, 2 epochs); batches of captions apart
 from batches of questions (a caption pads every mixed batch's targets to ~24-43 tokens against 1-5), which
 was no faster (216 against 221 s an epoch, side by side). The LLaMA-style base from scratch bound nothing: 3
 or 4 epochs with picture options left both bindings at chance (33-45% against 32-50%), and neither qf-lora
