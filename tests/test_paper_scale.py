@@ -242,3 +242,21 @@ def test_export_reproduces_the_runs_predictions_and_report_keeps_the_cwd_clean(w
     monkeypatch.chdir(tmp_path / "runs")
     assert cli.main(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
     assert not (tmp_path / "runs" / "cache").exists() and (tmp_path / "report" / "index.html").exists()
+
+
+# the paper profile end to end on a CPU: a couple of cells, tiny sizes -------------------------------------------
+@pytest.mark.slow
+def test_the_paper_profile_runs_end_to_end_on_a_cpu_with_allow_cpu(world, tmp_path):
+    from qformer_peft import cli
+
+    argv = ["study", "--profile", "paper", "--allow-cpu", "--data-root", str(world["data"]), "--checkpoints",
+            str(world["checkpoints"]), "--out", str(tmp_path), "--only", "adalora_llama_vizwiz|open_scaling_model_t5",
+            "--train-limit", "8", "--val-limit", "4", "--test-limit", "4", "--max-epochs", "1", "--jobs", "2"]
+    assert cli.main(argv) == 0  # the model-size cells lack their checkpoints: not run, not failed
+    done = [r for r in runs.iter_runs(tmp_path / "runs" / "paper") if r.is_done()]
+    assert len(done) == 3  # the claim seeds
+    for r in done:
+        assert r.config["llm"] == "llama" and r.config["train_limit"] == 8
+        assert r.result["splits"]["test"] == "val" and r.result["adalora_schedule"] == "complete"
+    page = (tmp_path / "reports" / "index.html").read_text()
+    assert "open_scaling_model_t5_iconqa" in page and "not run: needs" in page
