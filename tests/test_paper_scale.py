@@ -110,6 +110,22 @@ def test_a_half_precision_checkpoint_trains_fp32_master_weights(world, tmp_path,
     assert saved and all(t.dtype == torch.float32 for t in saved.values())
 
 
+@pytest.mark.parametrize("llm, precision", [("llama", "fp16"), ("t5", "bf16")])
+def test_the_cuda_path_frozen_weights_in_half_precision_trainable_in_fp32(world, tmp_path, monkeypatch, llm, precision):
+    """On CUDA the frozen weights load in the autocast dtype; the same code path, forced on the CPU."""
+    from qformer_peft import engine
+
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    monkeypatch.setattr(engine, "weights_dtype", lambda precision, device: half)
+    out = tmp_path / "runs"
+    result = run_experiment({**TINY, "benchmark": "iconqa", "model": str(world[llm]), "precision": precision,
+                             "setup": "qf-fft+llm-lora", "qf_sublayers": None, "llm_targets": "all",
+                             "data_root": str(world["data"] / "iconqa")}, out=out)
+    assert str(half).removeprefix("torch.") in result["dtypes"]["frozen"] and result["precision"] == precision
+    (run,) = runs.iter_runs(out)
+    assert all(t.dtype == torch.float32 for t in load_file(run.adapter_dir / "trainable.safetensors").values())
+
+
 # 5. paths: absolute before anything, hub ids only for owner/name, offline fails at once ----------------------------
 def test_relative_paths_are_stored_absolute_and_keep_the_run_folder(world, monkeypatch):
     monkeypatch.chdir(world["checkpoints"].parent)

@@ -62,7 +62,7 @@ lacks the tensors of `trainable.safetensors`. To get the run's model:
 
 # --- model and data -------------------------------------------------------------------------------
 
-def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cpu"):
+def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """The base model of a run, unadapted: the ONE place that turns `config.model` into a Bundle.
 
     A preset name builds a randomly initialised model (seeded by config.seed) whose word-level
@@ -79,7 +79,7 @@ def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cp
         bundle = build.build_model(config.model, config.llm, qformer_tokenizer=qformer_tokenizer,
                                    llm_tokenizer=llm_tokenizer, seed=config.seed, device=device)
     else:
-        bundle = build.load_bundle(config.model, device=device, llm=config.llm)
+        bundle = build.load_bundle(config.model, device=device, llm=config.llm, dtype=dtype)
     connectors.attach(bundle.model, connectors.spec_of(config), seed=config.seed)
     return bundle
 
@@ -186,6 +186,15 @@ def evaluate_tasks(bundle, examples: list[Example], config: ExperimentConfig, em
     accs = [m["accuracy"] for m in per_task.values() if m.get("accuracy") is not None]
     mean = sum(accs) / len(accs) if len(accs) == len(per_task) else None
     return {"accuracy": mean, "n": sum(m["n"] for m in per_task.values()), "tasks": per_task}, predictions
+
+
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype a checkpoint's weights load in: the autocast dtype on CUDA (frozen weights need no fp32 copy:
+    the paper's LAVIS loads Vicuna in fp16 and T5 in bf16), fp32 elsewhere. Trainable tensors are fp32 always
+    (keep_trainable_fp32)."""
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.float32
 
 
 def effective_patience(config: ExperimentConfig) -> int:
@@ -303,8 +312,8 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
 
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    bundle = resolve_bundle(config, device=device)
-    precision = resolve_precision(config.precision, device, bundle.llm_kind)
+    precision = resolve_precision(config.precision, device, config.llm)
+    bundle = resolve_bundle(config, device=device, dtype=weights_dtype(precision, device))
     autocast = autocast_for(device, precision)
     splits = load_examples(config)
     total_steps = steps_per_epoch(len(splits["train"]), config.batch_size, config.grad_accum) * config.max_epochs
