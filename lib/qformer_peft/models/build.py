@@ -19,8 +19,8 @@ from transformers import InstructBlipForConditionalGeneration, InstructBlipProce
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
 from .presets import build_config, get_preset, resolve_llm
-from .sources import (LLM_TOKENIZER_FILES, PAPER_CHECKPOINT_LAYOUT, QFORMER_TOKENIZER_FILES, CheckpointError, checkpoint_llm_kind, hub_offline_error,  # noqa: F401
-                      looks_like_hub_id, resolve_source)
+from .sources import (LLM_TOKENIZER_FILES, PAPER_CHECKPOINT_LAYOUT, QFORMER_TOKENIZER_FILES,  # noqa: F401
+                      CheckpointError, checkpoint_llm_kind, hub_offline_error, looks_like_hub_id, resolve_source)
 from .tokenizers import IMAGE_TOKEN, split_words, word_tokenizer
 
 QUERY_TOKEN_STD = 0.02  # BLIP-2 draws the query tokens from N(0, 0.02); transformers starts them at 0
@@ -212,35 +212,31 @@ def load_bundle(source: str | os.PathLike, *, device: str | torch.device = "cpu"
     reads `owner/name`; offline, that fails at once. The LLM kind is the checkpoint's: `llm`, when given,
     must agree. Weights load in `dtype` (default fp32 whatever the stored dtype; None keeps the stored one).
     """
+    from transformers import InstructBlipConfig
+
     source = resolve_source(source)
     local = Path(source).exists()
     if local:
         check_tokenizer_files(source)
-        kind = checkpoint_llm_kind(source)
+        checkpoint_llm_kind(source)  # a config.json that names a T5 or LLaMA language model
     else:
         reason = hub_offline_error(source)
         if reason:
             raise FileNotFoundError(reason)
-        kind = None
     kwargs = {"local_files_only": True} if local else {}
     processor = InstructBlipProcessor.from_pretrained(source, **kwargs)
-    if local:
-        from transformers import InstructBlipConfig
-
-        config = InstructBlipConfig.from_pretrained(source, local_files_only=True)
-        if config.image_token_index is None:
-            raise CheckpointError(f"{source}: config has no image_token_index; transformers>=5 needs the image "
-                                  "placeholder token in the LLM vocabulary (re-save the checkpoint with a recent "
-                                  "transformers)")
-        check_tokenizers(source, config, processor.qformer_tokenizer, processor.tokenizer)
-    if llm is not None and kind is not None and llm != kind:
+    config = InstructBlipConfig.from_pretrained(source, **kwargs)
+    if config.image_token_index is None:
+        raise CheckpointError(f"{source}: config has no image_token_index; transformers>=5 needs the image "
+                              "placeholder token in the LLM vocabulary (re-save the checkpoint with a recent "
+                              "transformers)")
+    check_tokenizers(source, config, processor.qformer_tokenizer, processor.tokenizer)
+    kind = "llama" if config.use_decoder_only_language_model else "t5"
+    if llm is not None and llm != kind:
         raise CheckpointError(f"{source}: the checkpoint's LLM is {kind} (config.json), but llm={llm!r} was asked "
                               f"for; drop --llm or give llm={kind!r}")
     with _no_progress_bars(local):
         model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
     model.to(device).eval()
-    if model.config.image_token_index is None:
-        raise ValueError(f"{source}: config has no image_token_index; transformers>=5 needs the image placeholder "
-                         "token in the LLM vocabulary (re-save the checkpoint with a recent transformers)")
     return Bundle(model=model, qformer_tokenizer=processor.qformer_tokenizer, llm_tokenizer=processor.tokenizer,
                   image_processor=ImageProcessor(processor.image_processor), llm_kind=llm_kind_of(model))
