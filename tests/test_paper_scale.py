@@ -81,6 +81,9 @@ def test_vizwiz_scores_val_when_the_test_split_has_no_answers(world, tmp_path, c
                              "data_root": str(world["data"] / "vizwiz")}, out=tmp_path / "runs")
     assert result["splits"] == {"train": "train", "val": "val", "test": "val"}
     assert result["test"]["n"] == 4 and result["test"]["vqa_acc"] is not None
+    from qformer_peft.report_charts import run_summary, runs_frame
+
+    assert run_summary(runs_frame(tmp_path / "runs"))["splits.test"].tolist() == ["val"]  # the report's run table
     with pytest.raises(ValueError, match="no answers"):  # asked for explicitly, the unanswered split is an error
         run_experiment({**TINY, "benchmark": "vizwiz", "model": str(world["t5"]), "test_split": "test",
                         "data_root": str(world["data"] / "vizwiz")}, out=tmp_path / "runs")
