@@ -95,6 +95,9 @@ def test_the_llm_kind_comes_from_the_checkpoint_and_a_contradiction_is_an_error(
     assert ExperimentConfig(model=str(world["t5"])).llm == "t5"
     with pytest.raises(ConfigError, match="whose LLM is llama"):
         ExperimentConfig(model=str(world["llama"]), llm="t5")
+    assert ExperimentConfig(model="Salesforce/instructblip-vicuna-7b").llm == "llama"  # a hub id: its name says
+    with pytest.raises(ConfigError, match="does not say its LLM"):
+        ExperimentConfig(model="someone/instructblip-custom")
 
 
 # 4. stored dtypes do not leak into training; fp16 with the scaler and bf16 run on the CPU -------------------------
