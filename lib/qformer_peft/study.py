@@ -45,11 +45,18 @@ def cuda_guard(profile: Profile, allow_cpu: bool) -> None:
 
 
 def with_limits(cells: list, limits: dict[str, int]) -> list:
-    """The cells with `limits` (LIMITS) added to every run's hyperparameters."""
-    if not limits:
-        return cells
-    return [dataclasses.replace(c, parameters={**c.parameters, "hparams": {**c.parameters["hparams"], **limits}})
-            if "hparams" in c.parameters else c for c in cells]
+    """The cells with every run's hyperparameters capped at `limits` (LIMITS): a value the profile sets lower
+    stays."""
+    from .config import ExperimentConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
+
+    def capped(h: dict) -> dict:
+        now = {k: h.get(k, defaults[k]) for k in limits}
+        return {**h, **{k: min(v, now[k]) if now[k] is not None else v for k, v in limits.items()}}
+
+    return [dataclasses.replace(c, parameters={**c.parameters, "hparams": capped(c.parameters["hparams"])})
+            if limits and "hparams" in c.parameters else c for c in cells]
 
 
 class NotBuilt(Exception):
