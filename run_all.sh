@@ -24,6 +24,8 @@ usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [--mo
                        side by side on 2 cores), then 12 runs on them;
                        after a finished mini study nothing else reruns but the report. Measured: 20 min
                        on a 2-core CPU. smoke: on random tiny presets, seconds
+  --allow-cpu          let the paper profile start without CUDA (it refuses otherwise)
+  --train-limit N      cap every run's training items (also --val-limit, --test-limit, --max-epochs)
   --data-root DIR      real data root (paper profile), or $QFP_DATA_ROOT
   --checkpoints DIR    real checkpoints root or hub ids (paper profile), or $QFP_CHECKPOINTS
   --out DIR            where runs, caches and the report go (default: this folder)

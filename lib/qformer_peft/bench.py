@@ -245,12 +245,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--llm", choices=("t5", "llama"), default="t5", help="LLM kind of the mini model (default t5)")
     p.add_argument("--steps", type=int, default=6, help="timed training steps per measurement (median)")
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA measurement even where a GPU exists")
+    p.add_argument("--cuda", action="store_true", help="with --full-size: the GPU check (bench_cuda.py)")
+    p.add_argument("--full-size", action="store_true", help="with --cuda: Flan-T5-XL and Vicuna-7B at full size")
     p.set_defaults(func=_cli_bench)
 
 
 def _cli_bench(args: argparse.Namespace) -> int:
     from .runs import environment
 
+    if args.cuda or args.full_size:  # the full-size GPU check only (bench_cuda.py)
+        from . import bench_cuda
+
+        return bench_cuda.main(args.json) if args.cuda and args.full_size else 2
     result: dict[str, Any] = {"env": environment(), "cpu": bench_cpu(steps=args.steps, llm=args.llm)}
     result["cuda"] = bench_cuda() if torch.cuda.is_available() and not args.no_cuda else None
     print(table(result))

@@ -28,7 +28,8 @@ CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors
 
 # Fields added after runs were recorded, left out of to_dict (hence of config.json and the hash) at these
 # defaults, so that adding them did not turn every finished run folder into a new, unfinished config.
-HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0}
+HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0, "test_split": "auto"}
+TEST_SPLITS = ("auto", "test", "val")
 
 
 def heldin_on_first_seed(values: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
@@ -62,7 +63,8 @@ class ExperimentConfig:
     benchmark: str = "iconqa"            # one of BENCHMARKS
     data_root: str = ""                  # the benchmark's root directory, in its real on-disk layout
     model: str = "tiny"                  # preset name, local checkpoint directory, or hub id
-    llm: str = "t5"                      # 't5' | 'llama' (presets only; checkpoints say what they are)
+    llm: str | None = None               # 't5' | 'llama'; None: a preset's default (t5) or the checkpoint's own
+                                         # (config.json); a value that contradicts the checkpoint is an error
     connector: str = "qformer"           # one of CONNECTORS
     connector_tokens: int | None = None  # image tokens fed to the LLM (None: the connector's default)
     connector_variant: str | None = None # projector 'mlp' | 'linear'; bottleneck 'linear' | 'gelu' (None: first)
@@ -105,10 +107,15 @@ class ExperimentConfig:
                                          # the adapted model and with its LoRA switched off, on the first N held-in
                                          # val task lines (3 per picture: a caption and 2 VQA) of the synthetic world
                                          # the benchmark root lies in (DATA/heldin); 0 or no DATA/heldin: not measured
+    test_split: str = "auto"             # the split scored as the test: 'test', 'val', or 'auto' (the test split
+                                         # when it has answers, else val, as LAVIS scores VizWiz: its official
+                                         # test annotations have none); training always uses train
     tags: tuple[str, ...] = field(default=())  # free labels for the report (e.g. the grid cell)
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _resolve_paths(self)
+        _check_choice("test_split", self.test_split, TEST_SPLITS)
         _check_benchmark(self.benchmark)
         _check_choice("connector", self.connector, CONNECTORS)
         _check_choice("setup", self.setup, SETUPS)
@@ -262,6 +269,44 @@ def setup_defaults(setup: str) -> dict[str, Any]:
         "qf-lora": {"qf_sublayers": "all", "llm_targets": None},
         "qf-lora+llm-lora": {"qf_sublayers": "all", "llm_targets": "all"},
     }[setup]
+
+
+def _resolve_paths(cfg: ExperimentConfig) -> None:
+    """Local paths made absolute (the same files always give the same config, hence the same run folder), and
+    `llm` filled in: a preset's default, or the checkpoint's own kind, which a given `llm` must match."""
+    from pathlib import Path
+
+    from .models.presets import PRESETS
+
+    if cfg.data_root:
+        object.__setattr__(cfg, "data_root", str(Path(cfg.data_root).expanduser().resolve()))
+    if cfg.model in PRESETS:
+        if cfg.llm is None:
+            object.__setattr__(cfg, "llm", PRESETS[cfg.model].llm or "t5")
+        return _check_choice("llm", cfg.llm, ("t5", "llama"))
+    from .models.sources import CheckpointError, checkpoint_llm_kind, looks_like_hub_id
+
+    path = Path(cfg.model).expanduser()
+    if (path / "config.json").is_file():
+        object.__setattr__(cfg, "model", str(path.resolve()))
+        try:
+            kind = checkpoint_llm_kind(path)
+        except CheckpointError as err:
+            raise ConfigError(f"model={cfg.model!r}: {err}") from None
+    elif looks_like_hub_id(cfg.model):
+        name = cfg.model.lower()  # a hub id: its name says which LLM (instructblip-flan-t5-xl, -vicuna-7b)
+        kind = "t5" if "t5" in name else "llama" if ("vicuna" in name or "llama" in name) else cfg.llm
+        if kind is None:
+            raise ConfigError(f"model={cfg.model!r}: a hub id whose name does not say its LLM; give llm='t5' or "
+                              "'llama'")
+    else:  # a local path not (yet) holding a checkpoint (a base model the study builds): absolute, checked on loading
+        object.__setattr__(cfg, "model", str(path.resolve()))
+        kind = cfg.llm or "t5"
+    if cfg.llm is not None and cfg.llm != kind:
+        raise ConfigError(f"llm={cfg.llm!r} contradicts the checkpoint {cfg.model}, whose LLM is {kind} "
+                          f"(config.json): drop --llm or give llm={kind!r}")
+    object.__setattr__(cfg, "llm", kind)
+    _check_choice("llm", cfg.llm, ("t5", "llama"))
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -43,11 +43,26 @@ from .train import (adalora_tuner, autocast_for, fit, resolve_device, resolve_pr
                     steps_per_epoch)
 
 TRAINABLE_FILE = "trainable.safetensors"
+ADAPTER_README = """# The trained state of one qformer-peft run
+
+- `adapter_model.safetensors` + `adapter_config.json` (when the setup has LoRA or AdaLoRA): the peft adapter.
+- `trainable.safetensors`: every other trained tensor: the query tokens, the language projection, the LayerNorm
+  after the vision encoder, the whole Q-Former when it is fully fine-tuned, another connector where one is used.
+
+The adapter alone is NOT the run's model: loaded with `PeftModel.from_pretrained` onto the base checkpoint it
+lacks the tensors of `trainable.safetensors`. To get the run's model:
+
+- in Python: `bundle, model = qformer_peft.engine.load_trained("<run folder>")` (the base model is the run's
+  `config.json` "model"), or
+- as a standalone InstructBLIP checkpoint (LoRA merged, every trained tensor in):
+  `qformer-peft export <run folder> --out DIR`, then `InstructBlipForConditionalGeneration.from_pretrained(DIR)`
+  and `InstructBlipProcessor.from_pretrained(DIR)`.
+"""
 
 
 # --- model and data -------------------------------------------------------------------------------
 
-def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cpu"):
+def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """The base model of a run, unadapted: the ONE place that turns `config.model` into a Bundle.
 
     A preset name builds a randomly initialised model (seeded by config.seed) whose word-level
@@ -64,7 +79,7 @@ def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cp
         bundle = build.build_model(config.model, config.llm, qformer_tokenizer=qformer_tokenizer,
                                    llm_tokenizer=llm_tokenizer, seed=config.seed, device=device)
     else:
-        bundle = build.load_bundle(config.model, device=device)
+        bundle = build.load_bundle(config.model, device=device, llm=config.llm, dtype=dtype)
     connectors.attach(bundle.model, connectors.spec_of(config), seed=config.seed)
     return bundle
 
@@ -108,9 +123,22 @@ def examples_of(records, *, train: bool) -> list[Example]:
         else:
             if not r.answers:
                 raise ValueError(f"{r.dataset} {r.id} ({r.split}): no answers to train on or score against; the "
-                                 "official VizWiz test split has none, evaluate on a split with annotations")
+                                 "official VizWiz test split has none: score val (test_split='val' or 'auto')")
             out.append(Example(target=templates.target(r), **base))
     return out
+
+
+def scored_split(config: ExperimentConfig, task: str | None = None) -> str:
+    """The split scored as the test: config.test_split, or for 'auto' the test split when it has answers, else
+    val (the official VizWiz test annotations have none; LAVIS scores VizWiz on val). Training uses train."""
+    from . import data
+
+    if config.test_split != "auto":
+        return config.test_split
+    task = task or config.tasks[0]
+    records = data.load(task, benchmark_root(config, task), "test").records
+    answered = any(r.answers or r.choices for r in records)
+    return "test" if answered or not records else "val"
 
 
 def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
@@ -132,7 +160,8 @@ def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
             raise ConfigError(f"data_root {config.data_root}: the joint benchmark {config.benchmark!r} needs one root "
                               f"per task there ({', '.join(config.tasks)}), as `qformer-peft data synth` writes them")
         for split, limit in (("train", config.train_limit), ("val", config.val_limit), ("test", config.test_limit)):
-            records = data.load(task, root, split).records[:limit]
+            source = scored_split(config, task) if split == "test" else split
+            records = data.load(task, root, source).records[:limit]
             if not records:
                 raise ValueError(f"{root}: the {split} split of {task} is empty")
             examples = examples_of(records, train=split == "train")
@@ -157,6 +186,32 @@ def evaluate_tasks(bundle, examples: list[Example], config: ExperimentConfig, em
     accs = [m["accuracy"] for m in per_task.values() if m.get("accuracy") is not None]
     mean = sum(accs) / len(accs) if len(accs) == len(per_task) else None
     return {"accuracy": mean, "n": sum(m["n"] for m in per_task.values()), "tasks": per_task}, predictions
+
+
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype a checkpoint's weights load in: the autocast dtype on CUDA (frozen weights need no fp32 copy:
+    the paper's LAVIS loads Vicuna in fp16 and T5 in bf16), fp32 elsewhere. Trainable tensors are fp32 always
+    (keep_trainable_fp32)."""
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.float32
+
+
+def effective_patience(config: ExperimentConfig) -> int:
+    """Early-stopping patience as applied: AdaLoRA never stops before its rank schedule ends (its budget is
+    scheduled over every epoch's steps; stopping early would leave the heatmaps an unfinished allocation)."""
+    return config.max_epochs if config.method == "adalora" else config.patience
+
+
+def keep_trainable_fp32(model) -> list[str]:
+    """Trainable tensors in fp32 whatever dtype the checkpoint stored (autocast computes in bf16/fp16; AdamW
+    and the grad scaler need fp32 master weights). Returns the names of the tensors cast."""
+    cast = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+            cast.append(name)
+    return cast
 
 
 # --- adapters -----------------------------------------------------------------------------------------
@@ -185,6 +240,7 @@ def save_trained(model, directory: str | Path) -> Path:
     rest = {n: p.detach().cpu().contiguous() for n, p in unwrap(model).named_parameters()
             if p.requires_grad and "lora_" not in n}
     runs.atomic_write(directory / TRAINABLE_FILE, save(rest))
+    (directory / "README.md").write_text(ADAPTER_README)  # in place of peft's generic model card
     return directory
 
 
@@ -256,8 +312,8 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
 
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    bundle = resolve_bundle(config, device=device)
-    precision = resolve_precision(config.precision, device, bundle.llm_kind)
+    precision = resolve_precision(config.precision, device, config.llm)
+    bundle = resolve_bundle(config, device=device, dtype=weights_dtype(precision, device))
     autocast = autocast_for(device, precision)
     splits = load_examples(config)
     total_steps = steps_per_epoch(len(splits["train"]), config.batch_size, config.grad_accum) * config.max_epochs
@@ -272,6 +328,7 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         bundle.model, config.setup, qf_sublayers=config.qf_sublayers, llm_targets=config.llm_targets,
         rank=config.rank, adalora=config.adalora_schedule(total_steps) if config.method == "adalora" else None,
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    keep_trainable_fp32(model)
     trainable = peft_setup.trainable_parameters(model)
 
     cache = None
@@ -304,7 +361,7 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
     fitted = fit(
         model, bundle, splits["train"], validate=validate, primary=primary, images=train_images,
         lr=config.learning_rate, weight_decay=config.weight_decay, max_epochs=config.max_epochs,
-        patience=config.patience, batch_size=config.batch_size, grad_accum=config.grad_accum,
+        patience=effective_patience(config), batch_size=config.batch_size, grad_accum=config.grad_accum,
         schedule=config.schedule, warmup_steps=config.warmup_steps, max_prompt_tokens=config.max_prompt_tokens,
         seed=config.seed, device=device, precision=precision, resume=resume, on_epoch_end=epoch_end,
         progress=progress)
@@ -328,12 +385,17 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         "best_epoch": fitted.best_epoch,
         "epochs": len(fitted.history),
         "stopped_early": fitted.stopped_early,
+        **({"adalora_schedule": "complete" if fitted.global_step >= total_steps else "fitted to the epochs run"}
+           if config.method == "adalora" else {}),
         "steps": fitted.global_step,
         "learning_rate": config.learning_rate,
         "trainable_params": trainable,
         "n": {k: len(v) for k, v in splits.items()},
         "device": str(device),
         "precision": precision,
+        "dtypes": {"trainable": "float32", "frozen": _frozen_dtype(model)},
+        # the split each role read: VizWiz's official test has no answers, so 'auto' scores val
+        "splits": {"train": "train", "val": "val", "test": scored_split(config)},
         "feature_cache": dict(cache.stats) if cache is not None else None,
         "train_time_s": round(fitted.train_time_s, 3),
         "train_samples_per_s": round(fitted.train_samples / fitted.train_time_s, 3) if fitted.train_time_s else None,
@@ -347,6 +409,11 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
                       for h in fitted.history],
         **({"heldin_vqa_em": heldin} if heldin is not None else {}),
     }
+
+
+def _frozen_dtype(model) -> str | None:
+    frozen = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if not p.requires_grad}
+    return ",".join(sorted(frozen)) or None
 
 
 def heldin_dir(config: ExperimentConfig) -> Path | None:

@@ -547,7 +547,7 @@ def done_run_hashes(runs_dir: str | Path) -> set[str]:
 @dataclass
 class Outcome:
     cell: str
-    state: str                  # 'done' | 'skipped' | 'failed'
+    state: str                  # 'done' | 'skipped' | 'failed' | 'not run' (an optional input is absent)
     seconds: float = 0.0
     error: str | None = None
 
@@ -580,20 +580,89 @@ def write_kernelspec(where: Path) -> Path:
     return where
 
 
+def _model_missing(model: str, *, paper: bool) -> str | None:
+    """Why a cell's model is not at hand (a local checkpoint absent, or a hub id that cannot be fetched), else None."""
+    from .models.sources import PAPER_CHECKPOINT_LAYOUT, hub_offline_error, looks_like_hub_id
+
+    path = Path(model)
+    if path.exists() or (not path.is_absolute() and model in _presets()):
+        return None
+    if not path.is_absolute() and looks_like_hub_id(model):
+        return hub_offline_error(model)
+    if paper:
+        return (f"model checkpoint {model} not found: put the InstructBLIP checkpoint there in the hub layout "
+                f"({PAPER_CHECKPOINT_LAYOUT}), e.g. `huggingface-cli download Salesforce/{path.name} --local-dir "
+                f"{model}`, or pass --checkpoints DIR holding it")
+    return (f"model checkpoint {model} not found: build it with `qformer-peft study --profile ...` "
+            f"(base-model stage; add --model-scaling for the model-size axis's bases) or pass --checkpoints DIR")
+
+
+def _presets() -> set[str]:
+    from .models.presets import PRESETS
+
+    return set(PRESETS)
+
+
+def _is_paper(cell: Cell) -> bool:
+    return "scale:paper" in cell.parameters.get("tags", ())
+
+
 def _missing_input(cell: Cell) -> str | None:
     """A reason not to start the notebook: its model checkpoint or benchmark root is absent."""
     if cell.kind != "experiment":
         return None
     for m in [cell.parameters["model"], *cell.parameters.get("models", [])]:
-        if Path(m).is_absolute() and not Path(m).exists():
-            return (f"model checkpoint {m} not found: build it with `qformer-peft study --profile ...` "
-                    f"(base-model stage; add --model-scaling for the model-size axis's bases) or pass "
-                    f"--checkpoints DIR")
+        reason = _model_missing(str(m), paper=_is_paper(cell))
+        if reason:
+            return reason
     for bench in cell.parameters.get("tasks") or [cell.parameters["benchmark"]]:
         root = Path(cell.parameters["data_dir"]) / bench
         if cell.parameters.get("data_size") is None and not root.exists():
             return f"benchmark root {root} not found: pass --data-root DIR holding {bench}/"
     return None
+
+
+def _not_run(cell: Cell) -> str | None:
+    """'not run: needs ...' for a paper-scale model-size cell whose larger checkpoints are absent: that axis is
+    optional (the paper's grid does not need it), so the study goes on and exits 0 for the rest."""
+    if cell.kind != "experiment" or not _is_paper(cell) or not cell.parameters.get("models"):
+        return None
+    absent = [str(m) for m in cell.parameters["models"] if _model_missing(str(m), paper=True)]
+    if not absent:
+        return None
+    return "not run: needs " + "; ".join(_model_missing(m, paper=True) for m in absent)
+
+
+def missing_inputs(cells: Sequence[Cell], building: Iterable[str | Path] = ()) -> list[str]:
+    """Every input the cells need that is absent, each once, in cell order: checked before the first run starts, so
+    a grid fails at once with the whole list instead of one notebook at a time. `building`: checkpoints the study
+    builds first. The optional model-size checkpoints of the paper scale are left out (those cells are not run)."""
+    building = {Path(b).resolve() for b in building}
+    out: list[str] = []
+    for cell in cells:
+        if cell.kind != "experiment":
+            continue
+        optional = set(map(str, cell.parameters.get("models", []))) if _is_paper(cell) else set()
+        for m in [cell.parameters["model"], *cell.parameters.get("models", [])]:
+            m = str(m)
+            if m in optional or (Path(m).is_absolute() and Path(m).resolve() in building):
+                continue
+            reason = _model_missing(m, paper=_is_paper(cell))
+            if reason and reason not in out:
+                out.append(reason)
+        for bench in cell.parameters.get("tasks") or [cell.parameters["benchmark"]]:
+            root = Path(cell.parameters["data_dir"]) / bench
+            reason = f"benchmark root {root} not found: pass --data-root DIR holding {bench}/ in its published layout"
+            if cell.parameters.get("data_size") is None and not root.exists() and reason not in out:
+                out.append(reason)
+    return out
+
+
+def check_inputs(cells: Sequence[Cell], building: Iterable[str | Path] = ()) -> None:
+    """GridError listing every missing input (missing_inputs), or nothing."""
+    missing = missing_inputs(cells, building)
+    if missing:
+        raise GridError(f"{len(missing)} input(s) missing; nothing was started:\n  " + "\n  ".join(missing))
 
 
 def _notebook_error(path: Path) -> str | None:
@@ -632,6 +701,11 @@ def execute_cell(cell: Cell, *, notebooks_dir: Path, out_dir: Path, kernel: str,
     output, log = out_dir / f"{cell.name}.ipynb", out_dir / f"{cell.name}.log"
     _marker(out_dir, cell, "done").unlink(missing_ok=True)
     start = time.time()
+    skip = _not_run(cell)
+    if skip:
+        runs.write_json(_marker(out_dir, cell, "not-run"), {"cell": cell.name, "notebook": cell.notebook,
+                                                             "reason": skip, "recorded": runs._now()})
+        return Outcome(cell.name, "not run", 0.0, skip)
     reason = _missing_input(cell)
     error = None
     if reason is None:
@@ -927,6 +1001,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         cells = select(expand(args.profile, root=args.out, data_root=args.data_root,
                               checkpoints=args.checkpoints, model_scaling=args.model_scaling), args.only)
+        if not args.list:
+            check_inputs(cells)
     except GridError as err:
         print(f"qformer-peft grid: {err}", file=sys.stderr)
         return 2

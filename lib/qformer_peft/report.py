@@ -312,12 +312,16 @@ def grid_status_html(notebooks_dir: Path, out: Path) -> str:
         return ""
     cells = runs.read_json(f).get("cells", {})
     failed = {k: v for k, v in cells.items() if v.get("state") == "failed"}
+    # cells an optional input was absent for (the paper scale's larger checkpoints): their reason, no log
+    not_run = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v.get('error')))}</li>"
+                      for k, v in cells.items() if v.get("state") == "not run")
+    not_run = f"<h2>Not run</h2><ul>{not_run}</ul>" if not_run else ""
     if not failed:
-        return ""
+        return not_run
     rel = Path(os.path.relpath(notebooks_dir, out)).as_posix()
     items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v.get('error')))} "
                     f"(<a href='{html.escape(rel)}/{html.escape(k)}.log'>log</a>)</li>" for k, v in failed.items())
-    return f"<h2 class='failed'>Failed notebooks ({len(failed)})</h2><ul class='failed'>{items}</ul>"
+    return f"<h2 class='failed'>Failed notebooks ({len(failed)})</h2><ul class='failed'>{items}</ul>" + not_run
 
 
 def _notebooks(notebooks_dir: Path | None) -> list[Path]:
@@ -406,7 +410,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"qformer-peft report: nothing to report: no run folders in {runs_dir} and no executed notebooks "
               f"in {nb_dir}", file=sys.stderr)
         return 1
-    index = build_report(runs_dir, notebooks_dir=nb_dir, out=out, cache_dir=layout.root / "cache",
+    # the full-size ledger's cache: the study root's cache/, or beside the report when only --runs/--out are given
+    cache_dir = layout.root / "cache" if not (args.runs or args.out) or args.root != "." else out / ".cache"
+    index = build_report(runs_dir, notebooks_dir=nb_dir, out=out, cache_dir=cache_dir,
                          title=f"Q-Former PEFT study ({runs_dir.name})")
     print(f"[report] {index}")
     return 0

@@ -129,7 +129,7 @@ def _guess_scale(model: Any) -> str:
 def run_summary(df: pd.DataFrame) -> pd.DataFrame:
     """One line per run: rank, seed, state, test score, accuracy, parameters, epochs, time."""
     cols = ["run_id", "rank", "seed", "state", "result.metric", "score", "acc", "trainable", "result.best_epoch",
-            "result.epochs", "result.train_time_s"]
+            "result.epochs", "result.train_time_s", "result.splits.test"]  # splits.test: the split scored
     return df[[c for c in cols if c in df]].rename(columns=lambda c: c.removeprefix("result."))
 
 

@@ -13,6 +13,7 @@ reports/study_timings.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import sys
@@ -23,8 +24,39 @@ from concurrent.futures import Future, wait
 from typing import Any, Callable
 
 from . import runs
-from .grid import (PROFILES, GridError, Layout, Profile, add_common_arguments, auto_jobs, ensure_data, expand,
-                   resolve_profile, run_grid, select)
+from .grid import (PROFILES, GridError, Layout, Profile, add_common_arguments, auto_jobs, check_inputs, ensure_data,
+                   expand, resolve_profile, run_grid, select)
+
+# size caps a study may put on every run (the paper profile on a CPU, to try the whole path on a few items)
+LIMITS = ("train_limit", "val_limit", "test_limit", "max_epochs")
+
+
+def cuda_guard(profile: Profile, allow_cpu: bool) -> None:
+    """The paper profile trains full-size models: without CUDA it refuses to start unless allow_cpu."""
+    if profile.scale != "paper" or allow_cpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise GridError(f"profile {profile.name!r} trains the full-size InstructBLIP models and needs a CUDA GPU; "
+                        f"torch {torch.__version__} sees none here (a CPU build of torch, or no driver), and on a CPU "
+                        "it would run in fp32 for weeks. To run it on the CPU anyway (e.g. to try the path on a few "
+                        "items) pass --allow-cpu, with size caps such as --train-limit 8 --max-epochs 1")
+
+
+def with_limits(cells: list, limits: dict[str, int]) -> list:
+    """The cells with every run's hyperparameters capped at `limits` (LIMITS): a value the profile sets lower
+    stays."""
+    from .config import ExperimentConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
+
+    def capped(h: dict) -> dict:
+        now = {k: h.get(k, defaults[k]) for k in limits}
+        return {**h, **{k: min(v, now[k]) if now[k] is not None else v for k, v in limits.items()}}
+
+    return [dataclasses.replace(c, parameters={**c.parameters, "hparams": capped(c.parameters["hparams"])})
+            if limits and "hparams" in c.parameters else c for c in cells]
 
 
 class NotBuilt(Exception):
@@ -183,14 +215,21 @@ def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoint
 
 def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str | None = None,
               data_root: str | None = None, checkpoints: str | None = None, model_scaling: bool = False,
+              allow_cpu: bool = False, limits: dict[str, int] | None = None,
               log: Callable[[str], None] = print) -> int:
     """Every stage of a profile (with its model-size axis when model_scaling: its extra base models, then
-    only the cells not finished yet); returns the number of failures (capped like the grid's)."""
+    only the cells not finished yet); returns the number of failures (capped like the grid's).
+    The paper profile needs CUDA unless allow_cpu; limits (LIMITS) cap every run's size. Every input that no
+    stage builds is checked first: a missing one stops the study before anything runs (GridError)."""
     layout = Layout(Path(root).resolve())
     prof = resolve_profile(profile, model_scaling)
-    cells = select(expand(prof, root=layout.root, data_root=data_root, checkpoints=checkpoints), only)
+    cuda_guard(prof, allow_cpu)
+    cells = with_limits(select(expand(prof, root=layout.root, data_root=data_root, checkpoints=checkpoints), only),
+                        dict(limits or {}))
     data_dir = Path(cells[0].parameters["data_dir"])
     ckpt = cells[0].parameters["checkpoints"]
+    if prof.data_size is None:  # embedded profiles write their data and build their models first
+        check_inputs(cells, [expected for _, _, expected in _base_models_to_build(prof, ckpt)])
     timings: dict[str, float] = {}
     failures = 0
 
@@ -271,13 +310,20 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("study", help="a profile end to end: data, base models, grid, report",
                               description=__doc__.splitlines()[0])
     add_common_arguments(p)
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="let the paper profile run without CUDA (full-size models in fp32 on the CPU: use size caps)")
+    for name in LIMITS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, metavar="N",
+                       help=f"cap every run's {name.replace('_', ' ')} at N")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         return run_study(args.profile, root=args.out, jobs=max(0, args.jobs), only=args.only,
-                         data_root=args.data_root, checkpoints=args.checkpoints, model_scaling=args.model_scaling)
+                         data_root=args.data_root, checkpoints=args.checkpoints, model_scaling=args.model_scaling,
+                         allow_cpu=args.allow_cpu,
+                         limits={k: getattr(args, k) for k in LIMITS if getattr(args, k) is not None})
     except GridError as err:
         print(f"qformer-peft study: {err}", file=sys.stderr)
         return 2

@@ -56,8 +56,6 @@ def resolve_precision(precision: str, device: torch.device, llm_kind: str) -> st
         if device.type != "cuda":
             return "fp32"
         return "bf16" if llm_kind == "t5" else "fp16"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision='fp16' needs CUDA (the grad scaler is CUDA-only); use 'fp32' or 'bf16' on the CPU")
     return precision
 
 
@@ -268,7 +266,7 @@ def fit(
 
     device = torch.device(device)
     autocast = autocast_for(device, precision)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # torch has a CPU one too
     optimizer = adamw(param_groups(model, weight_decay), lr)
     per_epoch = steps_per_epoch(len(train_set), batch_size, grad_accum)
     scheduler, per_step = make_schedule(optimizer, schedule, max_epochs=max_epochs, steps_per_epoch=per_epoch,

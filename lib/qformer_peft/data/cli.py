@@ -46,6 +46,10 @@ def run_check(args: argparse.Namespace) -> int:
             continue
         with_image = sum(r.image is not None for r in loaded.records)
         extra = f" ({with_image} with image)" if args.dataset == "scienceqa" else ""
+        if loaded.records and not any(r.answers or r.choices for r in loaded.records):
+            # VizWiz's official test annotations: fine for a leaderboard submission, nothing to score here
+            extra += (" UNANSWERED (no answers: it cannot be scored; runs score val instead, test_split='auto', "
+                      "as LAVIS does)")
         print(f"{split}: {len(loaded.records)} records{extra}, {len(loaded.problems)} problems")
         for problem in loaded.problems:
             print(f"  {problem}")

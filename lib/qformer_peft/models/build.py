@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +19,10 @@ from transformers import InstructBlipForConditionalGeneration, InstructBlipProce
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
 from .presets import build_config, get_preset, resolve_llm
+from .sources import (LLM_TOKENIZER_FILES, PAPER_CHECKPOINT_LAYOUT, QFORMER_TOKENIZER_FILES,  # noqa: F401
+                      CheckpointError, checkpoint_llm_kind, hub_offline_error, looks_like_hub_id, resolve_source)
 from .tokenizers import IMAGE_TOKEN, split_words, word_tokenizer
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # owner/name; anything else is a local path
 QUERY_TOKEN_STD = 0.02  # BLIP-2 draws the query tokens from N(0, 0.02); transformers starts them at 0
 # The words of the paper's templates (PROTOCOL §3), letters and digits: the vocabulary of the default
 # tokenizers of the tiny/mini presets when the caller brings none (tests; real runs pass their own).
@@ -161,24 +161,82 @@ def _no_progress_bars(quiet: bool):
             hf_logging.enable_progress_bar()
 
 
-def load_bundle(source: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Bundle:
+def check_tokenizer_files(directory: str | os.PathLike) -> None:
+    """The tokenizer files are there (transformers would otherwise fall back to an empty tokenizer silently)."""
+    directory = Path(directory)
+    if not any((directory / f).is_file() for f in LLM_TOKENIZER_FILES):
+        raise CheckpointError(f"{directory}: the LLM tokenizer is missing (none of {', '.join(LLM_TOKENIZER_FILES)}); "
+                              "copy the tokenizer files of the checkpoint's LLM into this directory (the hub "
+                              "checkpoint has them at its top level)")
+    if not any((directory / "qformer_tokenizer" / f).is_file() for f in QFORMER_TOKENIZER_FILES):
+        raise CheckpointError(f"{directory}: the Q-Former tokenizer is missing (qformer_tokenizer/ with one of "
+                              f"{', '.join(QFORMER_TOKENIZER_FILES)}); copy qformer_tokenizer/ from the hub "
+                              "checkpoint (BERT's WordPiece vocabulary with [DEC])")
+
+
+def check_tokenizers(directory: str | os.PathLike, config, qformer_tokenizer, llm_tokenizer) -> None:
+    """The loaded tokenizers fit the model's config: vocabularies within the embeddings, the image token at the
+    config's id, pad/eos (LLM) and CLS/SEP (Q-Former) defined."""
+    where = str(directory)
+    rows = config.text_config.vocab_size
+    if len(llm_tokenizer) > rows:
+        raise CheckpointError(f"{where}: the LLM tokenizer has {len(llm_tokenizer)} tokens but the LLM's embeddings "
+                              f"have {rows} rows; the tokenizer belongs to another model: copy this checkpoint's own")
+    if len(llm_tokenizer) < 8:
+        raise CheckpointError(f"{where}: the LLM tokenizer has only {len(llm_tokenizer)} tokens (an empty "
+                              "tokenizer); copy the checkpoint's tokenizer files into the directory")
+    qrows = config.qformer_config.vocab_size
+    if not 8 <= len(qformer_tokenizer) <= qrows:
+        raise CheckpointError(f"{where}: the Q-Former tokenizer has {len(qformer_tokenizer)} tokens against {qrows} "
+                              "embedding rows; copy the checkpoint's own qformer_tokenizer/")
+    image_id = llm_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_id is None or image_id == llm_tokenizer.unk_token_id or image_id != config.image_token_index:
+        raise CheckpointError(f"{where}: the LLM tokenizer gives {IMAGE_TOKEN!r} the id {image_id}, the config's "
+                              f"image_token_index is {config.image_token_index}; add {IMAGE_TOKEN!r} to the "
+                              "tokenizer as a special token at that id (as the hub checkpoints do) or fix config.json")
+    for role, tok, names in (("LLM", llm_tokenizer, ("pad_token_id", "eos_token_id")),
+                             ("Q-Former", qformer_tokenizer, ("cls_token_id", "sep_token_id"))):
+        undefined = [n.removesuffix("_id") for n in names if getattr(tok, n) is None]
+        if undefined:
+            raise CheckpointError(f"{where}: the {role} tokenizer defines no {' / '.join(undefined)}; set it in "
+                                  f"{'qformer_tokenizer/' if role == 'Q-Former' else ''}tokenizer_config.json "
+                                  "(special tokens as in the hub checkpoint)")
+
+
+def load_bundle(source: str | os.PathLike, *, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = torch.float32, llm: str | None = None) -> Bundle:
     """Model, tokenizers and image processor from a checkpoint directory (Bundle.save's layout) or a hub id.
 
-    A path that exists is read with local_files_only=True: no network. A string that looks like a path
-    but does not exist is an error here rather than a hub lookup.
+    A local directory is read with local_files_only=True (no network) and checked before the weights load
+    (check_tokenizer_files, check_tokenizers). A string is a hub id only when no such path exists and it
+    reads `owner/name`; offline, that fails at once. The LLM kind is the checkpoint's: `llm`, when given,
+    must agree. Weights load in `dtype` (default fp32 whatever the stored dtype; None keeps the stored one).
     """
-    source = str(source)
+    from transformers import InstructBlipConfig
+
+    source = resolve_source(source)
     local = Path(source).exists()
-    if not local and not HUB_ID.fullmatch(source):
-        raise FileNotFoundError(f"checkpoint directory {source!r} does not exist (give a directory written by "
-                                "Bundle.save, or a hub id such as Salesforce/instructblip-flan-t5-xl)")
+    if local:
+        check_tokenizer_files(source)
+        checkpoint_llm_kind(source)  # a config.json that names a T5 or LLaMA language model
+    else:
+        reason = hub_offline_error(source)
+        if reason:
+            raise FileNotFoundError(reason)
     kwargs = {"local_files_only": True} if local else {}
+    processor = InstructBlipProcessor.from_pretrained(source, **kwargs)
+    config = InstructBlipConfig.from_pretrained(source, **kwargs)
+    if config.image_token_index is None:
+        raise CheckpointError(f"{source}: config has no image_token_index; transformers>=5 needs the image "
+                              "placeholder token in the LLM vocabulary (re-save the checkpoint with a recent "
+                              "transformers)")
+    check_tokenizers(source, config, processor.qformer_tokenizer, processor.tokenizer)
+    kind = "llama" if config.use_decoder_only_language_model else "t5"
+    if llm is not None and llm != kind:
+        raise CheckpointError(f"{source}: the checkpoint's LLM is {kind} (config.json), but llm={llm!r} was asked "
+                              f"for; drop --llm or give llm={kind!r}")
     with _no_progress_bars(local):
         model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
     model.to(device).eval()
-    processor = InstructBlipProcessor.from_pretrained(source, **kwargs)
-    if model.config.image_token_index is None:
-        raise ValueError(f"{source}: config has no image_token_index; transformers>=5 needs the image placeholder "
-                         "token in the LLM vocabulary (re-save the checkpoint with a recent transformers)")
     return Bundle(model=model, qformer_tokenizer=processor.qformer_tokenizer, llm_tokenizer=processor.tokenizer,
                   image_processor=ImageProcessor(processor.image_processor), llm_kind=llm_kind_of(model))

@@ -61,6 +61,8 @@ def rename_key(key: str) -> str | None:
         key = "language_model." + key.split(".", 1)[1].removeprefix("base_model.model.")
     else:
         return None
+    # a full file saved from a peft-wrapped LLM: the frozen weight sits in `<layer>.base_layer.weight`
+    key = key.replace(".base_layer.", ".")
     # LoRA factors: loralib names them `lora_A`, peft `lora_A.<adapter>.weight`
     key = re.sub(r"\.(lora_[AB])$", r".\1.weight", key)
     key = re.sub(r"\.(lora_[AB])\.default\.weight$", r".\1.weight", key)
@@ -131,9 +133,25 @@ def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
     return state
 
 
+def file_llm_kind(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """'t5' | 'llama' from a LAVIS state dict's names (t5_model/t5_proj vs llm_model/llm_proj); None: no LLM key."""
+    kinds = {"t5" if k.startswith(("t5_model.", "t5_proj.")) else "llama" for k in state_dict
+             if k.startswith(("t5_model.", "t5_proj.", "llm_model.", "llm_proj."))}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def load_lavis_checkpoint(model, path: str | os.PathLike, *, trusted: bool = False) -> LavisReport:
-    """Copy the tensors of a LAVIS InstructBLIP checkpoint into `model` (plain or peft-wrapped) in place."""
-    converted, origin, unmatched = convert_state_dict(read_checkpoint(path, trusted=trusted))
+    """Copy the tensors of a LAVIS InstructBLIP checkpoint into `model` (plain or peft-wrapped) in place.
+    A file of the other LLM kind (a T5 file into a Vicuna model, or back) is refused before anything is copied."""
+    state = read_checkpoint(path, trusted=trusted)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_kind = "llama" if base.config.use_decoder_only_language_model else "t5"
+    kind = file_llm_kind(state)
+    if kind is not None and kind != model_kind:
+        raise ValueError(f"{path}: a LAVIS {kind} checkpoint ({'t5_model/t5_proj' if kind == 't5' else 'llm_model/llm_proj'} "
+                         f"keys) cannot load into this {model_kind} model; load it into an InstructBLIP with a "
+                         f"{'Flan-T5' if kind == 't5' else 'Vicuna'} LLM")
+    converted, origin, unmatched = convert_state_dict(state)
     targets = {_normalized(name): name for name in model.state_dict()}
     report = LavisReport(path=str(path), unmatched=unmatched)
     model_state = model.state_dict()

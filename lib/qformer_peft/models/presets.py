@@ -14,13 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import (
-    InstructBlipConfig,
-    InstructBlipQFormerConfig,
-    InstructBlipVisionConfig,
-    LlamaConfig,
-    T5Config,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # transformers is imported by build_config only: a config's validation reads the preset names
+    from transformers import InstructBlipConfig
 
 LLM_KINDS = ("t5", "llama")
 
@@ -160,13 +157,16 @@ def build_config(
     qformer_vocab_size: int | None = None,
     image_token_index: int | None = None,
     llm_special_ids: dict[str, int] | None = None,
-) -> InstructBlipConfig:
+) -> "InstructBlipConfig":
     """The InstructBlipConfig of `preset` with a T5-style or LLaMA-style LLM.
 
     Vocabulary sizes and the image placeholder id come from the tokenizers for `tiny`/`mini`
     (arguments) and from the preset for the full-size models. `llm_special_ids` (pad/bos/eos ids of
     the LLM tokenizer) defaults to the ids of `tokenizers.word_tokenizer(role="llm")`.
     """
+    from transformers import (InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig, LlamaConfig,
+                              T5Config)
+
     p = get_preset(preset)
     llm = resolve_llm(preset, llm)
     llm_vocab_size = llm_vocab_size or p.llm_vocab_size
