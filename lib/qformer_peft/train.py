@@ -201,6 +201,9 @@ def _load_adalora_state(tuner, state: Mapping[str, Any]) -> None:
 
 # --- the loop ----------------------------------------------------------------------------------------------
 
+BATCH_RANGE = "qformer_peft.batch"  # the profiler range around building one batch (ViT features, tokens, tensors)
+
+
 def backward_step(model, bundle, examples: Sequence[Example], *, images: Callable[..., torch.Tensor],
                   rng: random.Random | None = None, max_prompt_tokens: int = 128, device: torch.device | str = "cpu",
                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -209,10 +212,11 @@ def backward_step(model, bundle, examples: Sequence[Example], *, images: Callabl
 
     The loss goes through peft's tuner (models.inputs.forward), so AdaLoRA's orthogonality penalty is in it.
     """
-    embeds = images([e.image for e in examples], rng=rng)  # [B, P+1, Dv], cached or computed
-    batch = make_batch(bundle, None, [e.prompt for e in examples], [e.target for e in examples],
-                       max_prompt_tokens=max_prompt_tokens)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.profiler.record_function(BATCH_RANGE):  # a label for profiles (bench's time split); ~free otherwise
+        embeds = images([e.image for e in examples], rng=rng)  # [B, P+1, Dv], cached or computed
+        batch = make_batch(bundle, None, [e.prompt for e in examples], [e.target for e in examples],
+                           max_prompt_tokens=max_prompt_tokens)
+        batch = {k: v.to(device) for k, v in batch.items()}
     with autocast():
         loss = forward(model, batch, image_embeds=embeds).loss
     scaled = loss / divide
