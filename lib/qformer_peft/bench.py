@@ -81,7 +81,7 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
     from .evaluate import candidate_nll, candidate_nll_loop
     from .features import FeatureCache, ImageEncoder
     from .models.inputs import encode_images
-    from .train import adamw, backward_step, param_groups, seed_everything
+    from .train import adamw, backward_step, fuse_lora, param_groups, seed_everything
 
     out: dict[str, Any] = {"preset": "mini", "llm": llm, "batch_size": batch_size, "threads": torch.get_num_threads(),
                            "train": [], "eval": {}}
@@ -96,6 +96,7 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
             model = peft_setup.apply_peft(bundle.model, setup, **kwargs)
             model.train()
             bundle.model.vision_model.eval()
+            fuse_lora(model)  # as fit() runs it
             optimizer = adamw(param_groups(model, 0.05), 1e-5)
             row: dict[str, Any] = {"setup": setup, "trainable": sum(peft_setup.trainable_parameters(model).values())}
             for cached in (True, False):
@@ -172,6 +173,25 @@ def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _interleaved(step, switch, warmup: int, steps: int) -> tuple[float, float]:
+    """Median seconds of `step` with switch(True) and with switch(False), the two alternating step by step
+    (ABBA order) so that both see the same machine load."""
+    for _ in range(warmup):
+        switch(True)
+        step()
+        switch(False)
+        step()
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for k in range(steps):
+        for on in ((True, False) if k % 2 == 0 else (False, True)):
+            switch(on)
+            start = time.perf_counter()
+            step()
+            times[on].append(time.perf_counter() - start)
+    switch(True)
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
 def _category(name: str) -> str | None:
     if name in MATMUL_OPS:
         return "matmul"
@@ -221,7 +241,8 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
     """Per LLM and setup, the real training step (train.backward_step on cached ViT features + AdamW) on
     `threads` torch threads: FLOPs counted by torch's FlopCounterMode (forward + backward; AdamW's
     elementwise update is not counted), median ms a step, achieved GFLOP/s, its share of the fp32 matmul
-    peak measured just before on the same threads, and the time split of a torch.profiler profile.
+    peak measured just before on the same threads, and the time split of a torch.profiler profile. Where
+    the setup has LoRA modules, the step also runs with peft's own LoRA forward, interleaved (peft_path_*).
 
     The model is `preset` with random weights (what a step costs does not depend on the values), so the
     bench runs where no base checkpoint was built."""
@@ -231,7 +252,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
     from . import features, peft_setup
     from .engine import resolve_bundle
     from .features import FeatureCache, ImageEncoder
-    from .train import adamw, backward_step, param_groups, seed_everything
+    from .train import adamw, backward_step, fuse_lora, param_groups, seed_everything
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -263,18 +284,21 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
 
+                    fused = fuse_lora(model)  # as fit() runs it
                     step()  # the optimizer state exists before anything is counted
                     with FlopCounterMode(display=False) as counter:
                         step()
                     flops = counter.get_total_flops()
                     peak = matmul_peak()
-                    seconds = _median_time(step, warmup, steps)
+                    seconds, peft_seconds = _interleaved(step, lambda on: fuse_lora(model, on), warmup, steps) \
+                        if fused else (_median_time(step, warmup, steps), None)
                     with profile(activities=[ProfilerActivity.CPU]) as prof:
                         for _ in range(profile_steps):
                             with record_function("bench.step"):
                                 step()
                     gflops = flops / seconds / 1e9
                     row = {"llm": llm, "setup": setup, "gflop_per_step": flops / 1e9, "ms_per_step": 1000 * seconds,
+                           "peft_path_ms_per_step": 1000 * peft_seconds if peft_seconds else None,
                            "gflops": gflops, "matmul_peak_gflops": peak, "peak_share": gflops / peak,
                            "split": time_split(prof.events())}
                     out["rows"].append(row)
@@ -290,12 +314,14 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
 def efficiency_table(eff: dict[str, Any]) -> str:
     lines = [f"CPU efficiency: {eff['preset']} preset, batch {eff['batch_size']}, cached ViT features, "
              f"{eff['threads']} thread(s); peak = fp32 1024^3 matmul measured beside each row",
-             f"{'llm':<6}{'setup':<18}{'GFLOP':>7}{'ms':>8}{'GFLOP/s':>9}{'peak':>7}{'share':>7}  time split %: "
-             + " ".join(f"{k[:5]:>5}" for k in SPLIT)]
+             f"{'llm':<6}{'setup':<18}{'GFLOP':>7}{'ms':>8}{'GFLOP/s':>9}{'peak':>7}{'share':>7}{'vs peft':>9}"
+             "  time split %: " + " ".join(f"{k[:5]:>5}" for k in SPLIT)]
     for r in eff["rows"]:
+        ratio = f"x{r['peft_path_ms_per_step'] / r['ms_per_step']:.2f}" if r["peft_path_ms_per_step"] else "-"
         lines.append(f"{r['llm']:<6}{r['setup']:<18}{r['gflop_per_step']:>7.2f}{r['ms_per_step']:>8.1f}"
-                     f"{r['gflops']:>9.1f}{r['matmul_peak_gflops']:>7.0f}{100 * r['peak_share']:>6.0f}%"
+                     f"{r['gflops']:>9.1f}{r['matmul_peak_gflops']:>7.0f}{100 * r['peak_share']:>6.0f}%{ratio:>9}"
                      + " " * 15 + " ".join(f"{100 * r['split'][k]:>5.0f}" for k in SPLIT))
+    lines.append("vs peft: the same step with peft's own LoRA forward (train.fuse_lora off), steps interleaved")
     return "\n".join(lines)
 
 
