@@ -6,9 +6,14 @@ import torch
 from qformer_peft import bench
 
 
-def test_matmul_peak_is_the_flop_rate_of_one_product():
-    peak = bench.matmul_peak(n=128, repeats=2)
-    assert 0 < peak < 1e5  # GFLOP/s: positive and far below anything a CPU core reaches
+def test_interleaved_arms_take_turns_and_prepare_before_each_run():
+    log = []
+    arms = {k: (lambda k=k: log.append(("prepare", k)), lambda k=k: log.append(("run", k))) for k in "abc"}
+    medians = bench._interleaved(arms, warmup=1, rounds=3)
+    assert set(medians) == set("abc") and all(v >= 0 for v in medians.values())
+    runs = [k for what, k in log if what == "run"]
+    assert runs == list("abc" "bca" "cab" "abc")  # a rotating order: no arm always runs first
+    assert all(log[i] == ("prepare", k) and log[i + 1] == ("run", k) for i, (_, k) in enumerate(log) if i % 2 == 0)
 
 
 def test_time_split_needs_the_step_range():

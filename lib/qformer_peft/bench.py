@@ -158,38 +158,29 @@ EFFICIENCY_SETUPS = ("baseline", "qf-lora", "qf-lora+llm-lora")
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::mv",
                         "aten::addmv", "aten::dot", "aten::matmul", "aten::linear"})
 SPLIT = ("matmul", "attention", "elementwise", "framework", "optimizer", "batch")
+PEAK_N = 1024  # the calibration product: fp32 [1024 x 1024] @ [1024 x 1024]
 
 
-def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
-    """GFLOP/s of the fastest of `repeats` fp32 [n x n] @ [n x n] products on the current torch threads:
-    the calibration each efficiency row is read against (measured beside it, since the machine is shared)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up (first-call allocation and library dispatch)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+def _product(n: int):
+    """One fp32 [n x n] @ [n x n] product (2 n^3 FLOPs) as a callable: the matmul-peak calibration."""
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    return lambda: torch.mm(x, y)
 
 
-def _interleaved(step, switch, warmup: int, steps: int) -> tuple[float, float]:
-    """Median seconds of `step` with switch(True) and with switch(False), the two alternating step by step
-    (ABBA order) so that both see the same machine load."""
-    for _ in range(warmup):
-        switch(True)
-        step()
-        switch(False)
-        step()
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for k in range(steps):
-        for on in ((True, False) if k % 2 == 0 else (False, True)):
-            switch(on)
+def _interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int) -> dict[str, float]:
+    """Median seconds of each arm's run(), the arms taking turns (in a rotating order) round after round, so that
+    all see the same machine load; arms: name -> (prepare, run), prepare() untimed before each run()."""
+    names = list(arms)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(warmup + rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            prepare, run = arms[k]
+            prepare()
             start = time.perf_counter()
-            step()
-            times[on].append(time.perf_counter() - start)
-    switch(True)
-    return statistics.median(times[True]), statistics.median(times[False])
+            run()
+            if r >= warmup:
+                times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _category(name: str) -> str | None:
@@ -236,13 +227,14 @@ def time_split(events, step_range: str = "bench.step") -> dict[str, float]:
 
 
 def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: str = "mini", batch_size: int = 16,
-                     warmup: int = 3, steps: int = 10, profile_steps: int = 3, threads: int = 1,
+                     warmup: int = 3, steps: int = 20, profile_steps: int = 3, threads: int = 1,
                      progress: bool = True) -> dict[str, Any]:
     """Per LLM and setup, the real training step (train.backward_step on cached ViT features + AdamW) on
     `threads` torch threads: FLOPs counted by torch's FlopCounterMode (forward + backward; AdamW's
-    elementwise update is not counted), median ms a step, achieved GFLOP/s, its share of the fp32 matmul
-    peak measured just before on the same threads, and the time split of a torch.profiler profile. Where
-    the setup has LoRA modules, the step also runs with peft's own LoRA forward, interleaved (peft_path_*).
+    elementwise update is not counted), median ms a step, achieved GFLOP/s, and their share of the fp32 matmul
+    peak (the median 1024^3 product, timed between the steps on the same threads, so both see the same load),
+    and the time split of a torch.profiler profile. Where the setup has LoRA modules, the same step with
+    peft's own LoRA forward takes turns with it (peft_path_ms_per_step).
 
     The model is `preset` with random weights (what a step costs does not depend on the values), so the
     bench runs where no base checkpoint was built."""
@@ -256,6 +248,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    product = _product(PEAK_N)
     out: dict[str, Any] = {"preset": preset, "batch_size": batch_size, "threads": threads, "rows": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -289,9 +282,13 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                     with FlopCounterMode(display=False) as counter:
                         step()
                     flops = counter.get_total_flops()
-                    peak = matmul_peak()
-                    seconds, peft_seconds = _interleaved(step, lambda on: fuse_lora(model, on), warmup, steps) \
-                        if fused else (_median_time(step, warmup, steps), None)
+                    arms = {"step": (lambda: fuse_lora(model, True), step), "matmul": (lambda: None, product)}
+                    if fused:
+                        arms["peft"] = (lambda: fuse_lora(model, False), step)
+                    medians = _interleaved(arms, warmup, steps)
+                    fuse_lora(model, True)
+                    seconds, peft_seconds = medians["step"], medians.get("peft")
+                    peak = 2 * PEAK_N**3 / medians["matmul"] / 1e9
                     with profile(activities=[ProfilerActivity.CPU]) as prof:
                         for _ in range(profile_steps):
                             with record_function("bench.step"):
@@ -313,7 +310,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
 
 def efficiency_table(eff: dict[str, Any]) -> str:
     lines = [f"CPU efficiency: {eff['preset']} preset, batch {eff['batch_size']}, cached ViT features, "
-             f"{eff['threads']} thread(s); peak = fp32 1024^3 matmul measured beside each row",
+             f"{eff['threads']} thread(s); peak = median fp32 1024^3 matmul timed between the row's steps",
              f"{'llm':<6}{'setup':<18}{'GFLOP':>7}{'ms':>8}{'GFLOP/s':>9}{'peak':>7}{'share':>7}{'vs peft':>9}"
              "  time split %: " + " ".join(f"{k[:5]:>5}" for k in SPLIT)]
     for r in eff["rows"]:
@@ -434,7 +431,7 @@ def add_parser(subparsers) -> None:
 def _cli_bench(args: argparse.Namespace) -> int:
     from .runs import environment
 
-    result: dict[str, Any] = {"env": environment(), "efficiency": bench_efficiency(steps=max(args.steps, 6)),
+    result: dict[str, Any] = {"env": environment(), "efficiency": bench_efficiency(steps=max(args.steps, 20)),
                               "cpu": bench_cpu(steps=args.steps, llm=args.llm)}
     result["cuda"] = bench_cuda() if torch.cuda.is_available() and not args.no_cuda else None
     print(efficiency_table(result["efficiency"]))
