@@ -167,19 +167,23 @@ def _product(n: int):
     return lambda: torch.mm(x, y)
 
 
-def _interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int) -> dict[str, float]:
+def _interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int, clock=time.thread_time) -> dict[str, float]:
     """Median seconds of each arm's run(), the arms taking turns (in a rotating order) round after round, so that
-    all see the same machine load; arms: name -> (prepare, run), prepare() untimed before each run()."""
+    all see the same machine load; arms: name -> (prepare, run), prepare() untimed before each run().
+
+    The default clock is the calling thread's CPU time (time.thread_time), which holds all the work when torch
+    runs on one thread: on a shared machine it leaves out the time the thread waits for a core, the largest
+    noise in wall time. With more torch threads pass time.perf_counter."""
     names = list(arms)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(warmup + rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
             prepare, run = arms[k]
             prepare()
-            start = time.perf_counter()
+            start = clock()
             run()
             if r >= warmup:
-                times[k].append(time.perf_counter() - start)
+                times[k].append(clock() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -231,7 +235,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                      progress: bool = True) -> dict[str, Any]:
     """Per LLM and setup, the real training step (train.backward_step on cached ViT features + AdamW) on
     `threads` torch threads: FLOPs counted by torch's FlopCounterMode (forward + backward; AdamW's
-    elementwise update is not counted), median ms a step, achieved GFLOP/s, and their share of the fp32 matmul
+    elementwise update is not counted), median ms a step (on one thread its CPU time, see _interleaved), achieved GFLOP/s, and their share of the fp32 matmul
     peak (the median 1024^3 product, timed between the steps on the same threads, so both see the same load),
     and the time split of a torch.profiler profile. Where the setup has LoRA modules, the same step with
     peft's own LoRA forward takes turns with it (peft_path_ms_per_step).
@@ -285,7 +289,8 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                     arms = {"step": (lambda: fuse_lora(model, True), step), "matmul": (lambda: None, product)}
                     if fused:
                         arms["peft"] = (lambda: fuse_lora(model, False), step)
-                    medians = _interleaved(arms, warmup, steps)
+                    medians = _interleaved(arms, warmup, steps,
+                                           clock=time.thread_time if threads == 1 else time.perf_counter)
                     fuse_lora(model, True)
                     seconds, peft_seconds = medians["step"], medians.get("peft")
                     peak = 2 * PEAK_N**3 / medians["matmul"] / 1e9
@@ -310,7 +315,8 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
 
 def efficiency_table(eff: dict[str, Any]) -> str:
     lines = [f"CPU efficiency: {eff['preset']} preset, batch {eff['batch_size']}, cached ViT features, "
-             f"{eff['threads']} thread(s); peak = median fp32 1024^3 matmul timed between the row's steps",
+             f"{eff['threads']} thread(s){', thread CPU time' if eff['threads'] == 1 else ''}; peak = median fp32 1024^3 matmul timed between the row's "
+             "steps",
              f"{'llm':<6}{'setup':<18}{'GFLOP':>7}{'ms':>8}{'GFLOP/s':>9}{'peak':>7}{'share':>7}{'vs peft':>9}"
              "  time split %: " + " ".join(f"{k[:5]:>5}" for k in SPLIT)]
     for r in eff["rows"]:
