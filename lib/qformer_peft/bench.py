@@ -3,9 +3,10 @@ cache and batched ranking buy, measured in one process.
 
 CPU efficiency (always), one torch thread, `mini` preset with random weights, batch 16, cached ViT features,
   per LLM (T5, LLaMA) and setup (baseline, qf-lora, qf-lora+llm-lora): FLOPs of the real training step
-  (FlopCounterMode), ms a step, achieved GFLOP/s and their share of the fp32 matmul peak measured beside
-  each row on the same thread (the CPU counterpart of the CUDA MFU), and the step's time split (matmul,
-  attention, elementwise, framework, optimizer, batch building) from a torch.profiler profile.
+  (FlopCounterMode), ms a step (thread CPU time), achieved GFLOP/s and their share of the fp32 matmul peak
+  timed between the steps on the same thread (the CPU counterpart of the CUDA MFU), the speed-up over
+  peft's own LoRA forward, and the step's time split (matmul, attention, elementwise, framework, optimizer,
+  batch building) from a torch.profiler profile.
 CPU (always), on the `mini` preset and the synthetic IconQA (smoke size, written to a temp folder):
   training samples/s per setup, with the feature cache and without it (images decoded, resized and
   run through the frozen ViT every step), batch 16, the real training step (train.backward_step +
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import resource
 import statistics
@@ -167,7 +167,8 @@ def _product(n: int):
     return lambda: torch.mm(x, y)
 
 
-def _interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int, clock=time.thread_time) -> dict[str, float]:
+def _interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int,
+                 clock=time.thread_time) -> dict[str, float]:
     """Median seconds of each arm's run(), the arms taking turns (in a rotating order) round after round, so that
     all see the same machine load; arms: name -> (prepare, run), prepare() untimed before each run().
 
@@ -235,10 +236,11 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                      progress: bool = True) -> dict[str, Any]:
     """Per LLM and setup, the real training step (train.backward_step on cached ViT features + AdamW) on
     `threads` torch threads: FLOPs counted by torch's FlopCounterMode (forward + backward; AdamW's
-    elementwise update is not counted), median ms a step (on one thread its CPU time, see _interleaved), achieved GFLOP/s, and their share of the fp32 matmul
-    peak (the median 1024^3 product, timed between the steps on the same threads, so both see the same load),
-    and the time split of a torch.profiler profile. Where the setup has LoRA modules, the same step with
-    peft's own LoRA forward takes turns with it (peft_path_ms_per_step).
+    elementwise update is not counted), median ms a step (on one thread its CPU time, see _interleaved),
+    achieved GFLOP/s and their share of the fp32 matmul peak (the median 1024^3 product, timed between the
+    steps on the same threads, so both see the same load), and the time split of a torch.profiler profile.
+    Where the setup has LoRA modules, the same step with peft's own LoRA forward takes turns with it
+    (peft_path_ms_per_step).
 
     The model is `preset` with random weights (what a step costs does not depend on the values), so the
     bench runs where no base checkpoint was built."""
@@ -314,9 +316,9 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
 
 
 def efficiency_table(eff: dict[str, Any]) -> str:
+    clock = ", thread CPU time" if eff["threads"] == 1 else ""
     lines = [f"CPU efficiency: {eff['preset']} preset, batch {eff['batch_size']}, cached ViT features, "
-             f"{eff['threads']} thread(s){', thread CPU time' if eff['threads'] == 1 else ''}; peak = median fp32 1024^3 matmul timed between the row's "
-             "steps",
+             f"{eff['threads']} thread(s){clock}; peak = median fp32 1024^3 matmul timed between the row's steps",
              f"{'llm':<6}{'setup':<18}{'GFLOP':>7}{'ms':>8}{'GFLOP/s':>9}{'peak':>7}{'share':>7}{'vs peft':>9}"
              "  time split %: " + " ".join(f"{k[:5]:>5}" for k in SPLIT)]
     for r in eff["rows"]:
@@ -437,7 +439,7 @@ def add_parser(subparsers) -> None:
 def _cli_bench(args: argparse.Namespace) -> int:
     from .runs import environment
 
-    result: dict[str, Any] = {"env": environment(), "efficiency": bench_efficiency(steps=max(args.steps, 20)),
+    result: dict[str, Any] = {"env": environment(), "efficiency": bench_efficiency(),
                               "cpu": bench_cpu(steps=args.steps, llm=args.llm)}
     result["cuda"] = bench_cuda() if torch.cuda.is_available() and not args.no_cuda else None
     print(efficiency_table(result["efficiency"]))
