@@ -64,12 +64,12 @@ def _median_time(step, warmup: int, steps: int, sync=lambda: None) -> float:
 
 # --- CPU: mini preset, cache and batching ------------------------------------------------------------
 
-def _mini_examples(folder: Path, preset: str = "mini"):
+def _mini_examples(folder: Path, preset: str = "mini", size: str = "smoke"):
     from .config import ExperimentConfig
     from .data import synthetic
     from .engine import load_examples
 
-    synthetic.synthesize(folder, size="smoke", seed=0)
+    synthetic.synthesize(folder, size=size, seed=0)
     cfg = ExperimentConfig(benchmark="iconqa", data_root=str(folder / "iconqa"), model=preset)
     return cfg, load_examples(cfg)
 
@@ -233,7 +233,7 @@ def time_split(events, step_range: str = "bench.step") -> dict[str, float]:
 
 def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: str = "mini", batch_size: int = 16,
                      warmup: int = 3, steps: int = 20, profile_steps: int = 3, threads: int = 1,
-                     progress: bool = True) -> dict[str, Any]:
+                     data_size: str = "smoke", progress: bool = True) -> dict[str, Any]:
     """Per LLM and setup, the real training step (train.backward_step on cached ViT features + AdamW) on
     `threads` torch threads: FLOPs counted by torch's FlopCounterMode (forward + backward; AdamW's
     elementwise update is not counted), median ms a step (on one thread its CPU time, see _interleaved),
@@ -243,7 +243,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
     (peft_path_ms_per_step).
 
     The model is `preset` with random weights (what a step costs does not depend on the values), so the
-    bench runs where no base checkpoint was built."""
+    bench runs where no base checkpoint was built; the batches come from the synthetic IconQA of `data_size`."""
     from torch.profiler import ProfilerActivity, profile, record_function
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -258,7 +258,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
     out: dict[str, Any] = {"preset": preset, "batch_size": batch_size, "threads": threads, "rows": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            base_cfg, splits = _mini_examples(Path(tmp), preset=preset)
+            base_cfg, splits = _mini_examples(Path(tmp), preset=preset, size=data_size)
             train = splits["train"]
             batches = [train[i:i + batch_size] for i in range(0, len(train) - batch_size + 1, batch_size)]
             if not batches:
