@@ -182,3 +182,72 @@ def test_adalora_budget_penalty_and_final_ranks(examples):
     assert {r["layer"] for r in last if r["sublayer"] == "cross_attn"} == {0}  # every 2nd layer, 0-based
     assert adalora_ranks(peft_setup.apply_peft(_bundle().model, "qf-lora", qf_sublayers="all", rank=2),
                          step=0, epoch=0, phase="epoch") == []
+
+
+@pytest.mark.parametrize("llm", ["t5", "llama"])
+def test_fused_lora_trains_as_peft_does_and_keeps_the_cache_exact(llm, examples):
+    """fit()'s LoRA path (train.fuse_lora: one autograd node a module) against peft's own forward, same seed:
+    the losses of 4 training steps agree to 1e-5 (relative), the gradients at the same weights to float
+    rounding; with the fused path the cached-feature loss still equals the pixel path's bit for bit."""
+    from qformer_peft.train import backward_step, fuse_lora
+
+    runs = []
+    for fused in (True, False):
+        bundle = _bundle(llm)
+        seed_everything(0)
+        model = peft_setup.apply_peft(bundle.model, "qf-lora+llm-lora", qf_sublayers="all", llm_targets="all", rank=2)
+        assert fuse_lora(model, fused) == len(peft_setup.lora_module_names(model)) > 0
+        model.train()
+        opt = adamw(param_groups(model, 0.05), 5e-2)  # a large rate: LoRA's B moves off 0 at once
+        images = ImageEncoder(bundle.model, bundle.image_processor,
+                              cache=FeatureCache(bundle.model, bundle.image_processor))
+        losses = []
+        for step in range(4):
+            losses.append(backward_step(model, bundle, examples[step % 3 * 2:step % 3 * 2 + 2], images=images))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        runs.append((bundle, model, images, losses))
+    (bundle, model, images, fused_losses), (*_, peft_losses) = runs
+    assert fused_losses == pytest.approx(peft_losses, rel=1e-5)
+    assert len(set(fused_losses)) == 4  # training moved the loss: the comparison has teeth
+
+    twin = copy.deepcopy(model)  # the same weights, on peft's path
+    assert fuse_lora(twin, False) > 0
+    grads = []
+    for m in (model, twin):
+        backward_step(m, bundle, examples[:4], images=images)
+        grads.append({k: p.grad for k, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("lora_A" in k for k in grads[0])
+    for k, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][k], rtol=1e-4, atol=1e-5 * float(grads[1][k].abs().max()))
+
+    model.eval()
+    batch = _batch(bundle, examples[:4])
+    with torch.no_grad():
+        plain = model(**batch).loss
+        cached = forward(model, {k: v for k, v in batch.items() if k != "pixel_values"},
+                         image_embeds=images([e.image for e in examples[:4]])).loss
+    assert torch.equal(plain, cached)
+
+
+def test_fused_lora_leaves_autocast_and_adalora_to_peft(examples):
+    from qformer_peft.train import fuse_lora
+
+    bundle = _bundle()
+    seed_everything(0)
+    adalora = peft_setup.apply_peft(bundle.model, "qf-lora", qf_sublayers="all",
+                                    adalora={"init_r": 4, "target_r": 2, "total_step": 10, "tinit": 1, "tfinal": 2,
+                                             "deltaT": 1})
+    assert fuse_lora(adalora) == 0  # AdaLoRA's SVD layers are not plain LoRA Linears
+    bundle = _bundle()
+    seed_everything(0)
+    model = peft_setup.apply_peft(bundle.model, "qf-lora", qf_sublayers="all", rank=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # a non-zero adapter, so the LoRA branch counts
+    batch = _batch(bundle, examples[:2])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = model(**batch).loss
+        assert fuse_lora(model) > 0
+        assert torch.equal(model(**batch).loss, reference)  # under autocast the fused path steps aside
