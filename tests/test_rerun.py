@@ -2,6 +2,10 @@
 rerun records, and which run of a configuration counts (runs.counted)."""
 import json
 
+import nbformat
+import papermill as pm
+import pytest
+
 from qformer_peft import grid, runs
 from qformer_peft import report_charts as rc
 from qformer_peft.grid import RerunRule, plan_reruns, run_configs
@@ -20,9 +24,11 @@ def row(data_dir, setup="qf-lora", ranks=(1, 2, 4, 8), seeds=(42,), hparams=LONG
 def plant(runs_dir, cfg, *, val, test=50.0, epochs=15, stopped_early=False):
     """A finished run folder as the engine writes it (the fields the rule and the tables read)."""
     run = runs.RunDir.open(runs_dir, cfg.to_dict(), prefix=cfg.run_name)
+    run.write_metrics([{"split": "val", "epoch": e, "step": 2 * e, "train_loss": 1.0, "accuracy": val}
+                       for e in range(1, epochs + 1)])
     run.mark_done({"metric": "accuracy", "val_score": val, "test_score": test, "test": {"accuracy": test},
                    "epochs": epochs, "best_epoch": max(1, epochs - 3), "stopped_early": stopped_early,
-                   "learning_rate": cfg.learning_rate})
+                   "learning_rate": cfg.learning_rate, "trainable_params": {"qformer_lora": 10 * (cfg.rank or 0)}})
     return run
 
 
@@ -139,3 +145,26 @@ def test_a_grid_row_reruns_its_early_stopped_run_on_the_tiny_model_and_keeps_the
     assert {"rerun_reason", "superseded", "learning_rate"} <= set(rc.run_summary(df).columns)
     run_configs(configs, runs_dir=tmp_path / "runs", rerun_rule=rule)           # again: nothing new
     assert len(runs.iter_runs(tmp_path / "runs")) == 3
+
+
+@pytest.mark.slow
+def test_the_peft_notebook_applies_a_rule_papermill_injects_and_shows_the_rerun(tmp_path):
+    data = write_iconqa(tmp_path / "data").parent
+    hparams = {"max_epochs": 2, "patience": 3, "batch_size": 4}
+    configs = row(data, ranks=(2, 4), hparams=hparams)
+    original = plant(tmp_path / "runs", configs[0], val=60, epochs=1, stopped_early=True)
+    plant(tmp_path / "runs", configs[1], val=60, epochs=2)
+    out = tmp_path / "10.ipynb"
+    pm.execute_notebook(str(grid.NOTEBOOKS_DIR / grid.PEFT), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(grid.NOTEBOOKS_DIR), parameters={
+                            "benchmark": "iconqa", "llm": "t5", "model": "tiny", "setup": "qf-lora",
+                            "qf_sublayers": "all", "llm_targets": None, "ranks": [2, 4], "seeds": [42],
+                            "hparams": hparams, "tags": ["profile:test", "scale:embedded"], "data_dir": str(data),
+                            "data_size": None, "runs_dir": str(tmp_path / "runs"),
+                            "cache_dir": str(tmp_path / "cache"), "rerun_rule": {"min_epochs": 2}})
+    outputs = [o for c in nbformat.read(str(out), as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "stopped_early" in html and "superseded" in html and original.id in html
+    (rerun,) = [r for r in runs.iter_runs(tmp_path / "runs") if r.config.get("rerun_of") == configs[0].hash]
+    assert rerun.is_done() and rerun.result["learning_rate"] == 1e-4
