@@ -8,6 +8,7 @@ import pytest
 
 from qformer_peft import grid, runs
 from qformer_peft import report_charts as rc
+from qformer_peft.config import ConfigError
 from qformer_peft.grid import RerunRule, plan_reruns, run_configs
 from test_engine import write_iconqa
 
@@ -78,6 +79,15 @@ def test_both_reasons_are_recorded_a_rerun_is_never_rerun_and_a_rate_already_low
     plant(tmp_path / "low", low[0], val=40, epochs=4, stopped_early=True)
     plant(tmp_path / "low", low[1], val=70)
     assert plan_reruns(low, tmp_path / "low", RerunRule()) == []
+
+
+def test_a_rerun_config_names_its_original_its_reason_and_its_rate(tmp_path):
+    (cfg,) = row(tmp_path / "data", ranks=(2,))
+    with pytest.raises(ConfigError, match="rerun_of .*rerun_reason and its lowered lr"):
+        cfg.replace(rerun_of=cfg.hash, rerun_reason="stopped_early")                # no lr
+    with pytest.raises(ConfigError, match="rerun_reason='early'"):
+        cfg.replace(lr=1e-4, rerun_of=cfg.hash, rerun_reason="early")
+    assert "rerun_of" not in cfg.to_dict()                                         # old run folders keep their hash
 
 
 def test_only_the_paper_profile_has_the_rule_and_a_profile_without_it_never_reruns(tmp_path):

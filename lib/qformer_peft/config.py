@@ -183,8 +183,8 @@ class ExperimentConfig:
         if self.heldin_limit < 0:
             raise ConfigError("heldin_limit must be >= 0 (0: the held-in cost is not measured)")
         if (self.rerun_of is None) != (self.rerun_reason is None) or (self.rerun_of is not None and self.lr is None):
-            raise ConfigError("a rerun names the run it reruns (rerun_of), why (rerun_reason) and its lowered lr; "
-                              "give all three or neither of rerun_of and rerun_reason")
+            raise ConfigError("a rerun gives rerun_of (the config hash of the run it reruns), rerun_reason and its "
+                              "lowered lr; any other run gives neither rerun_of nor rerun_reason")
         if self.rerun_reason is not None:
             parts = self.rerun_reason.split("+")
             if not parts or any(r not in RERUN_REASONS for r in parts) or len(set(parts)) != len(parts):

@@ -273,8 +273,9 @@ def load_runs(root: str | Path):
     rows, configs = [], []
     for run in iter_runs(root):
         row: dict[str, Any] = {"run_id": run.id, "path": str(run.path), "state": run.state}
-        configs.append((run.config, run.state == "done"))
-        row.update(configs[-1][0])
+        config = run.config
+        configs.append((config, run.is_done()))
+        row.update(config)
         result = run.result or {}
         row.update({f"result.{k}": v for k, v in _flatten(result).items()})
         rows.append(row)
