@@ -28,8 +28,11 @@ CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors
 
 # Fields added after runs were recorded, left out of to_dict (hence of config.json and the hash) at these
 # defaults, so that adding them did not turn every finished run folder into a new, unfinished config.
-HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0, "test_split": "auto"}
+HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0, "test_split": "auto", "rerun_of": None, "rerun_reason": None}
 TEST_SPLITS = ("auto", "test", "val")
+# Why a run was rerun at a lowered rate (the paper's rerun rule, grid.RerunRule): it stopped early before the rule's
+# epoch, or its validation score lies too far below its neighbours in r. Both: "stopped_early+below_neighbours".
+RERUN_REASONS = ("stopped_early", "below_neighbours")
 
 
 def heldin_on_first_seed(values: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
@@ -111,6 +114,8 @@ class ExperimentConfig:
                                          # when it has answers, else val, as LAVIS scores VizWiz: its official
                                          # test annotations have none); training always uses train
     tags: tuple[str, ...] = field(default=())  # free labels for the report (e.g. the grid cell)
+    rerun_of: str | None = None          # config hash of the run this one reruns at a lowered lr (grid.RerunRule)
+    rerun_reason: str | None = None      # why: RERUN_REASONS joined by '+'
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -177,6 +182,14 @@ class ExperimentConfig:
             raise ConfigError("align_steps must be >= 0 (0: no alignment stage)")
         if self.heldin_limit < 0:
             raise ConfigError("heldin_limit must be >= 0 (0: the held-in cost is not measured)")
+        if (self.rerun_of is None) != (self.rerun_reason is None) or (self.rerun_of is not None and self.lr is None):
+            raise ConfigError("a rerun gives rerun_of (the config hash of the run it reruns), rerun_reason and its "
+                              "lowered lr; any other run gives neither rerun_of nor rerun_reason")
+        if self.rerun_reason is not None:
+            parts = self.rerun_reason.split("+")
+            if not parts or any(r not in RERUN_REASONS for r in parts) or len(set(parts)) != len(parts):
+                raise ConfigError(f"rerun_reason={self.rerun_reason!r}: one or more of {', '.join(RERUN_REASONS)} "
+                                  f"joined by '+'")
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -255,7 +268,8 @@ class ExperimentConfig:
         """A readable prefix for the run folder: benchmark, setup, targets, rank, seed."""
         parts = [self.benchmark, self.connector_label if self.connector_label != "qformer" else None, self.setup,
                  self.method if self.method != "lora" else None, self.qf_sublayers and f"qf-{self.qf_sublayers}",
-                 self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}", f"s{self.seed}"]
+                 self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}", f"s{self.seed}",
+                 self.rerun_of and "rerun"]
         return "_".join(p for p in parts if p).replace("+", "-")
 
 

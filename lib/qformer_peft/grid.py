@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -89,6 +89,86 @@ class GridError(ValueError):
 
 
 @dataclass(frozen=True)
+class RerunRule:
+    """The paper's rerun rule (docs/protocol.md §4): after a grid row's runs, a run is trained again at a
+    lowered learning rate (lr_qformer_full when the Q-Former is fully fine-tuned, else lr_peft) when it stopped early
+    having run fewer than min_epochs epochs, or when its best validation score lies more than `gap` points below
+    the mean of its neighbours in r (the finished runs at the adjacent ranks of the same row and seed). Validation,
+    not test: choosing runs to redo by their test scores would select on the test set. The rerun is a new run
+    (config fields lr, rerun_of, rerun_reason; the evidence in its folder's rerun.json) that counts in place of the
+    original (runs.counted), whose folder stays; a rerun is never rerun."""
+    min_epochs: int = 8
+    gap: float = 10.0
+    lr_qformer_full: float = 1e-5
+    lr_peft: float = 1e-4
+
+    def lowered_lr(self, config: ExperimentConfig) -> float:
+        return self.lr_qformer_full if config.qformer_full else self.lr_peft
+
+
+def as_rerun_rule(rule: "RerunRule | Mapping[str, Any] | None") -> RerunRule | None:
+    """A rule as given, or from its fields (papermill passes it as a dict); None: no rule."""
+    if rule is None or isinstance(rule, RerunRule):
+        return rule
+    try:
+        return RerunRule(**rule)
+    except TypeError:
+        raise GridError(f"rerun_rule={dict(rule)!r}: its fields are min_epochs, gap, lr_qformer_full, "
+                        f"lr_peft") from None
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """One planned rerun: its config and why (the numbers the rule read)."""
+    config: ExperimentConfig
+    evidence: Mapping[str, Any]
+
+
+def plan_reruns(configs: Sequence[ExperimentConfig], runs_dir: str | Path,
+                rule: "RerunRule | Mapping[str, Any] | None") -> list[Rerun]:
+    """The reruns `rule` asks for among the finished runs of `configs` (one notebook's rows), read from their run
+    folders' result.json (stopped_early, epochs, val_score); none without a rule. Reruns among the configs, runs
+    not finished and runs whose rate is already at or below the lowered one are left as they are."""
+    rule = as_rerun_rule(rule)
+    if rule is None:
+        return []
+    rows: dict[str, list[ExperimentConfig]] = {}
+    for cfg in configs:  # a row: everything but the rank (so the same setup, targets, LLM, benchmark and seed)
+        rows.setdefault(runs.config_hash({k: v for k, v in cfg.to_dict().items() if k != "rank"}), []).append(cfg)
+    out = []
+    for sweep in rows.values():
+        sweep = sorted(sweep, key=lambda c: c.rank or 0)
+        results = [_done_result(runs_dir, c) for c in sweep]
+        for i, (cfg, res) in enumerate(zip(sweep, results)):
+            lowered = rule.lowered_lr(cfg)
+            if res is None or cfg.rerun_of is not None or cfg.learning_rate <= lowered:
+                continue
+            reasons = []
+            if res.get("stopped_early") and res.get("epochs", rule.min_epochs) < rule.min_epochs:
+                reasons.append("stopped_early")
+            neighbours = {sweep[j].rank: results[j]["val_score"] for j in (i - 1, i + 1)
+                          if 0 <= j < len(sweep) and results[j] is not None
+                          and results[j].get("val_score") is not None}
+            mean = sum(neighbours.values()) / len(neighbours) if neighbours else None
+            if mean is not None and res.get("val_score") is not None and mean - res["val_score"] > rule.gap:
+                reasons.append("below_neighbours")
+            if reasons:
+                evidence = {"rerun_of": f"{cfg.run_name}-{cfg.hash}", "reasons": reasons, "rule": asdict(rule),
+                            "lr": {"original": cfg.learning_rate, "rerun": lowered},
+                            **{k: res.get(k) for k in ("epochs", "best_epoch", "stopped_early", "val_score")},
+                            "neighbours_val_score": {str(r): v for r, v in neighbours.items()},
+                            "neighbours_mean": mean}
+                out.append(Rerun(cfg.replace(lr=lowered, rerun_of=cfg.hash, rerun_reason="+".join(reasons)),
+                                 evidence))
+    return out
+
+
+def _done_result(runs_dir: str | Path, cfg: ExperimentConfig) -> dict | None:
+    run = runs.RunDir(Path(runs_dir) / f"{cfg.run_name}-{cfg.hash}")  # the engine's folder name (RunDir.open)
+    return run.result if run.is_done() else None
+
+
+@dataclass(frozen=True)
 class Profile:
     """One profile as data. `models` maps an LLM to a preset name or a path template ({checkpoints})."""
     name: str
@@ -126,6 +206,8 @@ class Profile:
     # builds besides base_models, and the scaling_models the open question then trains on. Empty: no opt-in.
     model_scaling_bases: tuple[tuple[str, str], ...] = ()
     model_scaling_models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the paper's rerun rule for the rows of its grid (RerunRule); None: every run counts as trained
+    rerun_rule: RerunRule | None = None
 
 
 def with_model_scaling(profile: "Profile") -> "Profile":
@@ -230,6 +312,7 @@ PROFILES: dict[str, Profile] = {
         scaling_models={"t5": ("{checkpoints}/instructblip-flan-t5-xxl",),
                         "llama": ("{checkpoints}/instructblip-vicuna-13b",)},
         rank_cells=tuple((l, b) for l in LLMS for b in PEFT_BENCHMARKS), extra_ranks=(16, 32),
+        rerun_rule=RerunRule(),
     ),
 }
 
@@ -371,7 +454,8 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
         cells.append(Cell(name, PEFT, {
             "benchmark": bench, "llm": llm, "model": model(llm), "setup": setup, "qf_sublayers": qf,
             "llm_targets": llm_t, "ranks": list(profile.ranks), "seeds": list(seeds),
-            "hparams": hparams(llm), "tags": tags, **common}))
+            "hparams": hparams(llm), "tags": tags, **common,
+            **({"rerun_rule": asdict(profile.rerun_rule)} if profile.rerun_rule else {})}))
     adalora = profile.adalora_cells or tuple((llm, b) for llm in LLMS for b in ADALORA_BENCHMARKS)
     for llm, bench in adalora:
         cells.append(Cell(f"adalora_{llm}_{bench}", ADALORA, {
@@ -519,8 +603,11 @@ class CellFailed(RuntimeError):
     """Some runs of a notebook failed; the others finished. The message lists each failure."""
 
 
-def run_configs(configs: Sequence[ExperimentConfig], *, runs_dir: str | Path, cache_dir: str | Path | None = None):
-    """Run every config with the engine (finished runs are skipped by it), then return their rows.
+def run_configs(configs: Sequence[ExperimentConfig], *, runs_dir: str | Path, cache_dir: str | Path | None = None,
+                rerun_rule: RerunRule | Mapping[str, Any] | None = None):
+    """Run every config with the engine (finished runs are skipped by it), then the reruns rerun_rule asks for
+    (plan_reruns; each folder gets rerun.json, the evidence), then return the rows of both (load_runs' superseded
+    column marks the runs a finished rerun replaces).
 
     A failing run does not stop the others; CellFailed is raised at the end, naming each failure.
     """
@@ -528,14 +615,25 @@ def run_configs(configs: Sequence[ExperimentConfig], *, runs_dir: str | Path, ca
     from .report_charts import runs_frame
 
     failures = []
-    for cfg in configs:
-        try:
-            engine.run_experiment(cfg, out=runs_dir, cache_dir=cache_dir)
-        except Exception as err:  # noqa: BLE001 - recorded in the run folder by the engine; listed here
-            failures.append(f"{cfg.run_name}: {type(err).__name__}: {err}")
+
+    def run_all(cfgs: Sequence[ExperimentConfig]) -> None:
+        for cfg in cfgs:
+            try:
+                engine.run_experiment(cfg, out=runs_dir, cache_dir=cache_dir)
+            except Exception as err:  # noqa: BLE001 - recorded in the run folder by the engine; listed here
+                failures.append(f"{cfg.run_name}: {type(err).__name__}: {err}")
+
+    run_all(configs)
+    reruns = plan_reruns(configs, runs_dir, rerun_rule)
+    for r in reruns:
+        folder = runs.RunDir.open(runs_dir, r.config.to_dict(), prefix=r.config.run_name).path
+        if not (folder / "rerun.json").exists():
+            runs.write_json(folder / "rerun.json", dict(r.evidence))
+    run_all([r.config for r in reruns])
     if failures:
-        raise CellFailed(f"{len(failures)} of {len(configs)} runs failed:\n  " + "\n  ".join(failures))
-    return runs_frame(runs_dir, configs)
+        total = len(configs) + len(reruns)
+        raise CellFailed(f"{len(failures)} of {total} runs failed:\n  " + "\n  ".join(failures))
+    return runs_frame(runs_dir, [*configs, *(r.config for r in reruns)])
 
 
 # --- executing cells -------------------------------------------------------------------------------------
@@ -563,7 +661,11 @@ def is_finished(cell: Cell, out_dir: Path, done_hashes: set[str] | None = None) 
         return True
     if cell.kind == "experiment" and (out_dir / f"{cell.name}.ipynb").exists():
         hashes = done_hashes if done_hashes is not None else done_run_hashes(cell.parameters["runs_dir"])
-        return all(cfg.hash in hashes for cfg in cell.configs())
+        configs = cell.configs()
+        if not all(cfg.hash in hashes for cfg in configs):
+            return False
+        reruns = plan_reruns(configs, cell.parameters["runs_dir"], cell.parameters.get("rerun_rule"))
+        return all(r.config.hash in hashes for r in reruns)
     return False
 
 

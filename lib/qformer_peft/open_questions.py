@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import claims as C
+from . import runs
 from .config import MULTITASK_SEP, ExperimentConfig
 from .report_charts import final_ranks, sublayer_means, tag_value
 
@@ -129,7 +130,8 @@ def plan(question: str, **parameters: Any) -> Plan:
 
 # --- frames ---------------------------------------------------------------------------------------------
 def _done(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["state"] == "done"] if len(df) else df
+    """The finished runs that count (a rerun at a lowered rate in place of the run it reruns: runs.counted)."""
+    return runs.counted(df[df["state"] == "done"]) if len(df) else df
 
 
 def _study(df: pd.DataFrame, *studies: str) -> pd.DataFrame:

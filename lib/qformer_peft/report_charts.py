@@ -110,7 +110,9 @@ def _present(v: Any) -> bool:
 
 def paper_runs(df: pd.DataFrame) -> pd.DataFrame:
     """The runs of the paper's grid (Table 1, Figure 2, the AdaLoRA analysis, the paper's claims): not
-    those an open question or side study trained under its own study:<name> tag."""
+    those an open question or side study trained under its own study:<name> tag, nor those a finished rerun
+    at a lowered rate replaces (runs.counted)."""
+    df = runs.counted(df)
     return df[df["study"] == "paper"] if "study" in df else df
 
 
@@ -127,9 +129,12 @@ def _guess_scale(model: Any) -> str:
 
 
 def run_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One line per run: rank, seed, state, test score, accuracy, parameters, epochs, time."""
+    """One line per run: rank, seed, state, test score, accuracy, parameters, epochs, time; where a run was
+    rerun at a lowered rate (grid.RerunRule), its rate, why, and which runs a rerun replaces."""
     cols = ["run_id", "rank", "seed", "state", "result.metric", "score", "acc", "trainable", "result.best_epoch",
             "result.epochs", "result.train_time_s", "result.splits.test"]  # splits.test: the split scored
+    if "rerun_of" in df and df["rerun_of"].notna().any():
+        cols += ["result.learning_rate", "rerun_reason", "superseded"]
     return df[[c for c in cols if c in df]].rename(columns=lambda c: c.removeprefix("result."))
 
 

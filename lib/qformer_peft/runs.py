@@ -10,6 +10,7 @@ A run folder holds everything the report needs, so the report never reaches back
       result.json          final metrics of the best-validation weights
       predictions.jsonl    test predictions, one object per item
       adalora_ranks.jsonl  AdaLoRA rank history (tidy rows), only for AdaLoRA runs
+      rerun.json           why this run reruns another at a lowered rate (grid.RerunRule), only for reruns
       adapter/             adapter weights in peft format
       checkpoint.pt        last completed epoch, for resuming (deleted when the run is done)
 
@@ -264,19 +265,37 @@ def iter_runs(root: str | Path) -> list[RunDir]:
 def load_runs(root: str | Path):
     """All run folders under root as one pandas DataFrame: config fields, state, final metrics.
 
-    Columns: run_id, path, state, every config key, and every result key prefixed with `result.`
-    (nested results are flattened with dots).
+    Columns: run_id, path, state, every config key, every result key prefixed with `result.`
+    (nested results are flattened with dots), and superseded (superseded_hashes).
     """
     import pandas as pd
 
-    rows = []
+    rows, configs = [], []
     for run in iter_runs(root):
         row: dict[str, Any] = {"run_id": run.id, "path": str(run.path), "state": run.state}
-        row.update(run.config)
+        config = run.config
+        configs.append((config, run.is_done()))
+        row.update(config)
         result = run.result or {}
         row.update({f"result.{k}": v for k, v in _flatten(result).items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    gone = superseded_hashes(configs)
+    df = pd.DataFrame(rows)
+    df["superseded"] = [config_hash(c) in gone for c, _ in configs]
+    return df
+
+
+def superseded_hashes(configs: Iterable[tuple[Mapping[str, Any], bool]]) -> set[str]:
+    """Config hashes of the runs a finished rerun replaces, from (config, done) pairs: a rerun at a lowered
+    learning rate (config field rerun_of, the paper's rerun rule) counts in place of the run it reruns; the
+    original's folder stays, marked superseded. A rerun not yet done replaces nothing."""
+    return {c["rerun_of"] for c, done in configs if done and c.get("rerun_of")}
+
+
+def counted(df):
+    """The runs that count for a configuration (Table 1, the claims): every run but those superseded by a finished
+    rerun (load_runs' superseded column)."""
+    return df[~df["superseded"].astype(bool)] if "superseded" in df else df
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
