@@ -256,7 +256,8 @@ def seeds_df(effects, rank_effect=0.3, spread=0.2):
 
 
 def test_seed_claims_flip_and_the_spread_table():
-    steady = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -3.0, "qf-lora+llm-lora": 4.0}[setup])
+    steady = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -12.0, "qf-lora+llm-lora": 6.0}[setup],
+                      rank_effect=1.0)
     cells = oq.seed_cells(steady)
     assert len(cells) == 5 and set(cells["n"]) == {3}
     base = cells[cells["setup"] == "baseline"].iloc[0]

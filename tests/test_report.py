@@ -82,34 +82,26 @@ def test_table1_marks_the_best_rank_of_each_row_and_the_best_of_each_setup(tmp_p
 
 
 # --- claim verdicts --------------------------------------------------------------------------------------
-def test_judge_reads_mean_and_spread_over_seeds():
-    assert claims.judge([1.0, 1.1, 0.9]) == claims.HOLDS
-    assert claims.judge([-1.0, -1.1, -0.9]) == claims.FAILS
-    assert claims.judge([1.0, -1.0, 0.5]) == claims.INCONCLUSIVE
-    assert claims.judge([5.0]) == claims.INCONCLUSIVE      # one seed: no spread to judge by
-    assert claims.judge([0.5, 0.6], margin=1.0) == claims.FAILS
-    assert claims.combine([claims.HOLDS, claims.INCONCLUSIVE]) == claims.INCONCLUSIVE
-    assert claims.combine([claims.HOLDS, claims.FAILS, claims.INCONCLUSIVE]) == claims.FAILS
-
-
 def test_headline_claims_flip_with_the_data(tmp_path):
     kw = dict(adalora=(), rows=grid.CLAIM_ROWS, benchmarks=("iconqa",))
-    df, ranks = study(tmp_path, "paper_like", **kw)
+    better = {**SETUP_EFFECT, "qf-lora": 2.0, "qf-lora+llm-lora": 8.0}
+    df, ranks = study(tmp_path, "paper_like", effects=better, **kw)
     v = by_id(df, ranks)
     assert v["H1-acc"] == claims.HOLDS and v["H2-acc"] == claims.HOLDS
 
-    worse = {**SETUP_EFFECT, "qf-lora": -5.0, "qf-lora+llm-lora": -2.0}
+    worse = {**SETUP_EFFECT, "qf-lora": -9.0, "qf-lora+llm-lora": -6.0}
     df2, ranks2 = study(tmp_path, "worse", effects=worse, **kw)
     v = by_id(df2, ranks2)
     assert v["H1-acc"] == claims.FAILS and v["H2-acc"] == claims.FAILS
 
-    noisy = {**SETUP_EFFECT, "qf-lora": -1.0, "qf-lora+llm-lora": 0.0}
+    noisy = {**SETUP_EFFECT, "qf-lora": -2.5, "qf-lora+llm-lora": -1.5}
     df3, ranks3 = study(tmp_path, "noisy", effects=noisy, noise=3.0, **kw)
     v = by_id(df3, ranks3)
     assert v["H1-acc"] == claims.INCONCLUSIVE and v["H2-acc"] == claims.INCONCLUSIVE
 
-    single = study(tmp_path, "single", seeds=(42,), **kw)
-    assert by_id(*single)["H1-acc"] == claims.INCONCLUSIVE
+    # nothing moved: every setup at the base's zero-shot level on the same items
+    still = study(tmp_path, "still", effects=better, zero_shot=75.0, **kw)
+    assert set(by_id(*still)[c] for c in ("H1-acc", "H2-acc")) == {claims.NOT_RESOLVABLE}
 
 
 def test_parameter_claims_show_both_denominators(tmp_path):
@@ -122,7 +114,7 @@ def test_parameter_claims_show_both_denominators(tmp_path):
     assert "1.99%" in next(c.evidence for k, c in full.items() if k.startswith("share of all"))
     measured = next(c for c in params if c.scale == "embedded" and "share of all" in c.statement)
     # fixture: qf-lora r=2 trains 1,000 LoRA + 1,000 extras against the baseline's 101,000
-    assert measured.verdict == claims.HOLDS and "2,000 trainable / 101,000 = 1.98%" in measured.evidence
+    assert measured.verdict == claims.NOT_COMPARABLE and "2,000 trainable / 101,000 = 1.98%" in measured.evidence
     over = [dict(FULL_SIZE["flan-t5-xl"][0], pct_of_baseline=2.81)]
     assert claims.params_claim_full_size(over, "qf-lora", 2.0).verdict == claims.FAILS
 

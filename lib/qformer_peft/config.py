@@ -28,7 +28,7 @@ CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors
 
 # Fields added after runs were recorded, left out of to_dict (hence of config.json and the hash) at these
 # defaults, so that adding them did not turn every finished run folder into a new, unfinished config.
-HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0}
+HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0, "shuffle_answers": False}
 
 
 def heldin_on_first_seed(values: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
@@ -105,6 +105,9 @@ class ExperimentConfig:
                                          # the adapted model and with its LoRA switched off, on the first N held-in
                                          # val task lines (3 per picture: a caption and 2 VQA) of the synthetic world
                                          # the benchmark root lies in (DATA/heldin); 0 or no DATA/heldin: not measured
+    shuffle_answers: bool = False        # a null run: training answers shuffled (deterministic from seed), so the
+                                         # run has the same schedule and gradients but no task signal; val/test keep
+                                         # the true answers (the AdaLoRA allocations' null reference)
     tags: tuple[str, ...] = field(default=())  # free labels for the report (e.g. the grid cell)
 
     def __post_init__(self) -> None:
@@ -248,7 +251,8 @@ class ExperimentConfig:
         """A readable prefix for the run folder: benchmark, setup, targets, rank, seed."""
         parts = [self.benchmark, self.connector_label if self.connector_label != "qformer" else None, self.setup,
                  self.method if self.method != "lora" else None, self.qf_sublayers and f"qf-{self.qf_sublayers}",
-                 self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}", f"s{self.seed}"]
+                 self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}",
+                 "null" if self.shuffle_answers else None, f"s{self.seed}"]
         return "_".join(p for p in parts if p).replace("+", "-")
 
 

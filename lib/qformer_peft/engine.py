@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import sys
 import time
 import typing
@@ -140,7 +141,32 @@ def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
                 examples = [dataclasses.replace(e, id=f"{task}/{e.id}", meta={**e.meta, "task": task})
                             for e in examples]
             out[split] += examples
+    if config.shuffle_answers:
+        out["train"] = shuffled_answers(out["train"], config.seed)
     return out
+
+
+def shuffled_answers(examples: list[Example], seed: int) -> list[Example]:
+    """A null run's training set: each multiple-choice item's answer drawn uniformly from its candidates,
+    open-ended targets permuted across items; a function of the seed only. Images and prompts stay."""
+    rng = random.Random(seed)
+    open_targets = [e.target for e in examples if not e.candidates]
+    rng.shuffle(open_targets)
+    targets = iter(open_targets)
+    out = []
+    for e in examples:
+        if e.candidates:
+            k = rng.randrange(len(e.candidates))
+            out.append(dataclasses.replace(e, answer=k, target=e.candidates[k]))
+        else:
+            out.append(dataclasses.replace(e, target=next(targets)))
+    return out
+
+
+def records_zero_shot(config: ExperimentConfig) -> bool:
+    """Reference runs (the baseline, null runs) also score the test items before training: the base model's
+    zero-shot score on the same items, which says whether a cell moved from its base."""
+    return config.setup == "baseline" or config.shuffle_answers
 
 
 def evaluate_tasks(bundle, examples: list[Example], config: ExperimentConfig, embeds_of, **kwargs):
@@ -300,6 +326,10 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         if on_epoch_end is not None:
             on_epoch_end(state)
 
+    if records_zero_shot(config) and not (run.path / runs.ZERO_SHOT_FILE).exists():
+        # adapters start as the identity (LoRA's B and AdaLoRA's E are zero): this is the base model
+        run.write_zero_shot_predictions(evaluate_tasks(bundle, splits["test"], config, embeds_of, desc="zero-shot",
+                                                       **eval_kwargs)[1])
     resume = run.load_checkpoint()
     fitted = fit(
         model, bundle, splits["train"], validate=validate, primary=primary, images=train_images,

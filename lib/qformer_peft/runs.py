@@ -9,6 +9,7 @@ A run folder holds everything the report needs, so the report never reaches back
       metrics.jsonl        one JSON object per epoch (and per evaluation)
       result.json          final metrics of the best-validation weights
       predictions.jsonl    test predictions, one object per item
+      zero_shot_predictions.jsonl  the same test items scored before training (reference runs: baseline, null)
       adalora_ranks.jsonl  AdaLoRA rank history (tidy rows), only for AdaLoRA runs
       adapter/             adapter weights in peft format
       checkpoint.pt        last completed epoch, for resuming (deleted when the run is done)
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 STATES = ("running", "done", "failed")
+ZERO_SHOT_FILE = "zero_shot_predictions.jsonl"
 
 
 def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
@@ -218,6 +220,12 @@ class RunDir:
 
     def write_predictions(self, rows: Iterable[Mapping[str, Any]]) -> None:
         self._write_jsonl("predictions.jsonl", rows)
+
+    def zero_shot_predictions(self) -> list[dict]:
+        return read_jsonl(self.path / ZERO_SHOT_FILE)
+
+    def write_zero_shot_predictions(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self._write_jsonl(ZERO_SHOT_FILE, rows)
 
     def ranks(self) -> list[dict]:
         return read_jsonl(self.path / "adalora_ranks.jsonl")
