@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from fixtures.study_runs import PAPER_PATTERN, SETUP_EFFECT, write_open_questions, write_study
 
-from qformer_peft import claims, grid, report
+from qformer_peft import claims, grid, report, runs
 from qformer_peft import open_questions as oq
 from qformer_peft import report_charts as rc
 
@@ -184,7 +184,8 @@ def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
     for fid in ("chart-figure2", "chart-heatmaps"):
         start = page.index(f"id='{fid}'")
         assert page.index("<svg", start) < page.index("</figure>", start)
-    assert page.count("<svg") == page.count("<figure") >= 2 and "<rect" in page   # every figure drawn inline
+    marks = page.count("<svg class='mark'")                                  # the ledger's forest marks
+    assert marks and page.count("<svg") - marks == page.count("<figure") >= 2 and "<rect" in page  # figures inline
     for cid in claims.CLAIMS:
         assert f"<td>{cid}</td>" in page
     assert "Synthetic-scale replication" in page and "Scale: embedded" in page
@@ -256,3 +257,29 @@ def test_report_command_says_when_there_is_nothing_to_report(tmp_path, capsys):
     assert args.func(args) == 1
     assert "nothing to report" in capsys.readouterr().err
     assert not (tmp_path / "reports" / "index.html").exists()
+
+
+def test_table1_csv_cells_can_be_recomputed_from_the_run_folders_it_names(tmp_path):
+    runs_dir = write_study(tmp_path, benchmarks=("iconqa",), rows=grid.CLAIM_ROWS, ranks=(2, 8), seeds=(42, 43),
+                           adalora=("iconqa",))
+    report.summary_html(runs_dir, full_size=FULL_SIZE, results_dir=tmp_path / "reports")
+    stored, t1 = claims.read_results(tmp_path / "reports")
+    root = (tmp_path / "reports" / stored["paths_relative_to"]).resolve()
+    assert root == tmp_path.resolve() and len(t1) == 5
+    for row in t1.itertuples():
+        folders = [root / p for p in row.runs.split(";")]
+        preds = [{r["id"]: r["correct"] for r in runs.read_jsonl(f / "predictions.jsonl")} for f in folders]
+        items = sorted(set.intersection(*(set(p) for p in preds)))
+        acc = 100 * np.mean([np.mean([p[i] for i in items]) for p in preds])
+        assert len(folders) == row.n_seeds and len(items) == row.n_test_items
+        assert row.acc_mean == pytest.approx(acc, abs=1e-3) and row.acc_ci95_lo <= acc <= row.acc_ci95_hi
+        base = next(d for d in (root / "runs").iterdir() if (d / runs.ZERO_SHOT_FILE).exists())
+        zs = {r["id"]: r["correct"] for r in runs.read_jsonl(base / runs.ZERO_SHOT_FILE)}
+        assert row.zero_shot == pytest.approx(100 * np.mean([zs[i] for i in items]), abs=1e-3)
+        assert row.chance == pytest.approx(25.0) and row.moved == (row.acc_ci95_lo > row.zero_shot)
+    assert t1.groupby("setup")["chosen_on_val"].sum().to_dict() == {"baseline": 1, "qf-lora": 1, "qf-lora+llm-lora": 1}
+    ids = [c["id"] for c in stored["claims"]]
+    assert {"H1-acc", "C1", "C5"} <= set(ids) and sum(stored["counts"].values()) == len(ids)
+    c1 = next(c for c in stored["claims"] if c["id"] == "C1")
+    assert c1["verdict"] == claims.HOLDS and c1["runs"] and all((root / p).is_dir() for p in c1["runs"])
+    assert all(k in c1 for k in ("estimate", "ci95", "mde", "n_seeds", "n_items", "statement", "source", "scale"))

@@ -111,7 +111,7 @@ def _mark(rec: Mapping[str, Any]) -> str:
         rec["verdict"], "#555")
     bar = (f"<line x1='{x(lo):.1f}' x2='{x(hi):.1f}' y1='8' y2='8' stroke='{colour}' stroke-width='2'/>"
            if lo is not None and hi is not None else "")
-    return (f"<svg width='120' height='16' role='img' aria-label='estimate {est:.2f}, 95% interval, margin {margin:g}'>"
+    return (f"<svg class='mark' width='120' height='16' role='img' aria-label='estimate {est:.2f}, 95% interval, margin {margin:g}'>"
             f"<line x1='{x(margin):.1f}' x2='{x(margin):.1f}' y1='1' y2='15' stroke='#333' stroke-dasharray='2,2'/>"
             f"{bar}<circle cx='{x(est):.1f}' cy='8' r='3' fill='{colour}'/></svg>")
 
