@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -118,9 +117,17 @@ def _relative(path: str | Path, root: str | Path | None) -> str:
 
 
 # --- predictions -> scores ---------------------------------------------------------------------------------
-@lru_cache(maxsize=4096)
+_ROWS: dict = {}   # (run folder, file) -> rows; a finished run's predictions never change, a missing file may appear
+
+
 def _rows(path: str, name: str) -> tuple:
-    return tuple(runs.read_jsonl(Path(path) / name))
+    key = (path, name)
+    if key not in _ROWS:
+        rows = tuple(runs.read_jsonl(Path(path) / name))
+        if not rows:
+            return rows
+        _ROWS[key] = rows
+    return _ROWS[key]
 
 
 def scores_of(d: pd.DataFrame, key: str = "correct") -> Scores:
@@ -194,7 +201,7 @@ class Movement:
 def movement(cell: pd.DataFrame) -> Movement:
     """Whether some setup's validation-chosen configuration in this LLM x benchmark cell beats both the base's
     zero-shot score on the same test items and chance, each by a paired 95% interval."""
-    key = tuple(sorted(cell["run_id"])) if "run_id" in cell else None
+    key = _cell_key(cell)
     if key is not None and key in _MOVED:
         return _MOVED[key]
     out = _movement(cell)
@@ -203,7 +210,14 @@ def movement(cell: pd.DataFrame) -> Movement:
     return out
 
 
-_MOVED: dict = {}   # run ids -> Movement: several claims read the same cell (run folders do not change)
+_MOVED: dict = {}   # a cell's runs and states -> Movement: several claims read the same cell
+
+
+def _cell_key(cell: pd.DataFrame, *tag: str) -> tuple | None:
+    if "path" not in cell:
+        return None
+    states = cell["state"] if "state" in cell else [None] * len(cell)
+    return (*tag, *sorted(zip(map(str, cell["path"]), map(str, states))))
 
 
 def _movement(cell: pd.DataFrame) -> Movement:
@@ -423,7 +437,7 @@ def adalora_movement(df: pd.DataFrame, llm: str, bench: str) -> tuple[bool, str]
     score (recorded by the null or baseline runs) and chance on the same items; open-ended benchmarks: their
     test score beats the null runs' (seed-level t interval)."""
     cell = df[(df["llm"] == llm) & (df["benchmark"] == bench) & (df["state"] == "done")] if len(df) else df
-    key = ("adalora", *sorted(cell["run_id"])) if "run_id" in cell else None
+    key = _cell_key(cell, "adalora")
     if key is not None and key not in _MOVED:
         _MOVED[key] = _adalora_movement(cell)
     return _MOVED[key] if key is not None else _adalora_movement(cell)
