@@ -10,7 +10,7 @@ zero-shot score on the same items (recorded by the baseline and null runs) and c
 interval; a part on a cell that did not move is not resolvable. Parameter shares measured on the embedded
 models depend on their width (a LoRA share scales like 2r / width): they are figures, not verdicts.
 
-Claims (docs/protocol.md: the paper's headline and its AdaLoRA claims 1-5), judged on the paper grid's runs:
+Claims (the paper's headline and its AdaLoRA claims 1-5, Figure 3 / Appendix E), judged on the paper grid's runs:
   H1  Q-Former PEFT is comparable to full fine-tuning (accuracy) ... with < 2% of the trainable parameters
   H2  Q-Former + LLM PEFT beats the baseline (accuracy) ... with < 12% of the trainable parameters
   C1-C5  the AdaLoRA rank allocation, each statistic against null runs trained on shuffled answers
@@ -42,14 +42,14 @@ CLAIMS = {
     "H2-acc": ("Q-Former LoRA + LLM LoRA beats the baseline (full Q-Former fine-tuning, LLM frozen)",
                "paper §3.1 (headline)"),
     "H2-params": ("... with under 12% of the trainable parameters", "paper §1"),
-    "C1": ("IconQA: self-attention gets the most AdaLoRA rank, cross-attention the second most", "paper §3.2 (1)"),
+    "C1": ("IconQA: self-attention gets the most AdaLoRA rank, cross-attention the second most", "paper Figure 3 / Appendix E, claim (1)"),
     "C2": ("ScienceQA: allocation more balanced than IconQA, self-attention noticeably less, FFN relatively more",
-           "paper §3.2 (2)"),
+           "paper Figure 3 / Appendix E, claim (2)"),
     "C3": ("ScienceQA and IconQA: FFNs after a cross-attention layer (odd layers, 1-based) get more rank than the "
-           "others", "paper §3.2 (3)"),
+           "others", "paper Figure 3 / Appendix E, claim (3)"),
     "C4": ("The last layer's FFN gets the least rank of all FFNs (judged on the query branch, the only one whose "
-           "outputs reach the LLM)", "paper §3.2 (4)"),
-    "C5": ("Flan-T5: Flickr30k's allocation resembles IconQA's; VizWiz's resembles ScienceQA's", "paper §3.2 (5)"),
+           "outputs reach the LLM)", "paper Figure 3 / Appendix E, claim (4)"),
+    "C5": ("Flan-T5: Flickr30k's allocation resembles IconQA's; VizWiz's resembles ScienceQA's", "paper Figure 3 / Appendix E, claim (5)"),
 }
 # what each claim needs to move, said in the ledger when it is not resolvable here
 RESOLVE_HINT = {
@@ -99,13 +99,14 @@ class Claim:
         h = self.headline
         num = (lambda x: round(float(x), 6) if x is not None and math.isfinite(x) else None)
         rel = sorted({_relative(p, root) for p in self.runs})
+        judged = [p for p in self.parts if isinstance(p, Judged) and math.isfinite(p.lo)]
         return {"id": self.id, "statement": self.statement, "source": self.source, "scale": self.scale,
                 "verdict": self.verdict, "unit": self.unit, "runs": rel,
                 "estimate": num(h.estimate) if h else None, "ci95": [num(h.lo), num(h.hi)] if h else [None, None],
                 "margin": h.margin if h else None, "mde": num(claim_mde(self.parts)),
                 "n_seeds": min((p.n_seeds for p in self.parts if isinstance(p, Judged) and p.n_seeds), default=0),
                 "n_items": min((p.n_items for p in self.parts if isinstance(p, Judged) and p.n_items), default=None),
-                "correction": f"{CORRECTION} over {len(self.parts)} parts" if len(self.parts) > 1 else None,
+                "correction": f"{CORRECTION} over {len(judged)} parts" if len(judged) > 1 else None,
                 "resolve": self.resolve or None, "parts": [p.as_dict() for p in self.parts if isinstance(p, Judged)],
                 "evidence": self.evidence}
 

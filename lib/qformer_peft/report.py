@@ -127,7 +127,9 @@ def ledger_counts_html(records: Sequence[Mapping[str, Any]]) -> str:
     figures = n.get(claims_mod.NOT_COMPARABLE, 0)
     todo = [r for r in records if r["verdict"] == claims_mod.NOT_RESOLVABLE]
     hints = "".join(f"<li>{html.escape(r['id'])}: {html.escape(r.get('resolve') or 'runs that move from their base')}"
-                    "</li>" for r in todo)
+                    + (f" (here: {r['n_seeds']} seed(s) x {r['n_items']} test items, minimum detectable effect "
+                       f"{r['mde']:.2f})" if r.get("mde") is not None and r.get("n_items") else "") + "</li>"
+                    for r in todo)
     return (f"<p class='counts'>Claims: {line}" + (f"; plus {figures} parameter share(s) shown as figures, "
             f"{claims_mod.NOT_COMPARABLE}" if figures else "") + ".</p>"
             + (f"<details><summary>What would resolve the {len(todo)} unresolved claim(s)</summary><ul>{hints}</ul>"
