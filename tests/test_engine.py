@@ -260,3 +260,8 @@ def test_null_run_shuffles_its_training_answers_from_the_seed_and_records_the_ba
                         [templates.candidates(r) for r in records])
     for row, scores in zip(zero_shot, nll):
         torch.testing.assert_close(torch.tensor(row["nll"]), scores, rtol=0, atol=2e-6)
+    (run.path / runs.ZERO_SHOT_FILE).unlink()                                  # a run folder from before
+    engine.record_zero_shot(run.path)
+    for row, again in zip(zero_shot, run.zero_shot_predictions()):
+        assert row["pred"] == again["pred"]
+        torch.testing.assert_close(torch.tensor(row["nll"]), torch.tensor(again["nll"]), rtol=0, atol=2e-6)

@@ -379,6 +379,34 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
     }
 
 
+def record_zero_shot(run_path: str | Path, *, cache_dir: str | Path | None = None, progress: bool = False) -> Path:
+    """Score a run's test items with the model it started from (before any training) into its
+    zero_shot_predictions.jsonl, as reference runs record it: for run folders written before they did.
+    cache_dir: the frozen-feature cache (default: the runs folder's .feature-cache)."""
+    run = runs.RunDir(run_path)
+    config = ExperimentConfig.from_dict(run.config)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    bundle = resolve_bundle(config, device=device)
+    if (run.adapter_dir / ALIGNED_FILE).is_file():  # the aligned state the run started from
+        load_aligned(bundle.model, run.adapter_dir / ALIGNED_FILE)
+    autocast = autocast_for(device, resolve_precision(config.precision, device, bundle.llm_kind))
+    test = load_examples(config)["test"]
+    cache = None
+    if config.uses_feature_cache:
+        cache = FeatureCache(bundle.model, bundle.image_processor,
+                             Path(cache_dir) if cache_dir else run.path.parent / ".feature-cache", device=device,
+                             autocast=autocast, precision=resolve_precision(config.precision, device, bundle.llm_kind))
+        cache.precompute([e.image for e in test], progress=progress)
+    images = ImageEncoder(bundle.model, bundle.image_processor, device=device, autocast=autocast, cache=cache)
+    preds = evaluate_tasks(bundle, test, config, lambda chunk: images([e.image for e in chunk]), desc="zero-shot",
+                           batch_size=config.eval_batch_size or config.batch_size,
+                           max_prompt_tokens=config.max_prompt_tokens, num_beams=config.num_beams,
+                           model=bundle.model, autocast=autocast, progress=progress)[1]
+    run.write_zero_shot_predictions(preds)
+    return run.path / runs.ZERO_SHOT_FILE
+
+
 def heldin_dir(config: ExperimentConfig) -> Path | None:
     """The synthetic world the run's benchmark root lies in (DATA, beside its benchmark roots) when it holds
     held-in tasks (DATA/heldin/val.jsonl), else None. A joint benchmark: its first task's root."""
