@@ -29,11 +29,10 @@ import pandas as pd
 from . import runs
 from .report_charts import SUBLAYERS, final_ranks, null_runs, paper_runs, ranks_frame, sublayer_means
 from .verdicts import (COMPARABLE_TOL, CORRECTION, FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, NOT_RESOLVABLE,
-                       Judged, Scores, claim_mde, combine, fmt, headline, judge, paired, paired_bootstrap,
-                       scores_from_predictions, welch_interval)
+                       Judged, Scores, claim_mde, combine, headline, paired, paired_bootstrap, scores_from_predictions,
+                       VERDICTS, welch_interval)
 
 LLM_FULL_SIZE = {"t5": "flan-t5-xl", "llama": "vicuna-7b"}
-_fmt = fmt  # kept for callers of the previous name
 
 CLAIMS = {
     "H1-acc": ("Q-Former LoRA is comparable to full Q-Former fine-tuning (test accuracy at most "
@@ -57,7 +56,6 @@ RESOLVE_HINT = {
            "same test items: the paper scale, or the embedded scale with more training",
     "alloc": "AdaLoRA runs that move from their base (beat its zero-shot score), with null runs to compare",
 }
-VERDICT_ORDER = (HOLDS, FAILS, INCONCLUSIVE, NOT_RESOLVABLE)
 
 
 @dataclass
@@ -658,7 +656,7 @@ def table1_rows(df: pd.DataFrame, root: str | Path | None = None) -> pd.DataFram
 
 def counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """How many claims got each answer (and how many parameter shares are figures, not verdicts)."""
-    out = {v: 0 for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RESOLVABLE, NOT_COMPARABLE)}
+    out = {v: 0 for v in (*VERDICTS, NOT_COMPARABLE)}
     for r in records:
         out[r["verdict"]] = out.get(r["verdict"], 0) + 1
     return out

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .claims import Claim
-from .verdicts import COMPARABLE_TOL, FAILS, HOLDS, INCONCLUSIVE, NOT_RESOLVABLE, VERDICTS, combine, judge, paired
+from .verdicts import COMPARABLE_TOL, INCONCLUSIVE, VERDICTS, combine, judge
 from .verdicts import fmt as _fmt
 from .config import ExperimentConfig, heldin_on_first_seed
 

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from . import claims as claims_mod
 from . import runs
+from .verdicts import VERDICTS
 
 # nbconvert's lab template minus every network reference, plus the code toggle and a link home.
 SECTION_TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
@@ -123,7 +124,7 @@ def _record(c: Any) -> Mapping[str, Any]:
 def ledger_counts_html(records: Sequence[Mapping[str, Any]]) -> str:
     """The ledger's header: how many claims got each answer, and what would resolve the unresolved ones."""
     n = claims_mod.counts(records)
-    line = ", ".join(f"<b>{n[v]}</b> {v}" for v in claims_mod.VERDICT_ORDER)
+    line = ", ".join(f"<b>{n[v]}</b> {v}" for v in VERDICTS)
     figures = n.get(claims_mod.NOT_COMPARABLE, 0)
     todo = [r for r in records if r["verdict"] == claims_mod.NOT_RESOLVABLE]
     hints = "".join(f"<li>{html.escape(r['id'])}: {html.escape(r.get('resolve') or 'runs that move from their base')}"
