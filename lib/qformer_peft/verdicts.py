@@ -5,7 +5,9 @@ A claim reduces to one or more parts; each part is a statistic whose sign is the
 (e.g. accuracy of a setup minus the baseline's) with a 95% interval:
 
 - from test items (`paired_bootstrap`): a hierarchical bootstrap over seeds and test items, drawn from
-  each run's predictions.jsonl; items are shared by both sides (paired), seeds are drawn per side;
+  each run's predictions.jsonl; items are shared by both sides (paired), seeds are drawn per side. Items and
+  seeds are crossed, and resampling both counts each item's run-to-run noise twice: the interval errs wide
+  (conservative) when the seeds agree, and is near nominal when they spread;
 - from seed-level values only (`seed_interval`, `welch_interval`, e.g. AdaLoRA ranks): Student t
   intervals over seeds.
 
