@@ -204,6 +204,11 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
              "interval, parts and run folders) and <a href='table1.csv'>table1.csv</a>.</p>" if results_dir else ""]
     t1 = rc.table1(df)
     parts += ["<h2 id='table1'>Table 1: accuracy and trainable parameters of every cell</h2>", rc.table1_html(t1)]
+    if results_dir is not None:
+        rows = claims_mod.read_results(results_dir)[1].drop(columns=["runs"])
+        parts.append("<details><summary>Per cell, from <a href='table1.csv'>table1.csv</a>: 95% interval, the base's "
+                     "zero-shot score and chance on the same test items, whether the cell moved, whether validation "
+                     "chose it</summary>" + _frame_html(rows) + "</details>")
     parts.append("<h2 id='figure2'>Figure 2: accuracy against trainable parameters</h2>")
     parts.append(_figure(rc.figure2(t1), "chart-figure2", "Mean test accuracy of each cell against its trainable "
                          "parameters (log scale), one line per sublayer/target set, colour = setup.")
