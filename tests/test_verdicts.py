@@ -108,3 +108,9 @@ def test_a_cell_that_did_not_move_is_not_resolvable(tmp_path):
     assert not mv.moved and "vs zero-shot" in mv.text
     v = claims.accuracy_claim(df, "qf-lora", tolerance=V.COMPARABLE_TOL)
     assert v.verdict == V.NOT_RESOLVABLE and "did not move" in v.evidence
+
+
+def test_the_headline_part_is_a_failing_one_when_a_part_fails_else_the_weakest():
+    weak, strong, bad = V.Judged(1.0, 0.1, 1.9), V.Judged(5.0, 4.0, 6.0), V.Judged(-3.0, -4.0, -2.0, p_fail=0.001)
+    assert V.headline([strong, weak]) is weak
+    assert V.headline([strong, weak, bad]) is bad

@@ -310,8 +310,12 @@ def claim_mde(parts: Sequence[str]) -> float:
 
 
 def headline(parts: Sequence[str]) -> Judged | None:
-    """The part a claim's one-line summary shows: the one nearest its margin (the weakest link)."""
+    """The part a claim's one-line summary shows: a failing part when one fails (the one furthest below its
+    margin), else the one nearest its margin (the weakest link)."""
     judged = [p for p in parts if isinstance(p, Judged) and math.isfinite(p.estimate)]
+    failing = [p for p in judged if p == FAILS]
+    if failing:
+        return min(failing, key=lambda p: p.hi - p.margin)
     if not judged:
         return None
     return min(judged, key=lambda p: (p.lo - p.margin) if math.isfinite(p.lo) else -math.inf)
