@@ -268,7 +268,7 @@ def test_seed_claims_flip_and_the_spread_table():
     assert len(pairs) == 10 and pairs["fraction"].between(0, 1).all()
 
     # the single run (seed 42) shows the opposite order of every other seed
-    flipped = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -3.0, "qf-lora+llm-lora": 4.0}[setup]
+    flipped = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -6.0, "qf-lora+llm-lora": 8.0}[setup]
                        * (-1 if s == 42 else 1), rank_effect=0.0)
     v = oq.seeds_setup_claim(flipped)
     assert v.verdict == C.FAILS and "% of seed pairs agree" in v.evidence

@@ -28,6 +28,7 @@ def test_seed_intervals_are_t_intervals_and_one_seed_has_no_spread():
     assert V.judge([0.5, 0.6], margin=1.0) == V.INCONCLUSIVE   # 2 seeds: t with 1 degree of freedom is wide
     assert V.judge([0.5, 0.6, 0.55], margin=1.0) == V.FAILS
     assert V.welch_interval([3.0, 3.1, 2.9], [0.0, 0.2, -0.2]) == V.HOLDS
+    assert V.judge([2.0, 2.0, 2.0]) == V.INCONCLUSIVE                    # seeds that agree exactly: no interval
 
 
 def test_holm_corrects_the_failing_parts_of_a_composite_claim():

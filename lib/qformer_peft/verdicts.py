@@ -185,10 +185,9 @@ def welch_interval(a: Sequence[float], b: Sequence[float], margin: float = 0.0, 
 
 
 def _t_part(m: float, se: float, df: float, margin: float, n: int, label: str) -> Judged:
-    if se == 0:
-        side = 0.0 if m > margin else 1.0
-        return Judged(m, m, m, margin=margin, p_hold=side, p_fail=1 - side if m != margin else 1.0, mde=0.0,
-                      n_seeds=n, label=label)
+    if se == 0:  # seeds that agree exactly (quantised accuracies) say nothing about the spread of the next one
+        nan = float("nan")
+        return Judged(m, nan, nan, margin=margin, n_seeds=n, label=label, note="no spread over seeds: no interval")
     q = t_quantile(1 - ALPHA_SIDE, df)
     tstat = (m - margin) / se
     return Judged(m, m - q * se, m + q * se, margin=margin, p_hold=1 - t_cdf(tstat, df), p_fail=t_cdf(tstat, df),
