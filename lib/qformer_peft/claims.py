@@ -482,8 +482,9 @@ def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, s
         for name, values in real_stats.items():
             ref = list(null_stats.get(name, {}).values())
             part = welch_interval(list(values.values()), ref, label=f"{llm} {name}")
-            if not ref:
-                part = Judged(part.estimate, float("nan"), float("nan"), n_seeds=len(values), label=part.label,
+            if not ref:  # the real runs' mean, with nothing to judge it against
+                mean = float(np.mean(list(values.values()))) if values else float("nan")
+                part = Judged(mean, float("nan"), float("nan"), n_seeds=len(values), label=part.label,
                               note="no null runs to judge against")
             uses = [b for b in moves if b in name.lower()] or list(moves)
             still = [b for b in uses if not moves[b][0]]
