@@ -235,3 +235,33 @@ def test_bench_full_size_path_runs_on_a_tiny_config_and_prints_ratios():
     text = table({"cpu": cpu, "cuda": full})
     assert "qf-lora                64,832      150.0       100.0     1.50" in text
     assert "batched x 10.00" in text and "tiny bf16 random weights, batch 2" in text
+
+
+def test_null_run_shuffles_its_training_answers_from_the_seed_and_records_the_base_zero_shot(config, tmp_path):
+    cfg = engine.ExperimentConfig.from_dict({**config, "setup": "baseline", "qf_sublayers": None, "rank": None,
+                                             "max_epochs": 1, "shuffle_answers": True})
+    plain = cfg.replace(shuffle_answers=False)
+    assert cfg.hash != plain.hash and "shuffle_answers" not in plain.to_dict()   # older run folders keep their hash
+    true, null = engine.load_examples(plain), engine.load_examples(cfg)
+    assert null["test"] == true["test"] and null["val"] == true["val"]            # only training answers move
+    assert null["train"] == engine.load_examples(cfg)["train"]                    # a function of the seed
+    assert all(e.target == e.candidates[e.answer] for e in null["train"])
+    assert [e.answer for e in null["train"]] != [e.answer for e in true["train"]]
+    assert [e.answer for e in engine.shuffled_answers(true["train"], 8)] != [e.answer for e in null["train"]]
+
+    run_experiment(cfg, out=tmp_path)
+    run = _only_run(tmp_path)
+    zero_shot = run.zero_shot_predictions()
+    assert "null" in run.id and [r["id"] for r in zero_shot] == [r["id"] for r in run.predictions()]
+    bundle = engine.resolve_bundle(cfg)                                         # the untrained base model
+    records = data.load("iconqa", config["data_root"], "test").records
+    embeds = encode_images(bundle.model, bundle.image_processor([load_image(r) for r in records]))
+    nll = candidate_nll(bundle, embeds, [templates.prompt(r) for r in records],
+                        [templates.candidates(r) for r in records])
+    for row, scores in zip(zero_shot, nll):
+        torch.testing.assert_close(torch.tensor(row["nll"]), scores, rtol=0, atol=2e-6)
+    (run.path / runs.ZERO_SHOT_FILE).unlink()                                  # a run folder from before
+    engine.record_zero_shot(run.path)
+    for row, again in zip(zero_shot, run.zero_shot_predictions()):
+        assert row["pred"] == again["pred"]
+        torch.testing.assert_close(torch.tensor(row["nll"]), torch.tensor(again["nll"]), rtol=0, atol=2e-6)

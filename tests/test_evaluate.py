@@ -59,7 +59,8 @@ def test_ranking_sums_token_nll_and_picks_the_lowest(bundle):
         embeds = _embeds(bundle, 1)
         cands = ["(b) red green", "(a) red", "(c) dark green blue"]
         nll = candidate_nll(bundle, embeds, PROMPTS[:1], [cands])[0]
-        n_tokens = torch.tensor([5.0, 4.0, 6.0]) + 1  # "(", letter, ")", words..., then </s>
+        # "(", letter, ")", words..., then </s> for T5; LLaMA without </s>, as the public Vicuna code scores them
+        n_tokens = torch.tensor([5.0, 4.0, 6.0]) + (1 if bundle.llm_kind == "t5" else 0)
         torch.testing.assert_close(nll, n_tokens * math.log(lm_head.weight.shape[0]))
         ex = Example(id="q", image="unused", prompt=PROMPTS[0], target=cands[1], candidates=tuple(cands), answer=1)
         metrics, preds = evaluate(bundle, [ex], "iconqa", lambda chunk: embeds)

@@ -50,7 +50,7 @@ def test_every_profile_expands_into_valid_configs(name, model_scaling, tmp_path)
 def test_full_profiles_hold_the_papers_grid(name, tmp_path):
     cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
     peft = [c for c in cells if c.notebook == grid.PEFT]
-    adalora = [c for c in cells if c.notebook == grid.ADALORA]
+    adalora = [c for c in cells if c.notebook == grid.ADALORA and grid.NULL_TAG not in c.parameters.get("tags", [])]
     assert len(peft) == 2 * 2 * 9 and len(adalora) == 2 * 4        # PROTOCOL §2 and §6
     first_seed = {(cfg.llm, cfg.benchmark, cfg.setup, cfg.qf_sublayers, cfg.llm_targets, cfg.rank)
                   for c in peft for cfg in c.configs() if cfg.seed == 42}
@@ -456,3 +456,19 @@ def test_submitit_missing_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(grid.GridError, match=r"qformer-peft\[slurm\]"):
         run([fake_cell(tmp_path, "cell_a")], tmp_path, backend="submitit")
+
+
+@pytest.mark.parametrize("name", ["smoke", "mini"])
+def test_null_adalora_cells_repeat_a_real_cell_with_shuffled_answers(name, tmp_path):
+    cells = {c.name: c for c in grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))}
+    nulls = [c for c in cells.values() if grid.NULL_TAG in c.parameters.get("tags", [])]
+    profile = grid.PROFILES[name]
+    assert len(nulls) == len(profile.adalora_null_cells) >= 1
+    for c in nulls:
+        real = cells[c.name.replace("adalora-null_", "adalora_")]
+        for a, b in zip(c.configs(), real.configs()):
+            assert a.shuffle_answers and not b.shuffle_answers and a.hash != b.hash
+            assert a.replace(shuffle_answers=False, tags=b.tags) == b          # the same schedule, same seed
+    n_runs = sum(len(c.configs()) for c in nulls)
+    assert n_runs <= 12                                                    # few runs: cheap
+

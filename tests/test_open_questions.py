@@ -256,7 +256,8 @@ def seeds_df(effects, rank_effect=0.3, spread=0.2):
 
 
 def test_seed_claims_flip_and_the_spread_table():
-    steady = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -3.0, "qf-lora+llm-lora": 4.0}[setup])
+    steady = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -12.0, "qf-lora+llm-lora": 6.0}[setup],
+                      rank_effect=1.0)
     cells = oq.seed_cells(steady)
     assert len(cells) == 5 and set(cells["n"]) == {3}
     base = cells[cells["setup"] == "baseline"].iloc[0]
@@ -267,7 +268,7 @@ def test_seed_claims_flip_and_the_spread_table():
     assert len(pairs) == 10 and pairs["fraction"].between(0, 1).all()
 
     # the single run (seed 42) shows the opposite order of every other seed
-    flipped = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -3.0, "qf-lora+llm-lora": 4.0}[setup]
+    flipped = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -6.0, "qf-lora+llm-lora": 8.0}[setup]
                        * (-1 if s == 42 else 1), rank_effect=0.0)
     v = oq.seeds_setup_claim(flipped)
     assert v.verdict == C.FAILS and "% of seed pairs agree" in v.evidence

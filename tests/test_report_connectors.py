@@ -55,7 +55,7 @@ def test_connector_claims_are_ledger_claims_whose_verdict_follows_the_runs(tmp_p
     c = rows["DeCo-acc"]
     assert c.statement == cs.CLAIMS["DeCo-acc"][0] and c.scale == "embedded"
     assert c.source.startswith("DeCo (seeds/003)") and "not a claim of the paper" in c.source
-    assert "pool16 56.1 vs qformer16-scratch 60.1, difference -4.00 pt" in c.evidence
+    assert "pool16 55.9 vs qformer16-scratch 59.9, difference -3.95 pt [-4.07, -3.83] (n=3)" in c.evidence
 
 
 def test_without_connector_runs_the_section_says_so_and_its_claims_are_inconclusive(tmp_path):

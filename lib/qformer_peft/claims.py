@@ -1,22 +1,25 @@
 """The claim ledger: every claim of the paper, the evidence measured here, a verdict and its scale.
 
-Each claim is reduced to per-seed statistics whose sign is the claim's direction (e.g. accuracy of
-Q-Former LoRA minus the baseline's, seed by seed). The verdict reads mean ± 2 standard errors over
-seeds: entirely on the claim's side -> "holds", entirely on the other side -> "does not hold",
-straddling (or fewer than 2 seeds, so no spread to judge by) -> "inconclusive". A claim stated for
-several LLMs or benchmarks holds only where it holds for each of them.
+Each claim is reduced to parts (one per LLM x benchmark, or per statistic) judged by qformer_peft.verdicts:
+a 95% interval against the claim's margin, four answers (holds / does not hold / inconclusive / not
+resolvable at this scale), Holm's correction across a composite claim's parts, and the minimum detectable
+effect. Accuracy claims read the test items of each run's predictions.jsonl (paired hierarchical bootstrap);
+a setup's configuration (sublayers or targets, rank) is chosen on validation accuracy, then judged on test.
+A cell (LLM x benchmark) "moved" when the chosen configuration of some setup beats both the base model's
+zero-shot score on the same items (recorded by the baseline and null runs) and chance, by a paired 95%
+interval; a part on a cell that did not move is not resolvable. Parameter shares measured on the embedded
+models depend on their width (a LoRA share scales like 2r / width): they are figures, not verdicts.
 
-Claims (PROTOCOL §2 headline, §6 claims 1-5), judged on the paper grid's runs (report_charts.paper_runs):
+Claims (the paper's headline and its AdaLoRA claims 1-5, Figure 3 / Appendix E), judged on the paper grid's runs:
   H1  Q-Former PEFT is comparable to full fine-tuning (accuracy) ... with < 2% of the trainable parameters
   H2  Q-Former + LLM PEFT beats the baseline (accuracy) ... with < 12% of the trainable parameters
-  C1-C5  the AdaLoRA rank allocation (see CLAIMS below)
-then the connector study's (issue 7 §1, connector_study.CLAIMS: DeCo-*, BA-*, claims of DeCo and of the
-Bottleneck Adapter paper) and the open questions' (issue 7 §2, open_questions.OPEN_CLAIMS: MT, SC, RK, SD),
-judged the same way.
+  C1-C5  the AdaLoRA rank allocation, each statistic against null runs trained on shuffled answers
+then the connector study's (connector_study.CLAIMS) and the open questions' (open_questions.OPEN_CLAIMS).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,26 +27,34 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .report_charts import SUBLAYERS, final_ranks, paper_runs, sublayer_means
+from .report_charts import SUBLAYERS, final_ranks, null_runs, paper_runs, ranks_frame, sublayer_means
+from .verdicts import (COMPARABLE_TOL, CORRECTION, FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, NOT_RESOLVABLE,
+                       Judged, Scores, claim_mde, combine, headline, paired, paired_bootstrap, scores_from_predictions,
+                       VERDICTS, welch_interval)
 
-HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
-Z = 2.0                     # standard errors a difference must clear
-COMPARABLE_TOL = 1.0        # "comparable": at most 1 accuracy point (accuracy is in percent) below
 LLM_FULL_SIZE = {"t5": "flan-t5-xl", "llama": "vicuna-7b"}
 
 CLAIMS = {
     "H1-acc": ("Q-Former LoRA is comparable to full Q-Former fine-tuning (test accuracy at most "
-               f"{COMPARABLE_TOL:g} point below the baseline)", "PROTOCOL §2 / paper §3.1"),
-    "H1-params": ("... using under 2% of the trainable parameters of full fine-tuning", "PROTOCOL §2 / paper abstract"),
+               f"{COMPARABLE_TOL:g} point below the baseline)", "paper §3.1 (headline)"),
+    "H1-params": ("... using under 2% of the trainable parameters of full fine-tuning", "paper abstract"),
     "H2-acc": ("Q-Former LoRA + LLM LoRA beats the baseline (full Q-Former fine-tuning, LLM frozen)",
-               "PROTOCOL §2 / paper §3.1"),
-    "H2-params": ("... with under 12% of the trainable parameters", "PROTOCOL §2 / paper §1"),
-    "C1": ("IconQA: self-attention gets the most AdaLoRA rank, cross-attention the second most", "PROTOCOL §6 (1)"),
+               "paper §3.1 (headline)"),
+    "H2-params": ("... with under 12% of the trainable parameters", "paper §1"),
+    "C1": ("IconQA: self-attention gets the most AdaLoRA rank, cross-attention the second most", "paper Figure 3 / Appendix E, claim (1)"),
     "C2": ("ScienceQA: allocation more balanced than IconQA, self-attention noticeably less, FFN relatively more",
-           "PROTOCOL §6 (2)"),
-    "C3": ("FFNs after a cross-attention layer (odd layers, 1-based) get more rank than the others", "PROTOCOL §6 (3)"),
-    "C4": ("The last layer's FFN gets the least rank of all FFNs", "PROTOCOL §6 (4)"),
-    "C5": ("Flickr30k's allocation resembles IconQA's; VizWiz's resembles ScienceQA's", "PROTOCOL §6 (5)"),
+           "paper Figure 3 / Appendix E, claim (2)"),
+    "C3": ("ScienceQA and IconQA: FFNs after a cross-attention layer (odd layers, 1-based) get more rank than the "
+           "others", "paper Figure 3 / Appendix E, claim (3)"),
+    "C4": ("The last layer's FFN gets the least rank of all FFNs (judged on the query branch, the only one whose "
+           "outputs reach the LLM)", "paper Figure 3 / Appendix E, claim (4)"),
+    "C5": ("Flan-T5: Flickr30k's allocation resembles IconQA's; VizWiz's resembles ScienceQA's", "paper Figure 3 / Appendix E, claim (5)"),
+}
+# what each claim needs to move, said in the ledger when it is not resolvable here
+RESOLVE_HINT = {
+    "acc": "runs that train long enough (epochs, items) for a setup to beat the base's zero-shot score on the "
+           "same test items: the paper scale, or the embedded scale with more training",
+    "alloc": "AdaLoRA runs that move from their base (beat its zero-shot score), with null runs to compare",
 }
 
 
@@ -51,6 +62,10 @@ CLAIMS = {
 class Verdict:
     verdict: str
     evidence: str
+    parts: list = field(default_factory=list)          # Judged parts (verdicts.Judged)
+    runs: list = field(default_factory=list)           # run folders read (absolute)
+    resolve: str = ""                                  # what would resolve it (not resolvable only)
+    unit: str = ""
 
 
 @dataclass
@@ -61,70 +76,110 @@ class Claim:
     scale: str
     verdict: str
     evidence: str
+    parts: list = field(default_factory=list)
+    runs: list = field(default_factory=list)
+    resolve: str = ""
+    unit: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return self.__dict__.copy()
+        return {k: getattr(self, k) for k in ("id", "statement", "source", "scale", "verdict", "evidence")}
+
+    @property
+    def headline(self) -> Judged | None:
+        return headline(self.parts)
+
+    @property
+    def is_figure(self) -> bool:
+        return self.verdict == NOT_COMPARABLE
+
+    def record(self, root: str | Path | None = None) -> dict[str, Any]:
+        """The claim as claims.json holds it: enough to re-judge it (run folders relative to root)."""
+        h = self.headline
+        num = (lambda x: round(float(x), 6) if x is not None and math.isfinite(x) else None)
+        rel = sorted({_relative(p, root) for p in self.runs})
+        judged = [p for p in self.parts if isinstance(p, Judged) and math.isfinite(p.lo)]
+        return {"id": self.id, "statement": self.statement, "source": self.source, "scale": self.scale,
+                "verdict": self.verdict, "unit": self.unit, "runs": rel,
+                "estimate": num(h.estimate) if h else None, "ci95": [num(h.lo), num(h.hi)] if h else [None, None],
+                "margin": h.margin if h else None, "mde": num(claim_mde(self.parts)),
+                "n_seeds": min((p.n_seeds for p in self.parts if isinstance(p, Judged) and p.n_seeds), default=0),
+                "n_items": min((p.n_items for p in self.parts if isinstance(p, Judged) and p.n_items), default=None),
+                "correction": f"{CORRECTION} over {len(judged)} parts" if len(judged) > 1 else None,
+                "resolve": self.resolve or None, "parts": [p.as_dict() for p in self.parts if isinstance(p, Judged)],
+                "evidence": self.evidence}
 
 
-# --- the statistics ---------------------------------------------------------------------------------------
-def judge(samples: Sequence[float], margin: float = 0.0) -> str:
-    """holds if mean - Z*se > margin, does not hold if mean + Z*se < margin, else inconclusive.
+def _relative(path: str | Path, root: str | Path | None) -> str:
+    import os
 
-    samples are per-seed values of a statistic that is positive where the claim holds.
-    """
-    v = np.asarray([s for s in samples if s is not None and np.isfinite(s)], dtype=float)
-    if len(v) < 2:
-        return INCONCLUSIVE
-    m, se = v.mean(), v.std(ddof=1) / np.sqrt(len(v))
-    if m - Z * se > margin:
-        return HOLDS
-    if m + Z * se < margin:
-        return FAILS
-    return INCONCLUSIVE
+    return str(path) if root is None else os.path.relpath(Path(path).resolve(), Path(root).resolve())
 
 
-def combine(verdicts: Sequence[str]) -> str:
-    """A claim stated for every LLM/benchmark: fails if any part fails, holds if all hold."""
-    if not verdicts:
-        return INCONCLUSIVE
-    if FAILS in verdicts:
-        return FAILS
-    return HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
+# --- predictions -> scores ---------------------------------------------------------------------------------
+_ROWS: dict = {}   # (run folder, file) -> rows; a finished run's predictions never change, a missing file may appear
 
 
-def paired(a: Mapping[Any, float], b: Mapping[Any, float]) -> list[float]:
-    """a - b seed by seed, on the seeds both have."""
-    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+def _rows(path: str, name: str) -> tuple:
+    key = (path, name)
+    if key not in _ROWS:
+        rows = tuple(runs.read_jsonl(Path(path) / name))
+        if not rows:
+            return rows
+        _ROWS[key] = rows
+    return _ROWS[key]
 
 
-def _fmt(samples: Sequence[float], scale: float = 1.0, unit: str = "") -> str:
-    v = np.asarray(samples, dtype=float) * scale
-    if len(v) == 0:
-        return "no data"
-    if len(v) == 1:
-        return f"{v[0]:+.2f}{unit} (1 seed: no spread)"
-    return f"{v.mean():+.2f}{unit} ± {v.std(ddof=1):.2f} sd (n={len(v)})"
+def scores_of(d: pd.DataFrame, key: str = "correct") -> Scores:
+    """Per-item scores of the runs in d (one configuration), one row per seed, from predictions.jsonl."""
+    d = d.drop_duplicates("seed", keep="last")
+    if "path" not in d:
+        return scores_from_predictions({})
+    per_seed = {int(r.seed): _rows(str(r.path), "predictions.jsonl") for r in d.itertuples()}
+    per_seed = {s: rows for s, rows in per_seed.items() if rows}
+    return scores_from_predictions(per_seed, key, runs=[str(p) for p in d["path"]])
 
 
-# --- headline claims (Table 1 / Figure 2) ------------------------------------------------------------------
+def zero_shot_of(d: pd.DataFrame) -> Scores | None:
+    """The base model's zero-shot scores on the test items, from the first run in d that recorded them."""
+    for r in d.itertuples() if "path" in d else []:
+        rows = _rows(str(r.path), runs.ZERO_SHOT_FILE)
+        if rows:
+            return scores_from_predictions({0: rows}, runs=[str(r.path)])
+    return None
+
+
+def chance_of(d: pd.DataFrame) -> Scores | None:
+    """Per item: 1 / number of candidates (multiple choice), from any run's predictions in d."""
+    for r in d.itertuples() if "path" in d else []:
+        rows = _rows(str(r.path), "predictions.jsonl")
+        if rows and all("nll" in x for x in rows):
+            return Scores([0], [str(x["id"]) for x in rows], np.array([[1 / len(x["nll"]) for x in rows]]))
+    return None
+
+
+# --- choosing a configuration -------------------------------------------------------------------------------
+CONFIG_KEYS = ["qf_sublayers", "llm_targets", "rank"]
+
+
+def _val(d: pd.DataFrame) -> pd.Series:
+    return pd.to_numeric(d["result.val_score"], errors="coerce") if "result.val_score" in d else d["acc"]
+
+
 def best_config(df: pd.DataFrame, setup: str) -> pd.DataFrame:
-    """The runs of the setup's best configuration (sublayers, targets, rank) by mean accuracy, chosen
-    among its most-replicated configurations so that a single lucky seed cannot win."""
+    """The runs of the setup's configuration (sublayers or targets, rank) with the best mean validation
+    accuracy over all its configurations (the paper's Figure 2 picks over both); ties go to the
+    configuration with more seeds, then the smaller rank. It is then judged on the test items."""
     d = df[(df["setup"] == setup) & (df["state"] == "done") & (df["method"] == "lora") & df["acc"].notna()]
     if d.empty:
         return d
-    keys = ["qf_sublayers", "llm_targets", "rank"]
-    g = d.groupby(keys, dropna=False).agg(n=("seed", "nunique"), acc=("acc", "mean")).reset_index()
-    g = g[g["n"] == g["n"].max()].sort_values("acc", ascending=False)
-    top = g.iloc[0]
+    d = d.assign(_val=_val(d))
+    g = d.groupby(CONFIG_KEYS, dropna=False).agg(n=("seed", "nunique"), val=("_val", "mean")).reset_index()
+    g = g.assign(_r=pd.to_numeric(g["rank"], errors="coerce").fillna(0))
+    top = g.sort_values(["val", "n", "_r"], ascending=[False, False, True]).iloc[0]
     mask = np.ones(len(d), dtype=bool)
-    for k in keys:
+    for k in CONFIG_KEYS:
         mask &= (d[k].isna() & pd.isna(top[k])).to_numpy() | (d[k] == top[k]).fillna(False).to_numpy()
-    return d[mask]
-
-
-def _by_seed(d: pd.DataFrame, col: str = "acc") -> dict[Any, float]:
-    return {int(s): float(v) for s, v in d.groupby("seed")[col].mean().items()}
+    return d[mask].drop(columns="_val")
 
 
 def _config_label(d: pd.DataFrame) -> str:
@@ -133,31 +188,90 @@ def _config_label(d: pd.DataFrame) -> str:
     return f"{r['targets']}{rank}"
 
 
-def _against_baseline(df: pd.DataFrame, setup: str, parts: list[str], verdicts: list[str]):
-    """(llm, benchmark, best config of `setup`, best baseline) per LLM x benchmark; a pair with either side
-    missing is recorded in parts/verdicts as inconclusive and not yielded."""
-    for (llm, bench), d in df.groupby(["llm", "benchmark"]):
-        a, b = best_config(d, setup), best_config(d, "baseline")
-        if a.empty or b.empty:
-            parts.append(f"{llm}/{bench}: missing {'baseline' if b.empty else setup} runs")
-            verdicts.append(INCONCLUSIVE)
+# --- did a cell move from its base? --------------------------------------------------------------------------
+@dataclass
+class Movement:
+    moved: bool
+    text: str
+    zero_shot: Scores | None
+    chance: Scores | None
+
+
+def movement(cell: pd.DataFrame) -> Movement:
+    """Whether some setup's validation-chosen configuration in this LLM x benchmark cell beats both the base's
+    zero-shot score on the same test items and chance, each by a paired 95% interval."""
+    key = _cell_key(cell)
+    if key is not None and key in _MOVED:
+        return _MOVED[key]
+    out = _movement(cell)
+    if key is not None:
+        _MOVED[key] = out
+    return out
+
+
+_MOVED: dict = {}   # a cell's runs and states -> Movement: several claims read the same cell
+
+
+def _cell_key(cell: pd.DataFrame, *tag: str) -> tuple | None:
+    if "path" not in cell:
+        return None
+    states = cell["state"] if "state" in cell else [None] * len(cell)
+    return (*tag, *sorted(zip(map(str, cell["path"]), map(str, states))))
+
+
+def _movement(cell: pd.DataFrame) -> Movement:
+    zs, ch = zero_shot_of(cell), chance_of(cell)
+    if ch is None:
+        return Movement(False, "no multiple-choice predictions", zs, ch)
+    best = None
+    for setup in sorted(set(cell["setup"])):
+        d = best_config(cell, setup)
+        if d.empty:
             continue
-        yield llm, bench, a, b
+        a = scores_of(d)
+        if not a.seeds:
+            continue
+        over_chance = paired_bootstrap(a, ch)
+        over_zs = paired_bootstrap(a, zs) if zs is not None else None
+        lo = min(over_chance.lo, over_zs.lo) if over_zs is not None else over_chance.lo
+        if best is None or lo > best[0]:
+            best = (lo, setup, over_zs, over_chance)
+    if best is None:
+        return Movement(False, "no predictions", zs, ch)
+    lo, setup, over_zs, over_chance = best
+    zs_text = f"vs zero-shot {over_zs.interval_text(unit=' pt')}" if over_zs is not None else "zero-shot not recorded"
+    text = f"best mover {setup}: {zs_text}, vs chance {over_chance.interval_text(unit=' pt')}"
+    return Movement(bool(lo > 0), text, zs, ch)
+
+
+# --- headline claims (Table 1 / Figure 2) ------------------------------------------------------------------
+def _cells(df: pd.DataFrame):
+    return df.groupby(["llm", "benchmark"]) if len(df) else []
 
 
 def accuracy_claim(df: pd.DataFrame, setup: str, *, tolerance: float) -> Verdict:
-    """Best configuration of `setup` against the baseline, per LLM x benchmark; the statistic is
-    acc(setup) - acc(baseline) + tolerance per seed (tolerance 0: must beat; > 0: comparable)."""
-    parts, verdicts = [], []
-    for llm, bench, a, b in _against_baseline(df, setup, parts, verdicts):
-        diff = paired(_by_seed(a), _by_seed(b))
-        v = judge(diff, margin=-tolerance)
-        verdicts.append(v)
-        parts.append(f"{llm}/{bench}: {_config_label(a)} {a['acc'].mean():.1f}% vs baseline "
-                     f"{b['acc'].mean():.1f}%, difference {_fmt(diff, 1, ' pt')} → {v}")
+    """The validation-chosen configuration of `setup` against the baseline's, per LLM x benchmark, on the
+    same test items: 100 * (acc(setup) - acc(baseline)) against -tolerance (0: must beat; > 0: comparable)."""
+    parts, texts, read = [], [], []
+    for (llm, bench), cell in _cells(df):
+        a, b = best_config(cell, setup), best_config(cell, "baseline")
+        where = f"{llm}/{bench}"
+        if a.empty or b.empty:
+            texts.append(f"{where}: missing {'baseline' if b.empty else setup} runs")
+            parts.append(Judged(float("nan"), float("nan"), float("nan"), label=where, note="missing runs"))
+            continue
+        part = paired_bootstrap(scores_of(a), scores_of(b), margin=-tolerance, label=where)
+        mv = movement(cell)
+        if not mv.moved:
+            part = part.unresolved(f"the cell did not move from its base ({mv.text})")
+        read += list(a.get("path", [])) + list(b.get("path", []))
+        parts.append(part)
+        texts.append(f"{where}: {_config_label(a)} {a['acc'].mean():.1f}% vs baseline {b['acc'].mean():.1f}%, "
+                     f"difference {part.interval_text(unit=' pt')} (MDE {part.mde:.1f} pt, {part.n_seeds} seed(s) x "
+                     f"{part.n_items} items) → {part}" + (f" [{part.note}]" if part.note else ""))
     if not parts:
         return Verdict(INCONCLUSIVE, "no finished runs")
-    return Verdict(combine(verdicts), "; ".join(parts))
+    return Verdict(combine(parts), "; ".join(texts), parts, read, RESOLVE_HINT["acc"], "pt")
 
 
 DENOMINATORS = {
@@ -171,28 +285,39 @@ def _lora(d: pd.DataFrame) -> float:
     return float(sum(d[c].max() for c in cols if c in d)) if any(c in d for c in cols) else np.nan
 
 
+def _share_part(pct: float, limit_pct: float, label: str) -> Judged:
+    """A parameter share is exact (no spread): limit - share, its own interval."""
+    x = limit_pct - pct
+    return Judged(x, x, x, p_hold=0.0 if x > 0 else 1.0, p_fail=1.0 if x > 0 else 0.0, mde=0.0, label=label)
+
+
 def params_claim_measured(df: pd.DataFrame, setup: str, limit_pct: float, denominator: str = "baseline") -> Verdict:
-    """Trainable parameters of the setup's best configuration against the baseline, measured on the
-    models that were trained (a property of the architecture: no spread over seeds). denominator:
-    'baseline' (all its trainable parameters) or 'qformer' (LoRA parameters / full Q-Former)."""
-    parts, verdicts = [], []
-    for llm, bench, a, b in _against_baseline(df, setup, parts, verdicts):
+    """Trainable parameters of the setup's validation-chosen configuration against the baseline, measured on
+    the models that were trained. At the embedded scale a LoRA share scales like 2r / width, so the figure
+    is shown, marked not comparable at this width, and is not a verdict."""
+    parts, texts, read = [], [], []
+    for (llm, bench), cell in _cells(df):
+        a, b = best_config(cell, setup), best_config(cell, "baseline")
+        if a.empty or b.empty:
+            texts.append(f"{llm}/{bench}: missing {'baseline' if b.empty else setup} runs")
+            continue
         if denominator == "baseline":
             num, den, what = a["trainable"].max(), b["trainable"].max(), "trainable"
         else:
             qf = "result.trainable_params.qformer_full"
             num, den, what = _lora(a), (b[qf].max() if qf in b else np.nan), "LoRA parameters"
         if not (np.isfinite(num) and np.isfinite(den) and den > 0):
-            parts.append(f"{llm}/{bench}: trainable-parameter counts missing")
-            verdicts.append(INCONCLUSIVE)
+            texts.append(f"{llm}/{bench}: trainable-parameter counts missing")
             continue
         pct = 100 * float(num) / float(den)
-        v = HOLDS if pct < limit_pct else FAILS
-        verdicts.append(v)
-        parts.append(f"{llm}/{bench}: {_config_label(a)}: {int(num):,} {what} / {int(den):,} = {pct:.2f}% → {v}")
-    if not parts:
+        parts.append(_share_part(pct, limit_pct, f"{llm}/{bench}"))
+        read += list(a.get("path", [])) + list(b.get("path", []))
+        texts.append(f"{llm}/{bench}: {_config_label(a)}: {int(num):,} {what} / {int(den):,} = {pct:.2f}%")
+    if not texts:
         return Verdict(INCONCLUSIVE, "no finished runs")
-    return Verdict(combine(verdicts), "; ".join(parts))
+    scale = set(df["scale"].dropna()) if "scale" in df else set()
+    verdict = NOT_COMPARABLE if scale and scale <= {"embedded"} else (combine(parts) if parts else INCONCLUSIVE)
+    return Verdict(verdict, "; ".join(texts), parts, read, unit="% below the limit")
 
 
 def params_claim_full_size(ledger_rows: Sequence[Mapping[str, Any]], setup: str, limit_pct: float,
@@ -205,20 +330,31 @@ def params_claim_full_size(ledger_rows: Sequence[Mapping[str, Any]], setup: str,
     rows = [r for r in rows if r.get(key) is not None]
     if not rows:
         return Verdict(INCONCLUSIVE, "full-size parameter ledger not available")
-    parts, verdicts = [], []
+    parts, texts = [], []
     for r in rows:
-        v = HOLDS if r[key] < limit_pct else FAILS
-        verdicts.append(v)
+        part = _share_part(r[key], limit_pct, f"{r['llm']}, r=8")
+        parts.append(part)
         num = int(r["total"]) if denominator == "baseline" else int(r["qformer_lora"] or 0) + int(r["llm_lora"] or 0)
-        parts.append(f"{r['llm']}, r=8: {num:,} {'trainable' if denominator == 'baseline' else 'LoRA'} = "
-                     f"{r[key]:.2f}% → {v}")
-    return Verdict(combine(verdicts), "; ".join(parts))
+        texts.append(f"{r['llm']}, r=8: {num:,} {'trainable' if denominator == 'baseline' else 'LoRA'} = "
+                     f"{r[key]:.2f}% → {part}")
+    return Verdict(combine(parts), "; ".join(texts), parts, unit="% below the limit")
 
 
-# --- AdaLoRA claims --------------------------------------------------------------------------------------
-def _maps(ranks: pd.DataFrame) -> pd.DataFrame:
-    """Per-run heatmap values (llm, benchmark, seed, layer, sublayer, mean_rank)."""
-    return sublayer_means(final_ranks(ranks))
+# --- AdaLoRA claims: each statistic against null runs ---------------------------------------------------------
+MAP_COLUMNS = ["llm", "benchmark", "seed", "run_id", "layer", "sublayer", "mean_rank"]
+C3_SCOPE = ("scienceqa", "iconqa")   # the paper states claim 3 for these two
+C5_SCOPE = ("t5",)                   # and shows claim 5 with Flan-T5 only
+
+
+def _maps(ranks: pd.DataFrame, *, query_ffn: bool = False) -> pd.DataFrame:
+    """Per-run heatmap values (llm, benchmark, seed, layer, sublayer, mean_rank); query_ffn: the FFN cells
+    from the query branch only (the text branch of the last layer never receives a task gradient)."""
+    if ranks is None or ranks.empty:
+        return pd.DataFrame(columns=MAP_COLUMNS)
+    final = final_ranks(ranks)
+    if query_ffn and "branch" in final:
+        final = final[(final["sublayer"] != "ffn") | (final["branch"] == "query")]
+    return sublayer_means(final)
 
 
 def _sublayer_totals(maps: pd.DataFrame) -> pd.DataFrame:
@@ -231,73 +367,46 @@ def _sublayer_totals(maps: pd.DataFrame) -> pd.DataFrame:
     return t[list(SUBLAYERS)].join(shares.add_suffix("_share")).reset_index()
 
 
-def _per_llm(maps: pd.DataFrame, needed: Sequence[str], fn) -> Verdict:
-    parts, verdicts = [], []
-    llms = sorted(maps["llm"].unique()) if not maps.empty else []
-    for llm in llms:
-        m = maps[maps["llm"] == llm]
-        missing = [b for b in needed if b not in set(m["benchmark"])]
-        if missing:
-            parts.append(f"{llm}: no AdaLoRA runs on {', '.join(missing)}")
-            verdicts.append(INCONCLUSIVE)
-            continue
-        v, text = fn(m)
-        verdicts.append(v)
-        parts.append(f"{llm}: {text} → {v}")
-    if not parts:
-        return Verdict(INCONCLUSIVE, "no AdaLoRA runs")
-    return Verdict(combine(verdicts), "; ".join(parts))
-
-
-def _claim1(m: pd.DataFrame) -> tuple[str, str]:
+def _stats1(m: pd.DataFrame) -> dict[str, dict]:
     t = _sublayer_totals(m[m["benchmark"] == "iconqa"]).set_index("seed")
-    a = (t["self_attn"] - t["cross_attn"]).tolist()
-    b = (t["cross_attn"] - t["ffn"]).tolist()
-    v = combine([judge(a), judge(b)])
-    means = ", ".join(f"{s} {t[s].mean():.2f}" for s in SUBLAYERS)
-    return v, f"IconQA mean rank {means}; self − cross {_fmt(a)}, cross − FFN {_fmt(b)}"
+    return {"IconQA self − cross": (t["self_attn"] - t["cross_attn"]).to_dict(),
+            "IconQA cross − FFN": (t["cross_attn"] - t["ffn"]).to_dict()}
 
 
-def _claim2(m: pd.DataFrame) -> tuple[str, str]:
+def _stats2(m: pd.DataFrame) -> dict[str, dict]:
     t = _sublayer_totals(m[m["benchmark"].isin(["iconqa", "scienceqa"])])
     sh = [f"{s}_share" for s in SUBLAYERS]
     icon = t[t["benchmark"] == "iconqa"].set_index("seed")
     sqa = t[t["benchmark"] == "scienceqa"].set_index("seed")
-    spread_i = icon[sh].std(axis=1, ddof=0).to_dict()
-    spread_s = sqa[sh].std(axis=1, ddof=0).to_dict()
-    balanced = paired(spread_i, spread_s)                                     # IconQA less balanced
-    self_less = paired(icon["self_attn_share"].to_dict(), sqa["self_attn_share"].to_dict())
-    ffn_more = paired(sqa["ffn_share"].to_dict(), icon["ffn_share"].to_dict())
-    v = combine([judge(balanced), judge(self_less), judge(ffn_more)])
-    return v, (f"share spread IconQA − ScienceQA {_fmt(balanced)}; self-attention share IconQA − ScienceQA "
-               f"{_fmt(self_less)}; FFN share ScienceQA − IconQA {_fmt(ffn_more)}")
+    return {"share spread IconQA − ScienceQA": dict(zip(*_pair(icon[sh].std(axis=1, ddof=0), sqa[sh].std(axis=1, ddof=0)))),
+            "self-attention share IconQA − ScienceQA": dict(zip(*_pair(icon["self_attn_share"], sqa["self_attn_share"]))),
+            "FFN share ScienceQA − IconQA": dict(zip(*_pair(sqa["ffn_share"], icon["ffn_share"])))}
 
 
-def _claim3(m: pd.DataFrame) -> tuple[str, str]:
-    ffn = m[m["sublayer"] == "ffn"]
-    vs, texts = [], []
+def _pair(a: pd.Series, b: pd.Series) -> tuple[list, list]:
+    seeds = sorted(set(a.index) & set(b.index))
+    return seeds, paired(a.to_dict(), b.to_dict())
+
+
+def _stats3(m: pd.DataFrame, benches: Sequence[str]) -> dict[str, dict]:
+    ffn = m[(m["sublayer"] == "ffn") & m["benchmark"].isin(benches)]
+    out = {}
     for bench, d in ffn.groupby("benchmark"):
         odd = d[d["layer"] % 2 == 1].groupby("seed")["mean_rank"].mean().to_dict()
         even = d[d["layer"] % 2 == 0].groupby("seed")["mean_rank"].mean().to_dict()
-        diff = paired(odd, even)
-        vs.append(judge(diff))
-        texts.append(f"{bench} odd − even {_fmt(diff)}")
-    return combine(vs), "FFN mean rank " + ", ".join(texts)
+        out[f"{bench} FFN odd − even"] = {s: odd[s] - even[s] for s in set(odd) & set(even)}
+    return out
 
 
-def _claim4(m: pd.DataFrame) -> tuple[str, str]:
+def _stats4(m: pd.DataFrame) -> dict[str, dict]:
     ffn = m[m["sublayer"] == "ffn"]
-    vs, texts = [], []
+    out = {}
     for bench, d in ffn.groupby("benchmark"):
         last = d["layer"].max()
-        stat = {}
-        for seed, s in d.groupby("seed"):
-            others = s[s["layer"] != last]["mean_rank"]
-            stat[seed] = float(others.min() - s[s["layer"] == last]["mean_rank"].mean())
-        vals = list(stat.values())
-        vs.append(judge(vals))
-        texts.append(f"{bench} lowest other FFN − layer {last} FFN {_fmt(vals)}")
-    return combine(vs), "; ".join(texts)
+        out[f"{bench} lowest other FFN − layer {last} FFN"] = {
+            seed: float(s[s["layer"] != last]["mean_rank"].min() - s[s["layer"] == last]["mean_rank"].mean())
+            for seed, s in d.groupby("seed")}
+    return out
 
 
 def _distance(a: pd.DataFrame, b: pd.DataFrame) -> float:
@@ -309,20 +418,92 @@ def _distance(a: pd.DataFrame, b: pd.DataFrame) -> float:
     return float((j.iloc[:, 0] - j.iloc[:, 1]).abs().mean())
 
 
-def _claim5(m: pd.DataFrame) -> tuple[str, str]:
-    def per_seed(x: str, near: str, far: str) -> list[float]:
-        out = []
+def _stats5(m: pd.DataFrame) -> dict[str, dict]:
+    def per_seed(x: str, near: str, far: str) -> dict:
+        out = {}
         for seed in sorted(set(m["seed"])):
             g = {b: m[(m["benchmark"] == b) & (m["seed"] == seed)] for b in (x, near, far)}
             if all(len(v) for v in g.values()):
-                out.append(_distance(g[x], g[far]) - _distance(g[x], g[near]))
+                out[seed] = 100 * (_distance(g[x], g[far]) - _distance(g[x], g[near]))
         return out
 
-    f = per_seed("flickr30k", "iconqa", "scienceqa")
-    v = per_seed("vizwiz", "scienceqa", "iconqa")
-    return (combine([judge(f), judge(v)]),
-            f"d(Flickr30k, ScienceQA) − d(Flickr30k, IconQA) {_fmt(f, 100)}; "
-            f"d(VizWiz, IconQA) − d(VizWiz, ScienceQA) {_fmt(v, 100)} (heatmap distances ×100)")
+    return {"d(Flickr30k, ScienceQA) − d(Flickr30k, IconQA) ×100": per_seed("flickr30k", "iconqa", "scienceqa"),
+            "d(VizWiz, IconQA) − d(VizWiz, ScienceQA) ×100": per_seed("vizwiz", "scienceqa", "iconqa")}
+
+
+def adalora_movement(df: pd.DataFrame, llm: str, bench: str) -> tuple[bool, str]:
+    """Did the AdaLoRA runs of this cell move from their base? Multiple choice: they beat the base's zero-shot
+    score (recorded by the null or baseline runs) and chance on the same items; open-ended benchmarks: their
+    test score beats the null runs' (seed-level t interval)."""
+    cell = df[(df["llm"] == llm) & (df["benchmark"] == bench) & (df["state"] == "done")] if len(df) else df
+    key = _cell_key(cell, "adalora")
+    if key is not None and key not in _MOVED:
+        _MOVED[key] = _adalora_movement(cell)
+    return _MOVED[key] if key is not None else _adalora_movement(cell)
+
+
+def _adalora_movement(cell: pd.DataFrame) -> tuple[bool, str]:
+    real = cell[(cell["method"] == "adalora") & ~cell["null"].astype(bool)] if "null" in cell else cell.iloc[:0]
+    refs = cell[cell["null"].astype(bool) | (cell["setup"] == "baseline")] if "null" in cell else cell.iloc[:0]
+    if real.empty:
+        return False, "no AdaLoRA runs"
+    a, zs, ch = scores_of(real), zero_shot_of(refs), chance_of(real)
+    if ch is not None and a.seeds:
+        over = [paired_bootstrap(a, ch, label="chance")] + ([paired_bootstrap(a, zs, label="zero-shot")] if zs else [])
+        text = ", ".join(f"vs {p.label} {p.interval_text(unit=' pt')}" for p in over)
+        if zs is None:
+            text += " (zero-shot not recorded)"
+        return bool(zs is not None and all(p.lo > 0 for p in over)), text
+    null = cell[cell["null"].astype(bool)] if "null" in cell else cell.iloc[:0]
+    part = welch_interval(real["score"].tolist(), null["score"].tolist())
+    return bool(part == HOLDS), f"test score vs null runs {part.interval_text()}"
+
+
+def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, stats, needed: Sequence[str],
+                     llms: Sequence[str] | None = None, explore: Sequence[str] = ()) -> Verdict:
+    """Each statistic of `stats` (maps -> {name: {seed: value}}, positive where the claim holds) for each LLM
+    in scope: the real runs' seeds against the null runs' (Welch t interval of the difference of means). A part
+    whose benchmarks did not move from their base is not resolvable; LLMs in `explore` are shown, not judged."""
+    parts, texts, read = [], [], []
+    present = sorted(set(real["llm"])) if len(real) else []
+    for llm in sorted(set(present) | set(llms or [])):
+        if llms is not None and llm not in llms and llm not in explore:
+            continue
+        m, n = real[real["llm"] == llm], null[null["llm"] == llm] if len(null) else null
+        missing = [b for b in needed if b not in set(m["benchmark"])]
+        judged = llms is None or llm in llms
+        if missing:
+            if judged:
+                texts.append(f"{llm}: no AdaLoRA runs on {', '.join(missing)}")
+                parts.append(Judged(float("nan"), float("nan"), float("nan"), label=llm, note="missing runs"))
+            continue
+        moves = {b: adalora_movement(df, llm, b) for b in sorted(set(needed) or set(m["benchmark"]))} if judged else {}
+        real_stats, null_stats = stats(m), stats(n) if len(n) else {}
+        for name, values in real_stats.items():
+            ref = list(null_stats.get(name, {}).values())
+            part = welch_interval(list(values.values()), ref, label=f"{llm} {name}")
+            if not ref:  # the real runs' mean, with nothing to judge it against
+                mean = float(np.mean(list(values.values()))) if values else float("nan")
+                part = Judged(mean, float("nan"), float("nan"), n_seeds=len(values), label=part.label,
+                              note="no null runs to judge against")
+            uses = [b for b in moves if b in name.lower()] or list(moves)
+            still = [b for b in uses if not moves[b][0]]
+            if still:
+                part = part.unresolved(f"did not move from the base on {', '.join(still)}")
+            null_text = f"null {np.mean(ref):+.2f} over {len(ref)} seed(s)" if ref else "no null runs"
+            line = (f"{llm}: {name} real {np.mean(list(values.values())):+.2f} over {len(values)} seed(s), "
+                    f"{null_text}; real − null {part.interval_text()}")
+            if judged:
+                parts.append(part)
+                texts.append(f"{line} → {part}" + (f" [{part.note}]" if part.note else ""))
+            else:
+                texts.append(f"exploration, not a verdict: {line}")
+        if judged:
+            read += list(df[(df["llm"] == llm) & (df["method"] == "adalora")].get("path", [])) if len(df) else []
+            texts += [f"{llm}/{b} movement: {t}" for b, (_, t) in moves.items()]
+    if not parts:
+        return Verdict(INCONCLUSIVE, "; ".join(texts) or "no AdaLoRA runs", resolve=RESOLVE_HINT["alloc"])
+    return Verdict(combine(parts), "; ".join(texts), parts, read, RESOLVE_HINT["alloc"])
 
 
 # --- the ledger -----------------------------------------------------------------------------------------
@@ -337,21 +518,25 @@ def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
     """Every claim with its evidence and verdict: the paper's, then the connector study's
     (connector_study.ledger_claims, on its runs: tagged study:connectors), then the open questions'.
 
-    df: runs_frame(...) of the LoRA and AdaLoRA runs; ranks: ranks_frame(df); full_size: the full-size
-    parameter ledger rows per LLM (qformer_peft.ledger), or None to compute them here (cached in
-    cache_dir when given: building the full-size models on the meta device takes a while).
+    df: runs_frame(...) of the LoRA and AdaLoRA runs; ranks: ranks_frame(df) (the null runs' ranks are read
+    from df); full_size: the full-size parameter ledger rows per LLM (qformer_peft.ledger), or None to
+    compute them here (cached in cache_dir when given: building the full-size models on the meta device
+    takes a while).
     """
     from .connector_study import ledger_claims as connector_claims  # both build on this module
     from .open_questions import open_claims
 
     every, every_ranks = df, ranks
+    nulls = null_runs(df)
     df = paper_runs(df)
     if ranks is not None and not ranks.empty:
         ranks = ranks[ranks["run_id"].isin(set(df["run_id"]))]
+    null_ranks = ranks_frame(nulls, null=True) if len(nulls) else None
     scale = scale_of(df)
     lora = df[df["method"] == "lora"] if not df.empty else df
-    maps = _maps(ranks) if ranks is not None and not ranks.empty else pd.DataFrame(
-        columns=["llm", "benchmark", "seed", "run_id", "layer", "sublayer", "mean_rank"])
+    refs = pd.concat([df, nulls]) if len(nulls) else df
+    maps, null_maps = _maps(ranks), _maps(null_ranks)
+    qmaps, null_qmaps = _maps(ranks, query_ffn=True), _maps(null_ranks, query_ffn=True)
     if full_size is None:
         full_size = full_size_ledger(sorted(set(df["llm"])) if not df.empty else [], cache_dir)
     rows = [r for rs in full_size.values() for r in rs]
@@ -359,18 +544,25 @@ def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
     out = []
 
     def add(cid: str, v: Verdict, at: str = scale, note: str = "") -> None:
-        out.append(Claim(cid, CLAIMS[cid][0] + note, CLAIMS[cid][1], at, v.verdict, v.evidence))
+        out.append(Claim(cid, CLAIMS[cid][0] + note, CLAIMS[cid][1], at, v.verdict, v.evidence, v.parts, v.runs,
+                         v.resolve if v.verdict == NOT_RESOLVABLE else "", v.unit))
 
     for cid, setup, limit, tol in (("H1", "qf-lora", 2.0, COMPARABLE_TOL), ("H2", "qf-lora+llm-lora", 12.0, 0.0)):
         add(f"{cid}-acc", accuracy_claim(lora, setup, tolerance=tol))
         for den, what in DENOMINATORS.items():
             add(f"{cid}-params", params_claim_measured(lora, setup, limit, den), note=f" [{what}]")
             add(f"{cid}-params", params_claim_full_size(rows, setup, limit, den), "full size (derived)", f" [{what}]")
-    add("C1", _per_llm(maps, ["iconqa"], _claim1))
-    add("C2", _per_llm(maps, ["iconqa", "scienceqa"], _claim2))
-    add("C3", _per_llm(maps, [], _claim3))
-    add("C4", _per_llm(maps, [], _claim4))
-    add("C5", _per_llm(maps, ["flickr30k", "iconqa", "scienceqa", "vizwiz"], _claim5))
+    add("C1", allocation_claim(refs, maps, null_maps, _stats1, ["iconqa"]))
+    add("C2", allocation_claim(refs, maps, null_maps, _stats2, ["iconqa", "scienceqa"]))
+    add("C3", allocation_claim(refs, maps, null_maps, lambda m: _stats3(m, C3_SCOPE), list(C3_SCOPE)))
+    c3_wider = sorted(set(maps["benchmark"]) - set(C3_SCOPE)) if len(maps) else []
+    if c3_wider:  # the wider scope: shown, not judged
+        wide = allocation_claim(refs, maps, null_maps, lambda m: _stats3(m, c3_wider), [], llms=[],
+                                explore=sorted(set(maps["llm"])))
+        out[-1].evidence += "; " + wide.evidence
+    add("C4", allocation_claim(refs, qmaps, null_qmaps, _stats4, []))
+    add("C5", allocation_claim(refs, maps, null_maps, _stats5, ["flickr30k", "iconqa", "scienceqa", "vizwiz"],
+                               llms=list(C5_SCOPE), explore=[l for l in LLM_FULL_SIZE if l not in C5_SCOPE]))
     return out + connector_claims(every) + open_claims(every, every_ranks)
 
 
@@ -418,3 +610,72 @@ def scale_statement(scale: str) -> str:
         return ("Paper scale: real InstructBLIP checkpoints and the real benchmarks, with the paper's "
                 "hyperparameters.")
     return "Scale unknown: the runs carry no scale tag."
+
+
+# --- machine-readable results ----------------------------------------------------------------------------
+TABLE1_COLUMNS = ["llm", "benchmark", "setup", "targets", "qf_sublayers", "llm_targets", "rank", "n_seeds",
+                  "n_test_items", "acc_mean", "acc_ci95_lo", "acc_ci95_hi", "zero_shot", "chance", "moved",
+                  "val_mean", "chosen_on_val", "runs"]
+
+
+def table1_rows(df: pd.DataFrame, root: str | Path | None = None) -> pd.DataFrame:
+    """Table 1 from predictions: per cell (llm, benchmark, setup, targets, rank) the mean test accuracy over
+    seeds on the items every seed has, its 95% interval (bootstrap over seeds and items), the base's
+    zero-shot score and chance on the same items, whether it moved (beats both by a paired 95% interval),
+    the mean validation accuracy, whether validation chose it for its setup, and its run folders."""
+    d = paper_runs(df) if len(df) else df
+    d = d[(d["state"] == "done") & (d["method"] == "lora") & d["acc"].notna()] if len(d) else d
+    if "connector" in d:
+        d = d[d["connector"].fillna("qformer") == "qformer"]
+    rows = []
+    for (llm, bench), cell in _cells(d):
+        zs, ch = zero_shot_of(cell), chance_of(cell)
+        chosen = {s: set(best_config(cell, s)["run_id"]) for s in set(cell["setup"])}
+        for key, g in cell.groupby(["setup", "targets", *CONFIG_KEYS], dropna=False):
+            g = g.drop_duplicates("seed", keep="last")
+            a = scores_of(g)
+            if not a.seeds:
+                continue
+            items = a.items
+            mean = paired_bootstrap(a, None)
+            vs_zs = paired_bootstrap(a, zs) if zs is not None else None
+            vs_ch = paired_bootstrap(a, ch) if ch is not None else None
+            moved = None if vs_zs is None or vs_ch is None else bool(vs_ch.lo > 0 and vs_zs.lo > 0)
+            rows.append({"llm": llm, "benchmark": bench, "setup": key[0], "targets": key[1], "qf_sublayers": key[2],
+                         "llm_targets": key[3], "rank": None if pd.isna(key[4]) else int(key[4]),
+                         "n_seeds": len(a.seeds), "n_test_items": len(items), "acc_mean": round(mean.estimate, 4),
+                         "acc_ci95_lo": round(mean.lo, 4), "acc_ci95_hi": round(mean.hi, 4),
+                         "zero_shot": round(100 * zs.on([i for i in items if i in set(zs.items)]).mean, 4)
+                         if zs is not None else None,
+                         "chance": round(100 * ch.on([i for i in items if i in set(ch.items)]).mean, 4)
+                         if ch is not None else None,
+                         "moved": moved, "val_mean": round(float(_val(g).mean()), 4),
+                         "chosen_on_val": set(g["run_id"]) <= chosen.get(key[0], set()),
+                         "runs": ";".join(sorted(_relative(p, root) for p in g["path"]))})
+    return pd.DataFrame(rows, columns=TABLE1_COLUMNS).astype({"rank": "Int64", "n_seeds": int, "n_test_items": int})
+
+
+def counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many claims got each answer (and how many parameter shares are figures, not verdicts)."""
+    out = {v: 0 for v in (*VERDICTS, NOT_COMPARABLE)}
+    for r in records:
+        out[r["verdict"]] = out.get(r["verdict"], 0) + 1
+    return out
+
+
+def write_results(claims: Sequence[Claim], table: pd.DataFrame, out: str | Path, root: str | Path) -> dict[str, Path]:
+    """reports/claims.json and reports/table1.csv; run folders are relative to root (the study's output
+    root, the folder above reports/ by default)."""
+    out = Path(out)
+    records = [c.record(root) for c in claims]
+    paths = {"claims": out / "claims.json", "table1": out / "table1.csv"}
+    runs.write_json(paths["claims"], {"paths_relative_to": _relative(root, out), "counts": counts(records),
+                                      "level": 0.95, "correction": CORRECTION, "claims": records})
+    runs.atomic_write(paths["table1"], table.to_csv(index=False))
+    return paths
+
+
+def read_results(out: str | Path) -> tuple[dict, pd.DataFrame]:
+    """(claims.json's content, table1.csv as a DataFrame) from a reports folder."""
+    out = Path(out)
+    return runs.read_json(out / "claims.json"), pd.read_csv(out / "table1.csv")

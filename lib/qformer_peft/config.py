@@ -28,7 +28,8 @@ CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors
 
 # Fields added after runs were recorded, left out of to_dict (hence of config.json and the hash) at these
 # defaults, so that adding them did not turn every finished run folder into a new, unfinished config.
-HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0, "test_split": "auto", "rerun_of": None, "rerun_reason": None}
+HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0, "test_split": "auto", "rerun_of": None, "rerun_reason": None,
+                         "shuffle_answers": False}
 TEST_SPLITS = ("auto", "test", "val")
 # Why a run was rerun at a lowered rate (the paper's rerun rule, grid.RerunRule): it stopped early before the rule's
 # epoch, or its validation score lies too far below its neighbours in r. Both: "stopped_early+below_neighbours".
@@ -113,6 +114,9 @@ class ExperimentConfig:
     test_split: str = "auto"             # the split scored as the test: 'test', 'val', or 'auto' (the test split
                                          # when it has answers, else val, as LAVIS scores VizWiz: its official
                                          # test annotations have none); training always uses train
+    shuffle_answers: bool = False        # a null run: training answers shuffled (deterministic from seed), so the
+                                         # run has the same schedule and gradients but no task signal; val/test keep
+                                         # the true answers (the AdaLoRA allocations' null reference)
     tags: tuple[str, ...] = field(default=())  # free labels for the report (e.g. the grid cell)
     rerun_of: str | None = None          # config hash of the run this one reruns at a lowered lr (grid.RerunRule)
     rerun_reason: str | None = None      # why: RERUN_REASONS joined by '+'
@@ -268,8 +272,8 @@ class ExperimentConfig:
         """A readable prefix for the run folder: benchmark, setup, targets, rank, seed."""
         parts = [self.benchmark, self.connector_label if self.connector_label != "qformer" else None, self.setup,
                  self.method if self.method != "lora" else None, self.qf_sublayers and f"qf-{self.qf_sublayers}",
-                 self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}", f"s{self.seed}",
-                 self.rerun_of and "rerun"]
+                 self.llm_targets and f"llm-{self.llm_targets}", self.rank and f"r{self.rank}",
+                 "null" if self.shuffle_answers else None, f"s{self.seed}", self.rerun_of and "rerun"]
         return "_".join(p for p in parts if p).replace("+", "-")
 
 

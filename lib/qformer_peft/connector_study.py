@@ -22,11 +22,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .claims import FAILS, HOLDS, INCONCLUSIVE, Claim, _fmt, combine, judge, paired
+from .claims import Claim
+from .verdicts import COMPARABLE_TOL, INCONCLUSIVE, VERDICTS, combine, judge
+from .verdicts import fmt as _fmt
 from .config import ExperimentConfig, heldin_on_first_seed
 
 STUDY_TAG = "study:connectors"
-COMPARABLE_TOL = 1.0  # "matches" / "is enough": at most 1 accuracy point below
 LOSS_TOL = 0.01       # ... or at most 0.01 nats of held-in loss above (about 1.5% of the losses measured on mini)
 CONNECTOR_KEYS = ("connector", "connector_tokens", "connector_variant", "connector_init")
 SCRATCH = {"connector_init": "scratch"}
@@ -295,9 +296,10 @@ def _pair(frame: pd.DataFrame, a: str, b: str, col: str, keys: Sequence[str], *,
         if above_chance:
             runs_ = d[d["connector"].isin([a, b])]
             chance, n = runs_["chance"].mean(), runs_["n_test"].mean()
-            floor = chance + 2 * 100 * np.sqrt(chance / 100 * (1 - chance / 100) / n) if n else np.nan
+            floor = chance + 1.96 * 100 * np.sqrt(chance / 100 * (1 - chance / 100) / n) if n else np.nan
             if not runs_.groupby("connector")["acc"].mean().max() > floor:
-                v, note = INCONCLUSIVE, f" (both within 2 s.e. of chance {chance:.1f}%: nothing learned to compare)"
+                note = f" (both within the 95% binomial interval of chance {chance:.1f}%: nothing learned to compare)"
+                v = v.unresolved(note.strip(" ()"))
         verdicts.append(v)
         values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         where = "/".join(str(v) for k, v in values.items() if k != "align_steps")
@@ -320,7 +322,7 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
     """The DeCo and Bottleneck Adapter claims, judged on the study's runs in df (runs_frame of a runs folder).
 
     Each statistic is per seed (paired on seeds both sides have) and judged like the paper's claims
-    (claims.judge: mean ± 2 standard errors against the tolerance; fewer than 2 seeds is inconclusive). A claim
+    (verdicts.judge: the 95% t interval over seeds against the tolerance; fewer than 2 seeds is inconclusive; Holm across parts). A claim
     stated for every budget and benchmark holds only where it holds for each. Returns dicts with id, claim,
     source, evidence, verdict, scale.
     """
@@ -333,7 +335,7 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
         verdict = combine(verdicts) if verdicts else INCONCLUSIVE
         evidence = "; ".join(parts) + extra if parts else f"no runs to compare ({missing})"
         out.append({"id": cid, "claim": CLAIMS[cid][0], "source": CLAIMS[cid][1], "evidence": evidence,
-                    "verdict": verdict, "scale": scale})
+                    "verdict": verdict, "scale": scale, "parts": list(verdicts)})
 
     keys = ["llm", "benchmark", "align_steps"]
     aligned = frame.drop_duplicates(["llm", "connector", "seed", "align_steps"])  # alignment is per LLM, not benchmark
@@ -376,11 +378,11 @@ SOURCE_NOTE = "issue 7 §1 (connector study); not a claim of the paper"
 
 def as_claim(d: Mapping[str, str]) -> Claim:
     """One of connector_claims' dicts as a row of the claim ledger: the one place their vocabularies meet
-    (the dict's 'claim' is the ledger's statement; verdicts are already claims.HOLDS / FAILS / INCONCLUSIVE)."""
-    if d["verdict"] not in (HOLDS, FAILS, INCONCLUSIVE):
+    (the dict's 'claim' is the ledger's statement; verdicts are already verdicts.VERDICTS)."""
+    if d["verdict"] not in VERDICTS:
         raise ValueError(f"connector claim {d['id']}: verdict {d['verdict']!r} is not one of the ledger's")
     return Claim(id=d["id"], statement=d["claim"], source=f"{d['source']}; {SOURCE_NOTE}", scale=d["scale"],
-                 verdict=d["verdict"], evidence=d["evidence"])
+                 verdict=d["verdict"], evidence=d["evidence"], parts=list(d.get("parts", [])))
 
 
 def ledger_claims(df: pd.DataFrame) -> list[Claim]:

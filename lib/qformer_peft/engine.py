@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import sys
 import time
 import typing
@@ -169,7 +170,32 @@ def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
                 examples = [dataclasses.replace(e, id=f"{task}/{e.id}", meta={**e.meta, "task": task})
                             for e in examples]
             out[split] += examples
+    if config.shuffle_answers:
+        out["train"] = shuffled_answers(out["train"], config.seed)
     return out
+
+
+def shuffled_answers(examples: list[Example], seed: int) -> list[Example]:
+    """A null run's training set: each multiple-choice item's answer drawn uniformly from its candidates,
+    open-ended targets permuted across items; a function of the seed only. Images and prompts stay."""
+    rng = random.Random(seed)
+    open_targets = [e.target for e in examples if not e.candidates]
+    rng.shuffle(open_targets)
+    targets = iter(open_targets)
+    out = []
+    for e in examples:
+        if e.candidates:
+            k = rng.randrange(len(e.candidates))
+            out.append(dataclasses.replace(e, answer=k, target=e.candidates[k]))
+        else:
+            out.append(dataclasses.replace(e, target=next(targets)))
+    return out
+
+
+def records_zero_shot(config: ExperimentConfig) -> bool:
+    """Reference runs (the baseline, null runs) also score the test items before training: the base model's
+    zero-shot score on the same items, which says whether a cell moved from its base."""
+    return config.setup == "baseline" or config.shuffle_answers
 
 
 def evaluate_tasks(bundle, examples: list[Example], config: ExperimentConfig, embeds_of, **kwargs):
@@ -357,6 +383,10 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
         if on_epoch_end is not None:
             on_epoch_end(state)
 
+    if records_zero_shot(config) and not (run.path / runs.ZERO_SHOT_FILE).exists():
+        # adapters start as the identity (LoRA's B and AdaLoRA's E are zero): this is the base model
+        run.write_zero_shot_predictions(evaluate_tasks(bundle, splits["test"], config, embeds_of, desc="zero-shot",
+                                                       **eval_kwargs)[1])
     resume = run.load_checkpoint()
     fitted = fit(
         model, bundle, splits["train"], validate=validate, primary=primary, images=train_images,
@@ -414,6 +444,34 @@ def _execute(config: ExperimentConfig, run: runs.RunDir, *, cache_dir: Path, pro
 def _frozen_dtype(model) -> str | None:
     frozen = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if not p.requires_grad}
     return ",".join(sorted(frozen)) or None
+
+
+def record_zero_shot(run_path: str | Path, *, cache_dir: str | Path | None = None, progress: bool = False) -> Path:
+    """Score a run's test items with the model it started from (before any training) into its
+    zero_shot_predictions.jsonl, as reference runs record it: for run folders written before they did.
+    cache_dir: the frozen-feature cache (default: the runs folder's .feature-cache)."""
+    run = runs.RunDir(run_path)
+    config = ExperimentConfig.from_dict(run.config)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    bundle = resolve_bundle(config, device=device)
+    if (run.adapter_dir / ALIGNED_FILE).is_file():  # the aligned state the run started from
+        load_aligned(bundle.model, run.adapter_dir / ALIGNED_FILE)
+    autocast = autocast_for(device, resolve_precision(config.precision, device, bundle.llm_kind))
+    test = load_examples(config)["test"]
+    cache = None
+    if config.uses_feature_cache:
+        cache = FeatureCache(bundle.model, bundle.image_processor,
+                             Path(cache_dir) if cache_dir else run.path.parent / ".feature-cache", device=device,
+                             autocast=autocast, precision=resolve_precision(config.precision, device, bundle.llm_kind))
+        cache.precompute([e.image for e in test], progress=progress)
+    images = ImageEncoder(bundle.model, bundle.image_processor, device=device, autocast=autocast, cache=cache)
+    preds = evaluate_tasks(bundle, test, config, lambda chunk: images([e.image for e in chunk]), desc="zero-shot",
+                           batch_size=config.eval_batch_size or config.batch_size,
+                           max_prompt_tokens=config.max_prompt_tokens, num_beams=config.num_beams,
+                           model=bundle.model, autocast=autocast, progress=progress)[1]
+    run.write_zero_shot_predictions(preds)
+    return run.path / runs.ZERO_SHOT_FILE
 
 
 def heldin_dir(config: ExperimentConfig) -> Path | None:

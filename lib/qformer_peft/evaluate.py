@@ -96,8 +96,20 @@ def candidate_nll(bundle, image_embeds: torch.Tensor, prompts: Sequence[str], ca
                                rows["qformer_attention_mask"][first])
         embeds = _llm_embeds(model, rows["input_ids"], feats.pooler_output[owner])
         logits = lm(inputs_embeds=embeds, attention_mask=rows["attention_mask"]).logits
-        nll = token_nll(logits[:, :-1], rows["labels"][:, 1:])
+        nll = token_nll(logits[:, :-1], candidate_labels(bundle, rows["labels"])[:, 1:])
     return list(nll.split([len(c) for c in candidates]))
+
+
+def candidate_labels(bundle, labels: torch.Tensor) -> torch.Tensor:
+    """The tokens a candidate is scored on. LLaMA: without the EOS that closes a training target, as the public
+    Vicuna InstructBLIP code scores candidates (tokenized without an EOS); T5: with it, as its tokenizer appends
+    one to every candidate there too."""
+    if bundle.llm_kind != "llama":
+        return labels
+    labels = labels.clone()
+    last = (labels != IGNORE).long().cumsum(dim=1).argmax(dim=1)   # the last scored position of each row
+    labels[torch.arange(len(labels), device=labels.device), last] = IGNORE
+    return labels
 
 
 @torch.no_grad()
@@ -114,7 +126,7 @@ def candidate_nll_loop(bundle, image_embeds: torch.Tensor, prompts: Sequence[str
             batch = make_batch(bundle, None, [prompt], [cand], max_prompt_tokens=max_prompt_tokens)
             batch = {k: v.to(image_embeds.device) for k, v in batch.items()}
             logits = forward(model, batch, image_embeds=image_embeds[i:i + 1]).logits
-            labels = batch["labels"]
+            labels = candidate_labels(bundle, batch["labels"])
             scores.append(token_nll(logits, labels) if bundle.llm_kind == "t5"
                           else token_nll(logits[:, :-1], labels[:, 1:]))
         out.append(torch.cat(scores))

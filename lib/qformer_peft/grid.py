@@ -43,6 +43,7 @@ from .config import MULTITASK_SEP, ExperimentConfig, heldin_on_first_seed
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"  # the repository's notebooks/
 ENVIRONMENT, PEFT, ADALORA, REPORT = ("00_environment.ipynb", "10_peft_experiment.ipynb",
                                      "20_adalora_analysis.ipynb", "90_report.ipynb")
+NULL_TAG = "study:null"  # null runs are kept out of the paper's grid (report_charts.paper_runs) by this tag
 # The open questions (issue 7 §2, open_questions.py): one notebook each; the seeds one only reads runs.
 MULTITASK, SCALING, RANK_SENSITIVITY, SEEDS = ("40_multitask_adalora.ipynb", "41_scaling.ipynb",
                                                "42_rank_sensitivity.ipynb", "43_seeds.ipynb")
@@ -179,6 +180,10 @@ class Profile:
     base_models: tuple[tuple[str, str], ...] = ()     # (preset, llm) the study builds before the grid
     peft_cells: tuple[tuple[str, str, str, str | None, str | None], ...] | None = None  # None: full grid
     adalora_cells: tuple[tuple[str, str], ...] | None = None                             # None: full grid
+    # null AdaLoRA runs (config.shuffle_answers: same schedule, shuffled training answers) per (llm, benchmark):
+    # the spread the allocation claims are judged against; null_seeds () = the claim seeds
+    adalora_null_cells: tuple[tuple[str, str], ...] = ()
+    null_seeds: tuple[int, ...] = ()
     ranks: tuple[int, ...] = RANKS
     seeds: tuple[int, ...] = (42,)
     claim_seeds: tuple[int, ...] = (42,)
@@ -240,7 +245,7 @@ PROFILES: dict[str, Profile] = {
                     ("llama", "scienceqa", "qf-fft+llm-lora", None, "attn"),
                     ("llama", "scienceqa", "qf-lora", "self_attn", None)),
         adalora_cells=(("t5", "iconqa"), ("t5", "scienceqa"), ("t5", "flickr30k"), ("t5", "vizwiz")),
-        ranks=(2, 4), seeds=(42,), claim_seeds=(42,),
+        ranks=(2, 4), seeds=(42,), claim_seeds=(42,), adalora_null_cells=(("t5", "iconqa"),),
         hparams={"max_epochs": 2, "patience": 2, "batch_size": 8, "train_limit": 16, "val_limit": 8,
                  "test_limit": 8},
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 2} for b in ("flickr30k", "vizwiz")},
@@ -277,6 +282,10 @@ PROFILES: dict[str, Profile] = {
                  "heldin_limit": 300},
         hparams_by_method={"adalora": {"patience": 2}},
         adalora_hparams={b: {"schedule": "cosine", "warmup_steps": 10} for b in ("flickr30k", "vizwiz")},
+        # the allocation claims' null: T5 on the four benchmarks (C1-C5 as the paper states them), LLaMA on
+        # the two of Table 1; 2 seeds each (a t interval needs 2), 12 AdaLoRA runs
+        adalora_null_cells=(("t5", "iconqa"), ("t5", "scienceqa"), ("t5", "flickr30k"), ("t5", "vizwiz"),
+                            ("llama", "iconqa"), ("llama", "scienceqa")), null_seeds=(42, 43),
         # The open questions at a small added cost: 33 runs, measured at 300 s of single-threaded run time
         # on the 2-core CPU under load 5-11 (~150 s with two workers, plus 4 notebook start-ups): joint
         # AdaLoRA on T5 (3 runs, ~29 s each), training-set size 40/80/160 on T5 IconQA (18 runs, 3-7 s),
@@ -461,6 +470,12 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
         cells.append(Cell(f"adalora_{llm}_{bench}", ADALORA, {
             "benchmark": bench, "llm": llm, "model": model(llm), "method": "adalora",
             "seeds": list(profile.claim_seeds), "hparams": hparams(llm, bench, "adalora"), "tags": tags, **common}))
+    for llm, bench in profile.adalora_null_cells:
+        cells.append(Cell(f"adalora-null_{llm}_{bench}", ADALORA, {
+            "benchmark": bench, "llm": llm, "model": model(llm), "method": "adalora",
+            "seeds": list(profile.null_seeds or profile.claim_seeds),
+            "hparams": {**hparams(llm, bench, "adalora"), "shuffle_answers": True},
+            "tags": [*tags, NULL_TAG], **common}))
     cells += connector_cells(profile, model=model, hparams=hparams, tags=tags, common=common)
     cells += open_question_cells(profile, checkpoints=ckpt, hparams=hparams, tags=tags, common=common,
                                  names={c.name for c in cells})

@@ -11,7 +11,7 @@ One notebook per question (notebooks/40-43), executed by the grid:
 A Plan splits a question's runs into those it owns (tagged study:<question>, which keeps them out of
 Table 1 and the paper's claims) and those it reads from the paper's grid (the same configs as the grid's
 cells, hence the same run folders: nothing is trained twice). Claims use the ledger's rule
-(claims.judge: per-seed paired differences, mean ± 2 standard errors).
+(verdicts.judge: per-seed paired differences, their 95% t interval; Holm across a claim's parts).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import claims as C
 from . import runs
+from . import verdicts as V
 from .config import MULTITASK_SEP, ExperimentConfig
 from .report_charts import final_ranks, sublayer_means, tag_value
 
@@ -37,7 +38,7 @@ SIZE_TAG = "model_size"          # model_size:+1 = one step larger than the prof
 
 OPEN_CLAIMS = {  # id -> (statement, question)
     "MT-acc": ("One AdaLoRA budget trained on ScienceQA + IconQA together is comparable on each task to training "
-               f"on that task alone (at most {C.COMPARABLE_TOL:g} point below)", "multitask"),
+               f"on that task alone (at most {V.COMPARABLE_TOL:g} point below)", "multitask"),
     "MT-alloc": ("The joint allocation is a compromise: closer to the mean of the two single-task allocations than "
                  "the two are to each other", "multitask"),
     "SC-data": ("With less training data, Q-Former LoRA gains on full fine-tuning: the gap acc(QF LoRA) − "
@@ -45,9 +46,9 @@ OPEN_CLAIMS = {  # id -> (statement, question)
     "SC-model": ("With a larger model, Q-Former LoRA gains on full fine-tuning (the gap grows with model size)",
                  "scaling"),
     "RK-qf": ("QF LoRA saturates by the paper's largest rank: r = 16 and r = 32 are at most "
-              f"{C.COMPARABLE_TOL:g} point above it", "ranks"),
+              f"{V.COMPARABLE_TOL:g} point above it", "ranks"),
     "RK-both": ("QF LoRA + LLM LoRA saturates by the paper's largest rank: r = 16 and r = 32 are at most "
-                f"{C.COMPARABLE_TOL:g} point above it", "ranks"),
+                f"{V.COMPARABLE_TOL:g} point above it", "ranks"),
     "SD-setups": ("The ordering of the setups in a single run (each at its best rank there) survives other seeds",
                   "seeds"),
     "SD-best-rank": ("The best rank of each Table-1 row in a single run stays the row's best on other seeds", "seeds"),
@@ -349,18 +350,19 @@ def orderings(df: pd.DataFrame) -> pd.DataFrame:
         held = held_out(m[hi], m[lo])
         rows.append({"llm": ka[0], "benchmark": ka[1], "higher": cell_label(*hi[2:]), "lower": cell_label(*lo[2:]),
                      "fraction": seed_pair_fraction(m[hi], m[lo]), "held_out_mean": float(np.mean(held)),
-                     "verdict": C.judge(held)})
+                     "verdict": V.judge(held)})
     return pd.DataFrame(rows, columns=cols)
 
 
 # --- claims ---------------------------------------------------------------------------------------------
 def _claim(cid: str, v: C.Verdict, scale: str) -> C.Claim:
     return C.Claim(cid, OPEN_CLAIMS[cid][0], f"issue 7 §2 ({OPEN_CLAIMS[cid][1]}); not a claim of the paper",
-                   scale, v.verdict, v.evidence)
+                   scale, v.verdict, v.evidence, v.parts, v.runs, v.resolve, v.unit)
 
 
 def _verdict(parts: list[str], verdicts: list[str], empty: str) -> C.Verdict:
-    return C.Verdict(C.combine(verdicts), "; ".join(parts)) if parts else C.Verdict(C.INCONCLUSIVE, empty)
+    return (C.Verdict(V.combine(verdicts), "; ".join(parts), [v for v in verdicts if isinstance(v, V.Judged)])
+            if parts else C.Verdict(V.INCONCLUSIVE, empty))
 
 
 def multitask_acc_claim(df: pd.DataFrame) -> C.Verdict:
@@ -368,10 +370,10 @@ def multitask_acc_claim(df: pd.DataFrame) -> C.Verdict:
     parts, verdicts = [], []
     for (llm, task), g in acc.groupby(["llm", "task"]):
         joint, alone = _by_seed(g[g["mode"] == "joint"]), _by_seed(g[g["mode"] == "alone"])
-        diff = C.paired(joint, alone)
-        v = C.judge(diff, margin=-C.COMPARABLE_TOL)
+        diff = V.paired(joint, alone)
+        v = V.judge(diff, margin=-V.COMPARABLE_TOL)
         verdicts.append(v)
-        parts.append(f"{llm}/{task}: joint − alone {C._fmt(diff, 1, ' pt')} → {v}")
+        parts.append(f"{llm}/{task}: joint − alone {V.fmt(diff, 1, ' pt')} → {v}")
     return _verdict(parts, verdicts, "no joint AdaLoRA runs")
 
 
@@ -403,13 +405,13 @@ def multitask_alloc_claim(ranks: pd.DataFrame) -> C.Verdict:
             near.append(_distance(joint, icon) - _distance(joint, sqa))   # > 0: nearer ScienceQA's
         if not stat:
             parts.append(f"{llm}: no seed with joint and both single-task runs")
-            verdicts.append(C.INCONCLUSIVE)
+            verdicts.append(V.INCONCLUSIVE)
             continue
-        v = C.judge(stat)
+        v = V.judge(stat)
         verdicts.append(v)
         side = MULTITASK_TASKS[0] if np.mean(near) > 0 else MULTITASK_TASKS[1]
-        parts.append(f"{llm}: d(ScienceQA, IconQA) − d(joint, their mean) {C._fmt(stat, 100)} (×100); "
-                     f"nearer {side} (d(joint, IconQA) − d(joint, ScienceQA) {C._fmt(near, 100)}) → {v}")
+        parts.append(f"{llm}: d(ScienceQA, IconQA) − d(joint, their mean) {V.fmt(stat, 100)} (×100); "
+                     f"nearer {side} (d(joint, IconQA) − d(joint, ScienceQA) {V.fmt(near, 100)}) → {v}")
     return _verdict(parts, verdicts, "no joint AdaLoRA runs")
 
 
@@ -421,11 +423,11 @@ def scaling_data_claim(df: pd.DataFrame) -> C.Verdict:
         if len(sizes) < 2:
             continue
         small, large = (_by_seed(g[g["train_n"] == n], "gap") for n in (sizes[0], sizes[-1]))
-        diff = C.paired(small, large)
-        v = C.judge(diff)
+        diff = V.paired(small, large)
+        v = V.judge(diff)
         verdicts.append(v)
         means = ", ".join(f"n={int(n)}: {g[g['train_n'] == n]['gap'].mean():+.1f}" for n in sizes)
-        parts.append(f"{llm}/{bench}: gap {means}; smallest − largest {C._fmt(diff, 1, ' pt')} → {v}")
+        parts.append(f"{llm}/{bench}: gap {means}; smallest − largest {V.fmt(diff, 1, ' pt')} → {v}")
     return _verdict(parts, verdicts, "no training-set-size runs")
 
 
@@ -438,11 +440,11 @@ def scaling_model_claim(df: pd.DataFrame) -> C.Verdict:
         sizes = sorted(g["model_size"].unique())
         name = {s: g[g["model_size"] == s]["model"].iloc[0] for s in sizes}
         big, small = (_by_seed(g[g["model_size"] == s], "gap") for s in (sizes[-1], sizes[0]))
-        diff = C.paired(big, small)
-        v = C.judge(diff)
+        diff = V.paired(big, small)
+        v = V.judge(diff)
         verdicts.append(v)
         means = ", ".join(f"{name[s]} {g[g['model_size'] == s]['gap'].mean():+.1f}" for s in sizes)
-        parts.append(f"{llm}/{bench}: gap {means}; larger − smaller {C._fmt(diff, 1, ' pt')} → {v}")
+        parts.append(f"{llm}/{bench}: gap {means}; larger − smaller {V.fmt(diff, 1, ' pt')} → {v}")
     return _verdict(parts, verdicts, "not measured at this scale: one model size only (the model-size axis is the "
                     "opt-in --model-scaling of run_all.sh / qformer-peft study at the embedded scale, which builds "
                     "T5 base models twice as deep and twice as wide; the paper profile runs it on a larger "
@@ -473,15 +475,15 @@ def rank_claim(df: pd.DataFrame, setup: str) -> C.Verdict:
         extra = sorted(set(g[g["study"] == "ranks"]["rank"]))
         if paper.empty or not extra:
             parts.append(f"{llm}/{bench}: missing {'paper-grid' if paper.empty else 'extra-rank'} runs")
-            verdicts.append(C.INCONCLUSIVE)
+            verdicts.append(V.INCONCLUSIVE)
             continue
         ref = int(paper["rank"].max())
         base = _by_seed(g[g["rank"] == ref])
         for r in extra:
-            above = C.paired(_by_seed(g[g["rank"] == r]), base)
-            v = C.judge([C.COMPARABLE_TOL - x for x in above])
+            above = V.paired(_by_seed(g[g["rank"] == r]), base)
+            v = V.judge([V.COMPARABLE_TOL - x for x in above])
             verdicts.append(v)
-            parts.append(f"{llm}/{bench}: r={r} − r={ref} {C._fmt(above, 1, ' pt')} → {v}")
+            parts.append(f"{llm}/{bench}: r={r} − r={ref} {V.fmt(above, 1, ' pt')} → {v}")
     return _verdict(parts, verdicts, "no extra-rank runs")
 
 
@@ -498,11 +500,11 @@ def seeds_setup_claim(df: pd.DataFrame) -> C.Verdict:
                 continue
             hi, lo = (sa, sb) if single_run_order(m[best[sa]], m[best[sb]]) else (sb, sa)
             held = held_out(m[best[hi]], m[best[lo]])
-            v = C.judge(held)
+            v = V.judge(held)
             verdicts.append(v)
             parts.append(f"{lb[0]}/{lb[1]}: {hi} > {lo} in the single run; "
                          f"{100 * seed_pair_fraction(m[best[hi]], m[best[lo]]):.0f}% of seed pairs agree; "
-                         f"held-out seeds {C._fmt(held, 1, ' pt')} → {v}")
+                         f"held-out seeds {V.fmt(held, 1, ' pt')} → {v}")
     return _verdict(parts, verdicts, "no two setups with several seeds")
 
 
@@ -517,7 +519,7 @@ def seeds_best_rank_claim(df: pd.DataFrame) -> C.Verdict:
         if len(keys) < 2:
             continue
         best = max(keys, key=lambda k: m[k][min(m[k])])
-        v = C.combine([C.judge(held_out(m[best], m[k])) for k in keys if k != best and set(m[k]) & set(m[best])])
+        v = V.combine([V.judge(held_out(m[best], m[k])) for k in keys if k != best and set(m[k]) & set(m[best])])
         verdicts.append(v)
         means = {int(k[4]): np.mean(list(m[k].values())) for k in keys}
         parts.append(f"{row[0]}/{row[1]} {row[2]} · {row[3]}: single-run best r={int(best[4])}, best mean over seeds "
@@ -538,5 +540,5 @@ def open_claims(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
         "SD-setups": lambda: seeds_setup_claim(df), "SD-best-rank": lambda: seeds_best_rank_claim(df),
     }
     empty = df.empty or "study" not in df
-    return [_claim(cid, C.Verdict(C.INCONCLUSIVE, "no runs") if empty else makers[cid](), scale)
+    return [_claim(cid, C.Verdict(V.INCONCLUSIVE, "no runs") if empty else makers[cid](), scale)
             for cid, (_, q) in OPEN_CLAIMS.items() if q in questions]

@@ -20,10 +20,11 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import claims as claims_mod
 from . import runs
+from .verdicts import VERDICTS
 
 # nbconvert's lab template minus every network reference, plus the code toggle and a link home.
 SECTION_TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
@@ -56,6 +57,8 @@ table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; vertical-align: top; }
 th { background: #f3f3f3; }
 td.holds { background: #e5f5e0; } td.does-not-hold { background: #fde0dd; } td.inconclusive { background: #f0f0f0; }
+td.not-resolvable-at-this-scale { background: #fff3cd; } td.not-comparable-at-this-width { background: #eef; }
+p.counts { font-size: 15px; }
 .ledger td.evidence { font-size: 12px; max-width: 720px; }
 figure.chart { margin: 1em 0; display: inline-block; } figure.chart figcaption { font-size: 13px; color: #555; }
 .note, .empty { font-size: 13px; color: #555; }
@@ -96,19 +99,77 @@ def _figure(chart: Any, fid: str, caption: str) -> str:
     return f"<figure class='chart' id='{fid}'>{to_svg(chart)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def ledger_html(claims: Sequence[claims_mod.Claim], note: bool = True) -> str:
-    rows = "".join(
-        f"<tr><td>{c.id}</td><td>{html.escape(c.statement)}<br><small>{html.escape(c.source)}</small></td>"
-        f"<td>{html.escape(c.scale)}</td><td class='{c.verdict.replace(' ', '-')}'>{c.verdict}</td>"
-        f"<td class='evidence'>{html.escape(c.evidence)}</td></tr>" for c in claims)
-    return ("<table class='ledger'><thead><tr><th>claim</th><th>statement</th><th>scale</th><th>verdict</th>"
-            f"<th>evidence</th></tr></thead><tbody>{rows}</tbody></table>" + (
-            "<p class='note'>Verdicts read mean ± 2 standard errors over seeds (paired by seed): on the claim's "
-            "side: holds; on the other side: does not hold; straddling, or a single seed: inconclusive. "
-            f"“Comparable” means at most {claims_mod.COMPARABLE_TOL:g} accuracy point below. A claim "
-            "stated for both LLMs and benchmarks holds only where each part holds. Claims of the open questions "
-            "(MT, SC, RK, SD) are hypotheses of this study, and those of the connector study (DeCo-*, BA-*) come "
-            "from the DeCo and Bottleneck Adapter papers; all are judged by the same rule.</p>" if note else ""))
+def _mark(rec: Mapping[str, Any]) -> str:
+    """A small forest-plot mark: the 95% interval and estimate against the claim's margin (dashed)."""
+    est, (lo, hi), margin = rec.get("estimate"), rec.get("ci95") or [None, None], rec.get("margin")
+    if est is None or margin is None:
+        return ""
+    pts = [v for v in (est, lo, hi, margin) if v is not None]
+    span = max(max(pts) - min(pts), 1e-9) * 1.2
+    left = min(pts) - 0.1 * span
+    x = lambda v: 4 + 112 * (v - left) / span  # noqa: E731
+    colour = {claims_mod.HOLDS: "#2a7d2a", claims_mod.FAILS: "#b22", claims_mod.NOT_RESOLVABLE: "#999"}.get(
+        rec["verdict"], "#555")
+    bar = (f"<line x1='{x(lo):.1f}' x2='{x(hi):.1f}' y1='8' y2='8' stroke='{colour}' stroke-width='2'/>"
+           if lo is not None and hi is not None else "")
+    return (f"<svg class='mark' width='120' height='16' role='img' aria-label='estimate {est:.2f}, 95% interval, margin {margin:g}'>"
+            f"<line x1='{x(margin):.1f}' x2='{x(margin):.1f}' y1='1' y2='15' stroke='#333' stroke-dasharray='2,2'/>"
+            f"{bar}<circle cx='{x(est):.1f}' cy='8' r='3' fill='{colour}'/></svg>")
+
+
+def _record(c: Any) -> Mapping[str, Any]:
+    return c if isinstance(c, Mapping) else c.record()
+
+
+def ledger_counts_html(records: Sequence[Mapping[str, Any]]) -> str:
+    """The ledger's header: how many claims got each answer, and what would resolve the unresolved ones."""
+    n = claims_mod.counts(records)
+    line = ", ".join(f"<b>{n[v]}</b> {v}" for v in VERDICTS)
+    figures = n.get(claims_mod.NOT_COMPARABLE, 0)
+    todo = [r for r in records if r["verdict"] == claims_mod.NOT_RESOLVABLE]
+    hints = "".join(f"<li>{html.escape(r['id'])}: {html.escape(r.get('resolve') or 'runs that move from their base')}"
+                    + (f" (here: {r['n_seeds']} seed(s) x {r['n_items']} test items, minimum detectable effect "
+                       f"{r['mde']:.2f})" if r.get("mde") is not None and r.get("n_items") else "") + "</li>"
+                    for r in todo)
+    return (f"<p class='counts'>Claims: {line}" + (f"; plus {figures} parameter share(s) shown as figures, "
+            f"{claims_mod.NOT_COMPARABLE}" if figures else "") + ".</p>"
+            + (f"<details><summary>What would resolve the {len(todo)} unresolved claim(s)</summary><ul>{hints}</ul>"
+               "</details>" if todo else ""))
+
+
+def ledger_html(claims: Sequence[Any], note: bool = True, runs_href: str = "") -> str:
+    """One line per claim (claims.json records or claims.Claim): verdict, estimate and 95% interval with a
+    forest mark against its margin; the per-part evidence and the run folders folded away."""
+    records = [_record(c) for c in claims]
+
+    def row(r: Mapping[str, Any]) -> str:
+        lo, hi = (r.get("ci95") or [None, None])
+        est = r.get("estimate")
+        value = (f"{est:+.2f} [{lo:+.2f}, {hi:+.2f}]" if est is not None and lo is not None and hi is not None
+                 else f"{est:+.2f}" if est is not None else "–")
+        mde = f"MDE {r['mde']:.2f}" if r.get("mde") is not None else ""
+        folders = "".join(f"<li><a href='{html.escape(runs_href + p)}'>{html.escape(p)}</a></li>"
+                          for p in r.get("runs", []))
+        return (f"<tr><td>{r['id']}</td><td>{html.escape(r['statement'])}<br><small>{html.escape(r['source'])}; "
+                f"{html.escape(r['scale'])}</small></td><td class='{r['verdict'].replace(' ', '-')}'>{r['verdict']}</td>"
+                f"<td>{value}<br><small>{mde}{'; ' + html.escape(r['correction']) if r.get('correction') else ''}"
+                f"</small></td><td>{_mark(r)}</td><td class='evidence'><details><summary>evidence</summary>"
+                f"{html.escape(r['evidence'])}" + (f"<ul>{folders}</ul>" if folders else "") + "</details></td></tr>")
+
+    return (ledger_counts_html(records) + "<table class='ledger'><thead><tr><th>claim</th><th>statement</th>"
+            "<th>verdict</th><th>estimate [95% interval]</th><th>vs margin</th><th>evidence</th></tr></thead><tbody>"
+            + "".join(row(r) for r in records) + "</tbody></table>" + (
+            "<p class='note'>Each part of a claim is a statistic that is positive where the claim holds, with a 95% "
+            "interval: accuracy from a paired hierarchical bootstrap over seeds and test items (predictions.jsonl), "
+            "allocations from t intervals over seeds against null runs trained on shuffled answers. Above the "
+            "margin: holds; below: does not hold; across it: inconclusive. A part whose cells did not move from "
+            "their base (no setup beats the base's zero-shot score and chance on the same items) is not resolvable "
+            f"at this scale. “Comparable” means at most {claims_mod.COMPARABLE_TOL:g} accuracy point below. A "
+            f"composite claim does not hold when {claims_mod.CORRECTION}'s procedure rejects a part, and holds when "
+            "every part holds. The estimate shown is the part nearest its margin; MDE: the effect detected with 80% "
+            "power at this design. Configurations are chosen on validation accuracy and judged on test. Claims of "
+            "the open questions (MT, SC, RK, SD) are hypotheses of this study; those of the connector study "
+            "(DeCo-*, BA-*) come from the DeCo and Bottleneck Adapter papers.</p>" if note else ""))
 
 
 def scale_html(df: Any) -> str:
@@ -119,8 +180,11 @@ def scale_html(df: Any) -> str:
             "<p>Runs: " + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none") + "</p>")
 
 
-def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str | Path | None = None) -> str:
-    """The summary from run folders: scale, claim ledger, Table 1, Figure 2, AdaLoRA heatmaps."""
+def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str | Path | None = None,
+                 results_dir: str | Path | None = None, root: str | Path | None = None) -> str:
+    """The summary from run folders: scale, claim ledger, Table 1, Figure 2, AdaLoRA heatmaps. With
+    results_dir, claims.json and table1.csv are written there first (run folders relative to root, default
+    the folder above results_dir) and the ledger is read back from them."""
     from . import report_charts as rc
 
     df = rc.runs_frame(runs_dir)
@@ -129,9 +193,22 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
     all_ranks = rc.ranks_frame(df)
     ledger = claims_mod.ledger(df, all_ranks, full_size, cache_dir)
     ranks = rc.ranks_frame(rc.paper_runs(df))
-    parts = [scale_html(df), "<h2 id='claims'>Claim ledger</h2>", ledger_html(ledger)]
+    records, href = [c.record() for c in ledger], ""
+    if results_dir is not None:
+        root = Path(results_dir).parent if root is None else Path(root)
+        claims_mod.write_results(ledger, claims_mod.table1_rows(df, root), results_dir, root)
+        records = claims_mod.read_results(results_dir)[0]["claims"]
+        href = os.path.relpath(root, results_dir).rstrip("/") + "/"
+    parts = [scale_html(df), "<h2 id='claims'>Claim ledger</h2>", ledger_html(records, runs_href=href),
+             "<p class='note'>Machine-readable: <a href='claims.json'>claims.json</a> (every claim's estimate, "
+             "interval, parts and run folders) and <a href='table1.csv'>table1.csv</a>.</p>" if results_dir else ""]
     t1 = rc.table1(df)
     parts += ["<h2 id='table1'>Table 1: accuracy and trainable parameters of every cell</h2>", rc.table1_html(t1)]
+    if results_dir is not None:
+        rows = claims_mod.read_results(results_dir)[1].drop(columns=["runs"])
+        parts.append("<details><summary>Per cell, from <a href='table1.csv'>table1.csv</a>: 95% interval, the base's "
+                     "zero-shot score and chance on the same test items, whether the cell moved, whether validation "
+                     "chose it</summary>" + _frame_html(rows) + "</details>")
     parts.append("<h2 id='figure2'>Figure 2: accuracy against trainable parameters</h2>")
     parts.append(_figure(rc.figure2(t1), "chart-figure2", "Mean test accuracy of each cell against its trainable "
                          "parameters (log scale), one line per sublayer/target set, colour = setup.")
@@ -144,7 +221,9 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
         values = rc.heatmap_values(rc.final_ranks(ranks))
         parts.append(_figure(rc.heatmap(values), "chart-heatmaps", "Final AdaLoRA rank averaged over each "
                              "sublayer's modules per layer (and over seeds); cross-attention exists on odd layers "
-                             "only. Benchmarks side by side, one row per LLM."))
+                             "only. Benchmarks side by side, one row per LLM. The allocation is the one at the end "
+                             "of training (the last epoch); the test scores are those of the best-validation "
+                             "epoch's weights."))
     parts.append(heldin_cost_html(df))
     parts.append(connectors_html(df, ledger))
     parts.append(open_questions_html(df, all_ranks, ledger))
@@ -366,7 +445,7 @@ def build_report(runs_dir: str | Path, *, notebooks_dir: str | Path | None = Non
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p class='note'>Generated {when} from {html.escape(str(runs_dir))}.</p>"
-            + summary_html(runs_dir, full_size=full_size, cache_dir=cache_dir)
+            + summary_html(runs_dir, full_size=full_size, cache_dir=cache_dir, results_dir=out)
             + (grid_status_html(nb_dir, out) if nb_dir else "")
             + "<h2 id='sections'>Notebooks</h2>"
             + (f"<ul>{''.join(links)}</ul>" if links else "<p class='empty'>No executed notebooks.</p>")

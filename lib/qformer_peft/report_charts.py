@@ -57,6 +57,7 @@ def runs_frame(runs_dir: str | Path, configs: Iterable[Any] | None = None) -> pd
     df["scale"] = [tag_value(t, "scale") or _guess_scale(m) for t, m in zip(tags, df["model"])]
     df["profile"] = [tag_value(t, "profile") for t in tags]
     df["study"] = [tag_value(t, "study") or "paper" for t in tags]
+    df["null"] = df["shuffle_answers"].fillna(False).astype(bool) if "shuffle_answers" in df else False
     for key, col in HELDIN_COLUMNS.items():
         df[col] = pd.to_numeric(df[key], errors="coerce") if key in df else np.nan
     if configs is not None:
@@ -110,10 +111,16 @@ def _present(v: Any) -> bool:
 
 def paper_runs(df: pd.DataFrame) -> pd.DataFrame:
     """The runs of the paper's grid (Table 1, Figure 2, the AdaLoRA analysis, the paper's claims): not
-    those an open question or side study trained under its own study:<name> tag, nor those a finished rerun
-    at a lowered rate replaces (runs.counted)."""
+    those an open question or side study trained under its own study:<name> tag, null runs, nor those a
+    finished rerun at a lowered rate replaces (runs.counted)."""
     df = runs.counted(df)
-    return df[df["study"] == "paper"] if "study" in df else df
+    keep = df["study"] == "paper" if "study" in df else pd.Series(True, index=df.index)
+    return df[keep & ~df["null"].astype(bool)] if "null" in df else df[keep]
+
+
+def null_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The null runs (config.shuffle_answers): the allocation claims' reference."""
+    return df[df["null"].astype(bool)] if "null" in df else df.iloc[:0]
 
 
 def tag_value(tags: Any, key: str) -> str | None:
@@ -154,14 +161,17 @@ def metrics_frame(df: pd.DataFrame) -> pd.DataFrame:
                                        "epoch", "train_loss", "val_score"])
 
 
-def ranks_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """AdaLoRA rank history (adalora_ranks.jsonl) of the AdaLoRA runs in df, with llm/benchmark/seed.
+def ranks_frame(df: pd.DataFrame, *, null: bool = False) -> pd.DataFrame:
+    """AdaLoRA rank history (adalora_ranks.jsonl) of the AdaLoRA runs in df, with llm/benchmark/seed:
+    the runs trained on the true answers, or (null=True) only the null runs (shuffled answers).
 
     Layers are reported 1-based (`layer`), as in the paper's heatmaps; rows written 0-based (the
     module names' numbering, detected by a layer 0 being present) are shifted.
     """
     rows = []
     sub = df[(df["method"] == "adalora") & (df["state"] == "done")] if not df.empty else df
+    if len(sub):
+        sub = sub[(sub["null"] if "null" in sub else pd.Series(False, index=sub.index)) == null]
     for r in sub.itertuples():
         hist = runs.RunDir(r.path).ranks()
         if not hist:

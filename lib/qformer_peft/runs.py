@@ -9,6 +9,7 @@ A run folder holds everything the report needs, so the report never reaches back
       metrics.jsonl        one JSON object per epoch (and per evaluation)
       result.json          final metrics of the best-validation weights
       predictions.jsonl    test predictions, one object per item
+      zero_shot_predictions.jsonl  the same test items scored before training (reference runs: baseline, null)
       adalora_ranks.jsonl  AdaLoRA rank history (tidy rows), only for AdaLoRA runs
       rerun.json           why this run reruns another at a lowered rate (grid.RerunRule), only for reruns
       adapter/             adapter weights in peft format
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 STATES = ("running", "done", "failed")
+ZERO_SHOT_FILE = "zero_shot_predictions.jsonl"
 
 
 def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
@@ -219,6 +221,12 @@ class RunDir:
 
     def write_predictions(self, rows: Iterable[Mapping[str, Any]]) -> None:
         self._write_jsonl("predictions.jsonl", rows)
+
+    def zero_shot_predictions(self) -> list[dict]:
+        return read_jsonl(self.path / ZERO_SHOT_FILE)
+
+    def write_zero_shot_predictions(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self._write_jsonl(ZERO_SHOT_FILE, rows)
 
     def ranks(self) -> list[dict]:
         return read_jsonl(self.path / "adalora_ranks.jsonl")
