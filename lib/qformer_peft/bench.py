@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from .bench_cuda import median_time
+
 SETUPS = {  # setup -> apply_peft arguments (rank 8, 'all' targets: the paper's largest PEFT configurations)
     "baseline": dict(qf_sublayers=None, llm_targets=None, rank=None),
     "qf-fft+llm-lora": dict(qf_sublayers=None, llm_targets="all", rank=8),
@@ -49,17 +51,6 @@ def _peak_rss_mb() -> float:
     return kb / 1024 if platform.system() == "Linux" else kb / 2**20
 
 
-def _median_time(step, warmup: int, steps: int, sync=lambda: None) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --- CPU: mini preset, cache and batching ------------------------------------------------------------
@@ -113,7 +104,7 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
 
-                seconds = _median_time(step, warmup, steps)
+                seconds = median_time(step, warmup, steps)
                 row["cached_samples_per_s" if cached else "uncached_samples_per_s"] = batch_size / seconds
             row["cache_speedup"] = row["cached_samples_per_s"] / row["uncached_samples_per_s"]
             out["train"].append(row)
@@ -140,8 +131,8 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
                        model=model)
             return go
 
-        batched = _median_time(run(candidate_nll), 1, 3)
-        looped = _median_time(run(candidate_nll_loop), 1, 3)
+        batched = median_time(run(candidate_nll), 1, 3)
+        looped = median_time(run(candidate_nll_loop), 1, 3)
         out["eval"] = {"questions": len(questions),
                        "candidates_per_question": sum(len(e.candidates) for e in questions) / len(questions),
                        "batched_questions_per_s": len(questions) / batched,
@@ -386,7 +377,7 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
             step()
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = _median_time(step, warmup, steps, sync=sync)
+        seconds = median_time(step, warmup, steps, sync=sync)
         tflops = counter.get_total_flops() / seconds / 1e12
         row = {"setup": setup, "samples_per_s": batch_size / seconds, "step_s": seconds,
                "flops_per_step": counter.get_total_flops(), "tflops": tflops, "mfu": tflops / peak if peak else None,

@@ -37,6 +37,20 @@ TARGET_TOKENS = 4    # "(a)" and the end token
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def median_time(step: Callable[[], Any], warmup: int, steps: int, sync: Callable[[], Any] = lambda: None) -> float:
+    """Median wall time of step() over `steps` calls after `warmup` untimed ones; sync() before and after each."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def bf16_peak(device_name: str) -> float | None:
     """The card's dense bf16 peak in TFLOP/s, None for a card not in BF16_PEAK_TFLOPS."""
     hits = [k for k in BF16_PEAK_TFLOPS if k in device_name]
@@ -148,16 +162,7 @@ def measure(config, *, setup: str, precision: str, batch_size: int, device: str 
     flops = count_flops(step)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = median_time(step, warmup, steps, sync)
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak = bf16_peak(name) if cuda else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
