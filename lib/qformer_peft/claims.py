@@ -543,15 +543,18 @@ def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
 
     out = []
 
-    def add(cid: str, v: Verdict, at: str = scale, note: str = "") -> None:
-        out.append(Claim(cid, CLAIMS[cid][0] + note, CLAIMS[cid][1], at, v.verdict, v.evidence, v.parts, v.runs,
-                         v.resolve if v.verdict == NOT_RESOLVABLE else "", v.unit))
+    def add(cid: str, v: Verdict, at: str = scale, note: str = "", row_id: str | None = None) -> None:
+        """row_id: the ledger row's own id where one claim has several rows (denominators, scales)."""
+        out.append(Claim(row_id or cid, CLAIMS[cid][0] + note, CLAIMS[cid][1], at, v.verdict, v.evidence, v.parts,
+                         v.runs, v.resolve if v.verdict == NOT_RESOLVABLE else "", v.unit))
 
     for cid, setup, limit, tol in (("H1", "qf-lora", 2.0, COMPARABLE_TOL), ("H2", "qf-lora+llm-lora", 12.0, 0.0)):
         add(f"{cid}-acc", accuracy_claim(lora, setup, tolerance=tol))
         for den, what in DENOMINATORS.items():
-            add(f"{cid}-params", params_claim_measured(lora, setup, limit, den), note=f" [{what}]")
-            add(f"{cid}-params", params_claim_full_size(rows, setup, limit, den), "full size (derived)", f" [{what}]")
+            add(f"{cid}-params", params_claim_measured(lora, setup, limit, den), note=f" [{what}]",
+                row_id=f"{cid}-params-{den}")
+            add(f"{cid}-params", params_claim_full_size(rows, setup, limit, den), "full size (derived)", f" [{what}]",
+                row_id=f"{cid}-params-{den}-full-size")
     add("C1", allocation_claim(refs, maps, null_maps, _stats1, ["iconqa"]))
     add("C2", allocation_claim(refs, maps, null_maps, _stats2, ["iconqa", "scienceqa"]))
     add("C3", allocation_claim(refs, maps, null_maps, lambda m: _stats3(m, C3_SCOPE), list(C3_SCOPE)))
