@@ -140,5 +140,7 @@ def test_smoke_profile_end_to_end(tmp_path):
         assert "IProgress not found" not in text and "Loading weights" not in text, f"{p}: library noise"
     assert any(line.startswith("[study] wall time by stage") for line in lines)
     stored, table = claims.read_results(tmp_path / "reports")           # the machine-readable results
-    assert {c["id"] for c in stored["claims"]} >= set(claims.CLAIMS) and len(table) >= 1
+    ids = [c["id"] for c in stored["claims"]]
+    assert len(set(ids)) == len(ids) and len(table) >= 1
+    assert all(any(i == c or i.startswith(f"{c}-") for i in ids) for c in claims.CLAIMS)  # params: per denominator
     assert all((tmp_path / p).is_dir() for row in table["runs"] for p in row.split(";"))
