@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import random
 import sys
@@ -132,14 +133,19 @@ def examples_of(records, *, train: bool) -> list[Example]:
 def scored_split(config: ExperimentConfig, task: str | None = None) -> str:
     """The split scored as the test: config.test_split, or for 'auto' the test split when it has answers, else
     val (the official VizWiz test annotations have none; LAVIS scores VizWiz on val). Training uses train."""
-    from . import data
-
     if config.test_split != "auto":
         return config.test_split
     task = task or config.tasks[0]
-    records = data.load(task, benchmark_root(config, task), "test").records
-    answered = any(r.answers or r.choices for r in records)
-    return "test" if answered or not records else "val"
+    return "test" if _test_split_answered(task, str(benchmark_root(config, task))) else "val"
+
+
+@functools.lru_cache(maxsize=None)
+def _test_split_answered(task: str, root: str) -> bool:
+    """Whether a benchmark's test split has answers (or is empty): read once a process, not once a call."""
+    from . import data
+
+    records = data.load(task, root, "test").records
+    return not records or any(r.answers or r.choices for r in records)
 
 
 def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
