@@ -9,7 +9,7 @@ cd "$here"
 
 usage() {
   cat <<'USAGE'
-usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [--model-scaling] [options]
+usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [--full-grid] [--model-scaling] [options]
 
   test                 set up the environment, then run the tests (pytest; extra args go to pytest)
   --profile NAME       smoke: every code path on tiny models, minutes on a CPU (what CI runs)
@@ -18,6 +18,9 @@ usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [--mo
   --jobs N             parallel notebook workers (default 0: one single-threaded worker per CPU core,
                        or one per GPU)
   --only PATTERN       run only the grid cells whose name matches PATTERN
+  --full-grid          the paper's whole grid at claim depth (every Table-1 row at ranks 1, 2, 4, 8 on 3
+                       seeds, AdaLoRA on every LLM x benchmark); mini's default runs the claim rows at rank 8
+                       and the other rows on one seed
   --model-scaling      add the model-size axis (does PEFT's gap to full fine-tuning change with model size?).
                        mini: builds T5 base models twice as deep and twice as wide (mini's frozen encoder
                        reused, so only stage 3 and the build report: 16-17 min of CPU each, the two

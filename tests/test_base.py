@@ -460,3 +460,33 @@ def test_base_build_command_accepts_the_scaled_presets():
         args = parser.parse_args(["base", "build", "--preset", preset, "--llm", "t5"])
         assert args.preset == preset and base.DATA_SIZE[preset] == base.DATA_SIZE[preset.split("-")[0]]
         assert base.recipe_for(preset, llm="llama") == base.recipe_for(preset.split("-")[0], llm="llama")
+
+
+def test_context_questions_need_the_text_and_the_picture():
+    """Each held-in context question names objects by one attribute and a label; its answer is the other
+    attribute of the labelled object in the scene, its options the other named objects' values."""
+    import random
+    import types
+
+    from qformer_peft.data.synthetic_world import random_scene
+
+    rng = random.Random(0)
+    scenes = [(f"img{i}.png", random_scene(rng, rng.randint(1, 5))) for i in range(200)]
+    heldin = types.SimpleNamespace(scenes={"train": scenes})
+    lines = base_stages.context_questions(heldin, "train", 1, seed=0)
+    assert 50 < len(lines) <= len(scenes)
+    by_image = dict(scenes)
+    kinds = set()
+    for t in lines:
+        objs = by_image[t["image"]]["objects"]
+        facts = dict((label, value) for value, label in re.findall(r"The (\w+)(?: shape)? is called (\d)\.", t["prompt"]))
+        label = re.search(r"called (\d)\? Answer:$", t["prompt"]).group(1)
+        asks_shape = "Which shape is called" in t["prompt"]
+        kinds.add(asks_shape)
+        key, asked = ("color", "shape") if asks_shape else ("shape", "color")
+        target = [o for o in objs if o[key] == facts[label]]
+        assert len(target) == 1 and t["answer"] == target[0][asked]            # the scene decides the answer
+        assert t["answer"] not in t["distractors"] and len(facts) >= 2
+        assert t["prompt"].startswith("<Image> Context: ") and t["answer"] not in t["prompt"].split("Question:")[0]
+    assert kinds == {True, False}
+    assert lines == base_stages.context_questions(heldin, "train", 1, seed=0)  # deterministic

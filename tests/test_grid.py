@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from qformer_peft import grid, runs
-from qformer_peft.config import MULTITASK_SEP, ExperimentConfig
+from qformer_peft.config import MULTITASK_SEP, ConfigError, ExperimentConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 
@@ -46,25 +46,71 @@ def test_every_profile_expands_into_valid_configs(name, model_scaling, tmp_path)
     assert len({cfg.hash for cfg in every}) == len(every), "two cells would share a run"
 
 
-@pytest.mark.parametrize("name", ["mini", "paper"])
-def test_full_profiles_hold_the_papers_grid(name, tmp_path):
-    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
-    peft = [c for c in cells if c.notebook == grid.PEFT]
+@pytest.mark.parametrize("name,full_grid", [("mini", True), ("paper", False)])
+def test_full_profiles_hold_the_papers_grid(name, full_grid, tmp_path):
+    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path), full_grid=full_grid)
+    peft = [c for c in cells if c.notebook == grid.PEFT and grid.PILOT_TAG not in c.parameters["tags"]]
     adalora = [c for c in cells if c.notebook == grid.ADALORA and grid.NULL_TAG not in c.parameters.get("tags", [])]
-    assert len(peft) == 2 * 2 * 9 and len(adalora) == 2 * 4        # PROTOCOL §2 and §6
+    assert len(peft) == 2 * 2 * 9 and len(adalora) == 2 * 4        # docs/protocol.md §2 and §6
     first_seed = {(cfg.llm, cfg.benchmark, cfg.setup, cfg.qf_sublayers, cfg.llm_targets, cfg.rank)
                   for c in peft for cfg in c.configs() if cfg.seed == 42}
     assert len(first_seed) == 132                                     # 33 runs x 2 LLMs x 2 benchmarks
     for c in peft:
         row = (c.parameters["setup"], c.parameters["qf_sublayers"], c.parameters["llm_targets"])
         seeds = {cfg.seed for cfg in c.configs()}
-        assert seeds == ({42, 43, 44} if row in grid.CLAIM_ROWS else {42}), c.name
+        assert seeds == ({42, 43, 44} if row in grid.CLAIM_ROWS or full_grid else {42}), c.name
     assert all({cfg.seed for cfg in c.configs()} == {42, 43, 44} for c in adalora)
     assert all(cfg.method == "adalora" and cfg.adalora_init_r == 12 and cfg.adalora_target_r == 8
                for c in adalora for cfg in c.configs())
 
 
-def test_mini_stops_lora_runs_at_the_first_epoch_without_gain_and_never_cuts_an_adalora_schedule(tmp_path):
+def test_mini_shows_every_table1_row_and_judges_the_claim_rows_at_depth(tmp_path):
+    """Every Table-1 row for both LLMs x both benchmarks; the claim rows on 3 seeds with the profile's depth, the
+    others on one seed; the paper's AdaLoRA cells (both LLMs on Table 1's benchmarks, T5 on all four) on 3 seeds."""
+    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    peft = [c for c in cells if c.notebook == grid.PEFT and grid.PILOT_TAG not in c.parameters["tags"]]
+    assert len(peft) == 2 * 2 * 9
+    claim = [cfg for c in peft for cfg in c.configs()
+             if (cfg.setup, cfg.qf_sublayers, cfg.llm_targets) in grid.CLAIM_ROWS]
+    other = [cfg for c in peft for cfg in c.configs() if cfg not in claim]
+    assert {cfg.seed for cfg in claim} == {42, 43, 44} and {cfg.seed for cfg in other} == {42}
+    assert min(cfg.max_epochs for cfg in claim) > max(cfg.max_epochs for cfg in other)
+    assert all(cfg.train_limit is None and cfg.test_limit is None for cfg in claim)  # the whole splits
+    adalora = {(c.parameters["llm"], c.parameters["benchmark"]) for c in cells if c.notebook == grid.ADALORA
+               and grid.NULL_TAG not in c.parameters["tags"]}
+    assert adalora == {("t5", b) for b in grid.ADALORA_BENCHMARKS} | {("llama", b) for b in grid.PEFT_BENCHMARKS}
+
+
+def test_rate_pilot_brackets_the_profiles_rates_and_reuses_its_claim_run(tmp_path):
+    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    pilot = [cfg for c in cells if grid.PILOT_TAG in c.parameters.get("tags", []) for cfg in c.configs()]
+    claim = {cfg.hash: cfg for c in cells if c.notebook == grid.PEFT and grid.PILOT_TAG not in c.parameters["tags"]
+             for cfg in c.configs()}
+    profile = grid.PROFILES["mini"]
+    assert len(pilot) == len(grid.LLMS) * 2 * len(profile.rate_pilot)
+    for llm in grid.LLMS:
+        own = next(cfg for cfg in claim.values() if cfg.llm == llm and cfg.setup == "qf-lora"
+                   and cfg.qf_sublayers == "all" and cfg.benchmark == profile.rate_pilot_benchmark and cfg.seed == 42)
+        tried = sorted(cfg.learning_rate for cfg in pilot if cfg.llm == llm and cfg.setup == "qf-lora")
+        assert tried[0] < own.learning_rate < tried[-1]
+        # the pilot's config at factor 1 is the claim run itself (same hash, same folder)
+        assert own.replace(tags=list(own.tags)).hash in claim
+    assert not {cfg.hash for cfg in pilot} & set(claim)
+
+
+def test_config_rate_rule_takes_the_profiles_rates():
+    full = ExperimentConfig(setup="baseline", qf_sublayers=None, rank=None, lr_full=5e-4, lr_peft=5e-3)
+    peft = ExperimentConfig(setup="qf-lora", lr_full=5e-4, lr_peft=5e-3)
+    assert (full.learning_rate, peft.learning_rate) == (5e-4, 5e-3)
+    assert ExperimentConfig(setup="qf-lora", lr=1e-3, lr_peft=5e-3).learning_rate == 1e-3
+    assert ExperimentConfig().hash == ExperimentConfig(lr_full=None).hash   # hash-neutral at the default
+    with pytest.raises(ConfigError):
+        ExperimentConfig(lr_peft=-1e-3)
+
+
+def test_mini_stops_lora_runs_after_two_epochs_without_gain_and_never_cuts_an_adalora_schedule(tmp_path):
+    from qformer_peft.engine import effective_patience
+
     cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
     every = [cfg for c in cells for cfg in c.configs()]
     adalora = [cfg for cfg in every if cfg.method == "adalora"]
@@ -73,8 +119,8 @@ def test_mini_stops_lora_runs_at_the_first_epoch_without_gain_and_never_cuts_an_
                                                    f"scienceqa{MULTITASK_SEP}iconqa"}
     # train.fit stops once `patience` epochs in a row fail to improve; epoch 1 always improves, so a patience of
     # max_epochs - 1 or more never stops: the rank budget, scheduled over every step, is always finished
-    assert all(cfg.patience >= cfg.max_epochs - 1 for cfg in adalora)
-    assert lora and all(cfg.patience == 1 for cfg in lora)
+    assert all(effective_patience(cfg) >= cfg.max_epochs - 1 for cfg in adalora)
+    assert lora and all(effective_patience(cfg) == 2 for cfg in lora if cfg.max_epochs > 2)
     # the open questions read the grid's runs through the same configs: patience must not split them
     assert len({cfg.hash for cfg in every}) == len(every)
 
@@ -111,7 +157,7 @@ def test_model_scaling_adds_only_the_model_size_cell_and_keeps_every_finished_ce
     own = new.configs()
     assert {(Path(c.model).name, c.setup, tag_value(list(c.tags), oq.SIZE_TAG)) for c in own} == {
         (m, s, size) for m, size in (("mini-deep-t5", "+1"), ("mini-wide-t5", "+2")) for s in ("baseline", "qf-lora")}
-    assert {c.seed for c in own} == {42, 43, 44} and {c.train_limit for c in own} == {320}
+    assert {c.seed for c in own} == {42, 43, 44} and {c.train_limit for c in own} == {None}  # whole training sets
     assert {c.rank for c in own if c.setup == "qf-lora"} == {8} and {c.llm for c in own} == {"t5"}
     reference = oq.plan("scaling", **new.parameters).reference   # the paper grid's mini runs: already there
     paper = {cfg.hash for c in plain if c.notebook == grid.PEFT for cfg in c.configs()}
@@ -376,7 +422,8 @@ def test_a_build_that_starts_from_another_waits_for_it_without_holding_a_core(tm
 
 
 def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_alignments(tmp_path):
-    cells = grid.expand("mini", root=tmp_path)
+    three = (("t5", "iconqa", "claims"), ("t5", "scienceqa", "claims"), ("t5", "iconqa", "budgets"))
+    cells = grid.expand(dataclasses.replace(grid.PROFILES["mini"], connector_cells=three), root=tmp_path)
     order = grid.start_order(cells)
     connectors = [c for c in cells if c.notebook == grid.CONNECTORS]
     assert len(connectors) == 3 and order[:3] == connectors and order[3:] == [c for c in cells if c not in connectors]

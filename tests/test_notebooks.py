@@ -144,3 +144,17 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert len(set(ids)) == len(ids) and len(table) >= 1
     assert all(any(i == c or i.startswith(f"{c}-") for i in ids) for c in claims.CLAIMS)  # params: per denominator
     assert all((tmp_path / p).is_dir() for row in table["runs"] for p in row.split(";"))
+    # the learning-rate pilot: the profile's rate and the pilot's, compared on validation, in claims.json and the page
+    pilot = stored["rate_pilot"]
+    assert {(r["rate_class"], r["profile_rate"]) for r in pilot} == {("full", True), ("full", False),
+                                                                      ("peft", True), ("peft", False)}
+    assert all(r["chosen"] == (r["val_acc"] == max(q["val_acc"] for q in pilot if q["rate_class"] == r["rate_class"]))
+               for r in pilot)
+    assert "id='rates'" in page
+    # the README's results block is generated from these files
+    summary = (tmp_path / "reports" / "summary.md").read_text()
+    assert summary == report.results_markdown(tmp_path / "reports") and "Verdicts:" in summary
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.README_BLOCK[0]}\nold\n{report.README_BLOCK[1]}\nafter\n")
+    assert report.write_readme_results(readme, tmp_path / "reports")
+    assert readme.read_text() == f"# x\n{report.README_BLOCK[0]}\n{summary}{report.README_BLOCK[1]}\nafter\n"

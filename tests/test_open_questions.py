@@ -73,9 +73,10 @@ def test_open_question_cells_reuse_the_paper_grid_runs_and_tag_their_own(tmp_pat
         assert all(f"study:{grid.OPEN_QUESTION_OF[c.notebook]}" in cfg.tags for cfg in p.own)
         assert c.after and set(c.after) <= names
     ranks = next(c for c in opened if c.notebook == grid.RANK_SENSITIVITY).configs()
-    assert sorted({cfg.rank for cfg in ranks}) == [16, 32] and {cfg.seed for cfg in ranks} == set(SEEDS)
+    assert sorted({cfg.rank for cfg in ranks}) == sorted(grid.PROFILES["mini"].extra_ranks)
+    assert {cfg.seed for cfg in ranks} == set(SEEDS)
     sizes = next(c for c in opened if c.notebook == grid.SCALING).configs()
-    assert sorted({cfg.train_limit for cfg in sizes}) == [40, 80, 160]
+    assert sorted({cfg.train_limit for cfg in sizes}) == sorted(grid.PROFILES["mini"].train_limits)
     assert [c.name for c in cells if c.kind == "analysis"] == ["open_seeds"]
 
 

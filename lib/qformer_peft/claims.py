@@ -658,6 +658,38 @@ def table1_rows(df: pd.DataFrame, root: str | Path | None = None) -> pd.DataFram
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS).astype({"rank": "Int64", "n_seeds": int, "n_test_items": int})
 
 
+RATE_PILOT_COLUMNS = ["llm", "benchmark", "rate_class", "setup", "seed", "learning_rate", "val_acc", "profile_rate",
+                      "chosen", "run"]
+
+
+def rate_pilot(df: pd.DataFrame, root: str | Path | None = None) -> pd.DataFrame:
+    """The learning-rate pilot (grid.rate_pilot_cells): per LLM and rate class ('full': the baseline, 'peft': QF
+    LoRA), the validation accuracy at each rate tried with the pilot's seed: the pilot's runs (study:pilot) and the
+    profile's own rate, the claim run of the same configuration. chosen: the best validation accuracy of its
+    group; profile_rate: the rate the study's runs use. Selection is on validation only."""
+    if df.empty or "study" not in df or not (df["study"] == "pilot").any():
+        return pd.DataFrame(columns=RATE_PILOT_COLUMNS)
+    done = df[(df["state"] == "done") & ~df["null"].astype(bool)]
+    pilot = done[done["study"] == "pilot"]
+    rows = []
+    for (llm, bench, setup, seed), p in pilot.groupby(["llm", "benchmark", "setup", "seed"], dropna=False):
+        own = done[(done["study"] == "paper") & (done["llm"] == llm) & (done["benchmark"] == bench)
+                   & (done["setup"] == setup) & (done["seed"] == seed) & (done["method"] == "lora")]
+        for k in CONFIG_KEYS:  # the claim run of the pilot's configuration (sublayers, targets, rank)
+            v = p[k].iloc[0]
+            own = own[own[k].isna()] if pd.isna(v) else own[own[k] == v]
+        group = pd.concat([p.assign(own_rate=False), own.assign(own_rate=True)])
+        group = group.assign(lr_tried=pd.to_numeric(group["result.learning_rate"], errors="coerce"),
+                             val_tried=_val(group))
+        best = group["val_tried"].max()
+        for r in group.sort_values("lr_tried").itertuples():
+            rows.append({"llm": llm, "benchmark": bench, "rate_class": "full" if setup in ("baseline", "qf-fft+llm-lora")
+                         else "peft", "setup": setup, "seed": int(seed), "learning_rate": float(r.lr_tried),
+                         "val_acc": round(float(r.val_tried), 4), "profile_rate": bool(r.own_rate),
+                         "chosen": bool(r.val_tried == best), "run": _relative(r.path, root)})
+    return pd.DataFrame(rows, columns=RATE_PILOT_COLUMNS)
+
+
 def counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """How many claims got each answer (and how many parameter shares are figures, not verdicts)."""
     out = {v: 0 for v in (*VERDICTS, NOT_COMPARABLE)}
@@ -666,14 +698,17 @@ def counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
-def write_results(claims: Sequence[Claim], table: pd.DataFrame, out: str | Path, root: str | Path) -> dict[str, Path]:
-    """reports/claims.json and reports/table1.csv; run folders are relative to root (the study's output
-    root, the folder above reports/ by default)."""
+def write_results(claims: Sequence[Claim], table: pd.DataFrame, out: str | Path, root: str | Path,
+                  pilot: pd.DataFrame | None = None) -> dict[str, Path]:
+    """reports/claims.json (with the learning-rate pilot's rows, when there is one) and reports/table1.csv; run
+    folders are relative to root (the study's output root, the folder above reports/ by default)."""
     out = Path(out)
     records = [c.record(root) for c in claims]
     paths = {"claims": out / "claims.json", "table1": out / "table1.csv"}
+    pilot_rows = [] if pilot is None else pilot.to_dict(orient="records")
     runs.write_json(paths["claims"], {"paths_relative_to": _relative(root, out), "counts": counts(records),
-                                      "level": 0.95, "correction": CORRECTION, "claims": records})
+                                      "level": 0.95, "correction": CORRECTION, "claims": records,
+                                      "rate_pilot": pilot_rows})
     runs.atomic_write(paths["table1"], table.to_csv(index=False))
     return paths
 

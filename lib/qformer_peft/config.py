@@ -29,7 +29,7 @@ CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors
 # Fields added after runs were recorded, left out of to_dict (hence of config.json and the hash) at these
 # defaults, so that adding them did not turn every finished run folder into a new, unfinished config.
 HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0, "test_split": "auto", "rerun_of": None, "rerun_reason": None,
-                         "shuffle_answers": False}
+                         "shuffle_answers": False, "lr_full": None, "lr_peft": None}
 TEST_SPLITS = ("auto", "test", "val")
 # Why a run was rerun at a lowered rate (the paper's rerun rule, grid.RerunRule): it stopped early before the rule's
 # epoch, or its validation score lies too far below its neighbours in r. Both: "stopped_early+below_neighbours".
@@ -88,7 +88,9 @@ class ExperimentConfig:
     adalora_delta_t: int = 10            # steps between two budget reallocations
     adalora_orth_reg: float = 0.5        # orthogonality penalty weight (peft's default)
     # --- how it is trained (PROTOCOL §4) -------------------------------------------------------
-    lr: float | None = None              # None: the protocol's rule (LR_QFORMER_FULL / LR_PEFT)
+    lr: float | None = None              # None: the protocol's rule, lr_full / lr_peft by setup
+    lr_full: float | None = None         # the rule's rate when the Q-Former is fully fine-tuned (None: LR_QFORMER_FULL)
+    lr_peft: float | None = None         # the rule's rate otherwise (None: LR_PEFT); a profile sets both for its scale
     weight_decay: float = 0.05           # on tensors with >= 2 dims
     max_epochs: int = 15
     patience: int = 3                    # early stopping: epochs without validation improvement
@@ -184,6 +186,9 @@ class ExperimentConfig:
             raise ConfigError(str(err)) from None
         if self.align_steps < 0:
             raise ConfigError("align_steps must be >= 0 (0: no alignment stage)")
+        for name in ("lr", "lr_full", "lr_peft"):
+            if getattr(self, name) is not None and not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0 (or None for the protocol's rule)")
         if self.heldin_limit < 0:
             raise ConfigError("heldin_limit must be >= 0 (0: the held-in cost is not measured)")
         if (self.rerun_of is None) != (self.rerun_reason is None) or (self.rerun_of is not None and self.lr is None):
@@ -210,7 +215,9 @@ class ExperimentConfig:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        return LR_QFORMER_FULL if self.qformer_full else LR_PEFT
+        if self.qformer_full:
+            return LR_QFORMER_FULL if self.lr_full is None else self.lr_full
+        return LR_PEFT if self.lr_peft is None else self.lr_peft
 
     @property
     def connector_label(self) -> str:

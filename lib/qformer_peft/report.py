@@ -172,6 +172,22 @@ def ledger_html(claims: Sequence[Any], note: bool = True, runs_href: str = "") -
             "(DeCo-*, BA-*) come from the DeCo and Bottleneck Adapter papers.</p>" if note else ""))
 
 
+def rate_pilot_html(pilot: Any) -> str:
+    """The learning-rate pilot's table, and whether each rate the study used was the pilot's choice."""
+    if pilot.empty:
+        return ""
+    own = pilot[pilot["profile_rate"]]
+    off = own[~own["chosen"]]
+    verdict = ("Every rate the study used was the pilot's choice." if off.empty else
+               "Not the pilot's choice: " + "; ".join(f"{r.llm} {r.rate_class} ({r.learning_rate:g})"
+                                                    for r in off.itertuples())
+               + ". The study's runs keep the profile's rates; read the claims that use them with this in mind.")
+    return ("<h2 id='rates'>Learning rates: the validation pilot</h2><p>The embedded models train at rates chosen "
+            "for their scale (the paper's 2e-5 and 5e-4 move them little). The pilot trains the baseline and QF "
+            "LoRA at a quarter and four times each rate, one seed, and compares validation accuracy (never test). "
+            + html.escape(verdict) + "</p>" + _frame_html(pilot.drop(columns=["run"])))
+
+
 def scale_html(df: Any) -> str:
     """The scale the runs were measured at, stated plainly, and how many runs are in which state."""
     scale = claims_mod.scale_of(df)
@@ -196,12 +212,14 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
     records, href = [c.record() for c in ledger], ""
     if results_dir is not None:
         root = Path(results_dir).parent if root is None else Path(root)
-        claims_mod.write_results(ledger, claims_mod.table1_rows(df, root), results_dir, root)
+        claims_mod.write_results(ledger, claims_mod.table1_rows(df, root), results_dir, root,
+                                 claims_mod.rate_pilot(df, root))
         records = claims_mod.read_results(results_dir)[0]["claims"]
         href = os.path.relpath(root, results_dir).rstrip("/") + "/"
     parts = [scale_html(df), "<h2 id='claims'>Claim ledger</h2>", ledger_html(records, runs_href=href),
              "<p class='note'>Machine-readable: <a href='claims.json'>claims.json</a> (every claim's estimate, "
              "interval, parts and run folders) and <a href='table1.csv'>table1.csv</a>.</p>" if results_dir else ""]
+    parts.append(rate_pilot_html(claims_mod.rate_pilot(df)))
     t1 = rc.table1(df)
     parts += ["<h2 id='table1'>Table 1: accuracy and trainable parameters of every cell</h2>", rc.table1_html(t1)]
     if results_dir is not None:
@@ -466,6 +484,66 @@ def external_references(page: str) -> list[str]:
     return [m.group(0) for m in EXTERNAL_RESOURCE.finditer(page)]
 
 
+# --- the README's summary, from the files a study writes -------------------------------------------------
+README_BLOCK = ("<!-- results: begin -->", "<!-- results: end -->")
+
+
+def results_markdown(reports_dir: str | Path) -> str:
+    """A short Markdown summary of a study from reports/claims.json, reports/table1.csv and
+    reports/study_timings.json: verdict counts, the claim rows of Table 1 (accuracy, 95% interval, the base's
+    zero-shot score, moved or not), the learning-rate pilot's choice, and the study's time."""
+    import pandas as pd
+
+    reports_dir = Path(reports_dir)
+    data, table = claims_mod.read_results(reports_dir)
+    counts = data["counts"]
+    lines = ["Verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ". By claim: "
+             + "; ".join(f"{k}: " + ", ".join(c["id"] for c in data["claims"] if c["verdict"] == k)
+                         for k in counts if counts[k] and k not in (claims_mod.NOT_COMPARABLE,)) + "."]
+    rows = table[table["setup"].isin([r[0] for r in _claim_rows()]) & (table["n_seeds"] > 1)]
+    if not rows.empty:
+        lines += ["", "| LLM | benchmark | setup | seeds × items | test accuracy [95% CI] | zero-shot | moved |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows.itertuples():
+            moved = {True: "yes", False: "no"}.get(r.moved, "–") if not pd.isna(r.moved) else "–"
+            zs = "–" if pd.isna(r.zero_shot) else f"{r.zero_shot:.1f}"
+            lines.append(f"| {r.llm} | {r.benchmark} | {r.setup} | {r.n_seeds} × {r.n_test_items} | "
+                         f"{r.acc_mean:.1f} [{r.acc_ci95_lo:.1f}, {r.acc_ci95_hi:.1f}] | {zs} | {moved} |")
+    pilot = pd.DataFrame(data.get("rate_pilot") or [])
+    if not pilot.empty:
+        own = pilot[pilot["profile_rate"]]
+        lines += ["", "Learning-rate pilot (validation): " + "; ".join(
+            f"{r.llm} {r.rate_class} {r.learning_rate:g} " + ("chosen" if r.chosen else "not chosen")
+            for r in own.itertuples()) + "."]
+    timings = reports_dir / "study_timings.json"
+    if timings.is_file():
+        t = runs.read_json(timings)
+        lines += ["", f"Study time: {t['total_s'] / 60:.1f} min ("
+                  + ", ".join(f"{k} {v / 60:.1f}" for k, v in t["stages_s"].items()) + " min), profile "
+                  f"{t['profile']}, {t['jobs']} workers; the machine's calibration is in docs/performance.md."]
+    return "\n".join(lines) + "\n"
+
+
+def _claim_rows() -> tuple:
+    from .grid import CLAIM_ROWS
+
+    return CLAIM_ROWS
+
+
+def write_readme_results(readme: str | Path, reports_dir: str | Path) -> bool:
+    """Replace the README's results block (README_BLOCK markers) with results_markdown; False when the README
+    has no such block."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    begin, end = README_BLOCK
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    runs.atomic_write(readme, f"{head}{begin}\n{results_markdown(reports_dir)}{end}{tail}")
+    return True
+
+
 # --- command line ---------------------------------------------------------------------------------------
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("report", help="render run folders into reports/index.html",
@@ -475,6 +553,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--runs", help="run folders (default: ROOT/runs/PROFILE)")
     p.add_argument("--notebooks", help="executed notebooks (default: ROOT/reports/notebooks)")
     p.add_argument("--out", help="report folder (default: ROOT/reports)")
+    p.add_argument("--readme", metavar="FILE", help="only rewrite FILE's results block from the report folder's "
+                   "claims.json, table1.csv and study_timings.json (no rendering)")
     p.set_defaults(func=main)
 
 
@@ -485,6 +565,17 @@ def main(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs) if args.runs else layout.runs(args.profile)
     nb_dir = Path(args.notebooks) if args.notebooks else layout.notebooks_out
     out = Path(args.out) if args.out else layout.reports
+    if args.readme:
+        if not (out / "claims.json").is_file():
+            print(f"qformer-peft report: {out / 'claims.json'} not found: run the study (or `qformer-peft report`) "
+                  f"first", file=sys.stderr)
+            return 1
+        if not write_readme_results(args.readme, out):
+            print(f"qformer-peft report: {args.readme} has no results block: add the lines {README_BLOCK[0]} and "
+                  f"{README_BLOCK[1]} where the summary goes", file=sys.stderr)
+            return 1
+        print(f"[report] {args.readme}: results block rewritten from {out}")
+        return 0
     if not runs.iter_runs(runs_dir) and not _notebooks(nb_dir):
         print(f"qformer-peft report: nothing to report: no run folders in {runs_dir} and no executed notebooks "
               f"in {nb_dir}", file=sys.stderr)

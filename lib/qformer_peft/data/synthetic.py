@@ -37,7 +37,7 @@ SIZES = {
              "heldin": (30, 10)},  # for tests
     "smoke": {"iconqa": (240, 60, 60), "scienceqa": (200, 50, 50), "vizwiz": (120, 40, 40),
               "flickr30k": (80, 20, 20), "heldin": (500, 100)},
-    "mini": {"iconqa": (3000, 600, 600), "scienceqa": (2000, 500, 500), "vizwiz": (1500, 300, 300),
+    "mini": {"iconqa": (3000, 300, 1000), "scienceqa": (2000, 300, 1000), "vizwiz": (1500, 300, 300),
              "flickr30k": (1000, 200, 200), "heldin": (6000, 600)},
 }
 SCIENCEQA_NO_IMAGE = 0.12  # extra problems without a picture (the NO / TXT-only part of ScienceQA)

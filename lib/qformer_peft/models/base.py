@@ -76,6 +76,7 @@ class Recipe:
                                           # from scratch
     mc_fraction: float = 0.25             # share of the questions also asked with lettered options
     extra_per_picture: int = 1            # base_stages.EXTRA_QUESTIONS asked per held-in picture
+    context_per_picture: int = 0          # base_stages.CONTEXT_QUESTIONS (read a context against the picture)
     # report
     eval_limit: int | None = 300          # held-in val task lines scored (3 per picture)
     zero_shot_limit: int | None = 300     # synthetic IconQA / ScienceQA val items ranked
@@ -359,7 +360,8 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
         report["stages"]["stage3_qformer"] = base_stages.train_qformer(
             bundle, heldin, images, epochs=recipe.qformer_epochs, batch_size=recipe.qformer_batch,
             lr=recipe.qformer_lr, warmup_steps=recipe.qformer_warmup, train_llm=recipe.stage3_llm == "trained",
-            mc_fraction=recipe.mc_fraction, extra_per_picture=recipe.extra_per_picture, seed=seed, log=log)
+            mc_fraction=recipe.mc_fraction, extra_per_picture=recipe.extra_per_picture,
+            context_per_picture=recipe.context_per_picture, seed=seed, log=log)
     changed = [n for n, t in bundle.model.vision_model.state_dict().items()
                if not n.startswith("post_layernorm.") and not torch.equal(t, vision_state[n])]
     if changed:

@@ -620,11 +620,59 @@ def extra_questions(heldin: "HeldIn", split: str, per_picture: int, seed: int) -
     return out
 
 
+# Reading a context against the picture (ScienceQA's skill, never its items): the context names each object by
+# one attribute and a label, the question asks for another attribute of a label, so the answer needs the text
+# (label -> colour or shape) and then the picture (that colour -> its shape, or that shape -> its colour).
+CONTEXT_QUESTIONS = {
+    "context_shape": ("The {color} shape is called {label}.", "Which shape is called {label}?"),
+    "context_color": ("The {shape} is called {label}.", "What color is the shape called {label}?"),
+}
+
+
+def _context_question(rng: random.Random, sc: dict, kind: str) -> dict | None:
+    """One context question about a held-in scene, or None when fewer than two objects are named apart by the
+    attribute the context uses (a unique colour for context_shape, a unique shape for context_color)."""
+    objs = sc["objects"]
+    key, asked = ("color", "shape") if kind == "context_shape" else ("shape", "color")
+    named = [o for o in objs if sum(x[key] == o[key] for x in objs) == 1]
+    if len(named) < 2:
+        return None
+    sentence, question = CONTEXT_QUESTIONS[kind]
+    labels = rng.sample("123456789", len(named))
+    facts = [sentence.format(label=label, **{key: o[key]}) for o, label in zip(named, labels)]
+    rng.shuffle(facts)
+    i = rng.randrange(len(named))
+    target = named[i]
+    return {"context": " ".join(facts), "question": question.format(label=labels[i]), "answer": target[asked],
+            "distractors": sorted({o[asked] for o in named} - {target[asked]})}
+
+
+def context_questions(heldin: "HeldIn", split: str, per_picture: int, seed: int) -> list[dict]:
+    """Up to `per_picture` CONTEXT_QUESTIONS per held-in picture, as held-in task lines:
+        <Image> Context: The red shape is called 4. The blue shape is called 7. Question: Which shape is called 7? Answer:
+    """
+    from ..data.synthetic_text import HELDIN_PROMPTS
+
+    rng = random.Random(f"context/{split}/{seed}")
+    out = []
+    for image, sc in heldin.scenes[split]:
+        kinds = sorted(CONTEXT_QUESTIONS)
+        rng.shuffle(kinds)
+        found = [qa for qa in (_context_question(rng, sc, k) for k in kinds) if qa is not None][:per_picture]
+        for qa in found:
+            prompt = HELDIN_PROMPTS["vqa"].format(q=qa["question"])
+            prompt = prompt.replace("<Image> ", f"<Image> Context: {qa['context']} ", 1)
+            out.append({"image": image, "task": "vqa", "qtype": "context", "prompt": prompt, "answer": qa["answer"],
+                        "distractors": qa["distractors"]})
+    return out
+
+
 def training_tasks(heldin: "HeldIn", split: str, *, extra_per_picture: int = 0, mc_fraction: float = 0.0,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, context_per_picture: int = 0) -> list[dict]:
     """What stages 2 and 3 train on: the held-in tasks, the extra questions, and a share of all their
     questions again with lettered options."""
-    tasks = heldin.tasks[split] + extra_questions(heldin, split, extra_per_picture, seed)
+    tasks = (heldin.tasks[split] + extra_questions(heldin, split, extra_per_picture, seed)
+             + context_questions(heldin, split, context_per_picture, seed))
     return tasks + multiple_choice(tasks, mc_fraction, seed)
 
 
@@ -689,7 +737,7 @@ def set_stage3_trainable(model, train_llm: bool) -> dict[str, int]:
 
 def train_qformer(bundle, heldin: HeldIn, images, *, epochs: int, batch_size: int, lr: float, warmup_steps: int,
                   train_llm: bool, seed: int, mc_fraction: float = 0.0, extra_per_picture: int = 0,
-                  val_limit: int = 256,
+                  context_per_picture: int = 0, val_limit: int = 256,
                   max_prompt_tokens: int = 128, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stage 3 with the engine's loop (train.fit: AdamW, weight decay on >= 2-dim tensors, warm-up + cosine
     per step). images: features.ImageEncoder over the frozen encoder (cached features). mc_fraction: share of
@@ -701,7 +749,8 @@ def train_qformer(bundle, heldin: HeldIn, images, *, epochs: int, batch_size: in
     start = time.perf_counter()
     model = bundle.model
     trainable = set_stage3_trainable(model, train_llm)
-    tasks = training_tasks(heldin, "train", extra_per_picture=extra_per_picture, mc_fraction=mc_fraction, seed=seed)
+    tasks = training_tasks(heldin, "train", extra_per_picture=extra_per_picture, mc_fraction=mc_fraction, seed=seed,
+                           context_per_picture=context_per_picture)
     train_set = heldin_examples(tasks)
     val_set = heldin_examples(heldin.tasks["val"][:val_limit])
 
