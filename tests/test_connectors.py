@@ -314,9 +314,9 @@ def test_the_notebook_defaults_build_valid_smoke_sized_configs_for_every_connect
 
     import nbformat
 
-    from qformer_peft import grid
+    from qformer_peft import grid_cells
 
-    nb = nbformat.read(str(grid.NOTEBOOKS_DIR / "30_connectors.ipynb"), as_version=4)
+    nb = nbformat.read(str(grid_cells.NOTEBOOKS_DIR / "30_connectors.ipynb"), as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     p = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body for t in n.targets}
     configs = connector_study.cell_configs(**p)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qformer_peft import grid, runs
+from qformer_peft import grid_cells, execute, grid, paper, runs, schedule
 from qformer_peft.config import MULTITASK_SEP, ExperimentConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
@@ -31,7 +31,7 @@ VARIANTS = [(n, False) for n in sorted(grid.PROFILES)] + [(n, True) for n, p in 
 @pytest.mark.parametrize("name,model_scaling", VARIANTS,
                          ids=[n + ("+model-scaling" if m else "") for n, m in VARIANTS])
 def test_every_profile_expands_into_valid_configs(name, model_scaling, tmp_path):
-    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ckpt"),
+    cells = grid_cells.expand(name, root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ckpt"),
                         model_scaling=model_scaling)
     names = [c.name for c in cells]
     assert len(names) == len(set(names)), "cell names must be unique: they name the executed notebooks"
@@ -48,9 +48,9 @@ def test_every_profile_expands_into_valid_configs(name, model_scaling, tmp_path)
 
 @pytest.mark.parametrize("name", ["mini", "paper"])
 def test_full_profiles_hold_the_papers_grid(name, tmp_path):
-    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
-    peft = [c for c in cells if c.notebook == grid.PEFT]
-    adalora = [c for c in cells if c.notebook == grid.ADALORA and grid.NULL_TAG not in c.parameters.get("tags", [])]
+    cells = grid_cells.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    peft = [c for c in cells if c.notebook == grid_cells.PEFT]
+    adalora = [c for c in cells if c.notebook == grid_cells.ADALORA and grid_cells.NULL_TAG not in c.parameters.get("tags", [])]
     assert len(peft) == 2 * 2 * 9 and len(adalora) == 2 * 4        # PROTOCOL §2 and §6
     first_seed = {(cfg.llm, cfg.benchmark, cfg.setup, cfg.qf_sublayers, cfg.llm_targets, cfg.rank)
                   for c in peft for cfg in c.configs() if cfg.seed == 42}
@@ -58,14 +58,14 @@ def test_full_profiles_hold_the_papers_grid(name, tmp_path):
     for c in peft:
         row = (c.parameters["setup"], c.parameters["qf_sublayers"], c.parameters["llm_targets"])
         seeds = {cfg.seed for cfg in c.configs()}
-        assert seeds == ({42, 43, 44} if row in grid.CLAIM_ROWS else {42}), c.name
+        assert seeds == ({42, 43, 44} if row in paper.CLAIM_ROWS else {42}), c.name
     assert all({cfg.seed for cfg in c.configs()} == {42, 43, 44} for c in adalora)
     assert all(cfg.method == "adalora" and cfg.adalora_init_r == 12 and cfg.adalora_target_r == 8
                for c in adalora for cfg in c.configs())
 
 
 def test_mini_stops_lora_runs_at_the_first_epoch_without_gain_and_never_cuts_an_adalora_schedule(tmp_path):
-    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
     every = [cfg for c in cells for cfg in c.configs()]
     adalora = [cfg for cfg in every if cfg.method == "adalora"]
     lora = [cfg for cfg in every if cfg.method == "lora"]
@@ -80,7 +80,7 @@ def test_mini_stops_lora_runs_at_the_first_epoch_without_gain_and_never_cuts_an_
 
 
 def test_mini_measures_the_held_in_cost_on_each_cells_first_seed_only(tmp_path):
-    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
     every = [cfg for c in cells for cfg in c.configs()]
     limit = grid.PROFILES["mini"].hparams["heldin_limit"]
     assert limit > 0
@@ -102,32 +102,32 @@ def test_model_scaling_adds_only_the_model_size_cell_and_keeps_every_finished_ce
     from qformer_peft.report_charts import tag_value
 
     kw = dict(root=tmp_path, checkpoints=str(tmp_path / "ck"))
-    plain, scaled = grid.expand("mini", **kw), grid.expand("mini", model_scaling=True, **kw)
+    plain, scaled = grid_cells.expand("mini", **kw), grid_cells.expand("mini", model_scaling=True, **kw)
     assert grid.resolve_profile("mini", True).name == "mini" and grid.PROFILES["mini"].scaling_models == {}
     assert [(c.name, c.params_hash) for c in plain] == [(c.name, c.params_hash) for c in scaled if c.name in
                                                         {p.name for p in plain}]
     [new] = [c for c in scaled if c.name not in {p.name for p in plain}]
-    assert new.name == "open_scaling_model_t5_iconqa" and new.notebook == grid.SCALING
+    assert new.name == "open_scaling_model_t5_iconqa" and new.notebook == grid_cells.SCALING
     own = new.configs()
     assert {(Path(c.model).name, c.setup, tag_value(list(c.tags), oq.SIZE_TAG)) for c in own} == {
         (m, s, size) for m, size in (("mini-deep-t5", "+1"), ("mini-wide-t5", "+2")) for s in ("baseline", "qf-lora")}
     assert {c.seed for c in own} == {42, 43, 44} and {c.train_limit for c in own} == {320}
     assert {c.rank for c in own if c.setup == "qf-lora"} == {8} and {c.llm for c in own} == {"t5"}
     reference = oq.plan("scaling", **new.parameters).reference   # the paper grid's mini runs: already there
-    paper = {cfg.hash for c in plain if c.notebook == grid.PEFT for cfg in c.configs()}
+    paper = {cfg.hash for c in plain if c.notebook == grid_cells.PEFT for cfg in c.configs()}
     assert reference and {cfg.hash for cfg in reference} <= paper and set(new.after) <= {c.name for c in plain}
 
     out = tmp_path / "nb"                           # the plain study finished: markers and run folders
     out.mkdir()
     for c in plain:
         runs.write_json(out / f"{c.name}.done.json", {"params_hash": c.params_hash})
-    assert [c.name for c in scaled if not grid.is_finished(c, out)] == [new.name]
+    assert [c.name for c in scaled if not execute.is_finished(c, out)] == [new.name]
     assert grid.PROFILES["mini"].base_models == (("mini", "t5"), ("mini", "llama"))
     assert grid.resolve_profile("mini", True).base_models == (("mini", "t5"), ("mini", "llama"),
                                                               ("mini-deep", "t5"), ("mini-wide", "t5"))
     with pytest.raises(grid.GridError, match="always on"):
-        grid.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck", model_scaling=True)
-    smoke = {c.name: c for c in grid.expand("smoke", root=tmp_path, model_scaling=True)}
+        grid_cells.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck", model_scaling=True)
+    smoke = {c.name: c for c in grid_cells.expand("smoke", root=tmp_path, model_scaling=True)}
     assert smoke["open_scaling_model_t5_iconqa"].parameters["models"] == ["tiny-deep", "tiny-wide"]
 
 
@@ -139,12 +139,12 @@ def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    grid.add_parser(sub)
+    schedule.add_parser(sub)
     study.add_parser(sub)
     for command in ("grid", "study"):
         assert parser.parse_args([command, "--model-scaling"]).model_scaling
         assert not parser.parse_args([command]).model_scaling
-    assert "--model-scaling" in subprocess.run(["bash", str(Path(grid.__file__).parents[2] / "run_all.sh"), "--help"],
+    assert "--model-scaling" in subprocess.run(["bash", str(Path(grid_cells.__file__).parents[2] / "run_all.sh"), "--help"],
                                                capture_output=True, text=True, check=True).stdout
     built = []
 
@@ -200,7 +200,7 @@ def test_a_failed_t5_build_fails_the_llama_build_that_starts_from_it_without_try
 
 
 def test_paper_profile_uses_the_papers_hyperparameters(tmp_path):
-    cells = {c.name: c for c in grid.expand("paper", root=tmp_path, data_root="/real", checkpoints="Salesforce")}
+    cells = {c.name: c for c in grid_cells.expand("paper", root=tmp_path, data_root="/real", checkpoints="Salesforce")}
     llama = cells["peft_llama_scienceqa_qf-lora_all"].configs()[0]
     assert (llama.batch_size, llama.grad_accum, llama.max_epochs, llama.patience) == (8, 2, 15, 3)
     assert llama.model == "Salesforce/instructblip-vicuna-7b"
@@ -216,27 +216,27 @@ def test_paper_profile_without_data_says_how_to_supply_it(tmp_path, monkeypatch)
     monkeypatch.delenv("QFP_DATA_ROOT", raising=False)
     monkeypatch.delenv("QFP_CHECKPOINTS", raising=False)
     with pytest.raises(grid.GridError, match="--data-root DIR or set QFP_DATA_ROOT"):
-        grid.expand("paper", root=tmp_path)
+        grid_cells.expand("paper", root=tmp_path)
     with pytest.raises(grid.GridError, match="--checkpoints DIR"):
-        grid.expand("paper", root=tmp_path, data_root=str(tmp_path))
+        grid_cells.expand("paper", root=tmp_path, data_root=str(tmp_path))
     monkeypatch.setenv("QFP_DATA_ROOT", str(tmp_path / "real"))
     monkeypatch.setenv("QFP_CHECKPOINTS", str(tmp_path / "ckpt"))
-    cfg = grid.expand("paper", root=tmp_path)[1].configs()[0]
+    cfg = grid_cells.expand("paper", root=tmp_path)[1].configs()[0]
     assert cfg.data_root.startswith(str(tmp_path / "real")) and cfg.model.startswith(str(tmp_path / "ckpt"))
 
 
 def test_only_keeps_matching_experiments_and_the_environment_and_report(tmp_path):
-    cells = grid.select(grid.expand("smoke", root=tmp_path), "adalora_t5_(vizwiz|flickr)")
+    cells = schedule.select(grid_cells.expand("smoke", root=tmp_path), "adalora_t5_(vizwiz|flickr)")
     assert [c.name for c in cells] == ["environment", "adalora_t5_flickr30k", "adalora_t5_vizwiz", "open_seeds",
                                        "report"]
     with pytest.raises(grid.GridError, match="not a valid regular expression"):
-        grid.select(cells, "(")
+        schedule.select(cells, "(")
 
 
 def test_exit_status_counts_failures_capped():
-    outcomes = [grid.Outcome(f"c{i}", "failed") for i in range(300)] + [grid.Outcome("ok", "done")]
-    assert grid.GridResult(outcomes).exit_status == grid.MAX_EXIT_STATUS
-    assert grid.GridResult(outcomes[:3] + outcomes[-1:]).exit_status == 3
+    outcomes = [execute.Outcome(f"c{i}", "failed") for i in range(300)] + [execute.Outcome("ok", "done")]
+    assert schedule.GridResult(outcomes).exit_status == schedule.MAX_EXIT_STATUS
+    assert schedule.GridResult(outcomes[:3] + outcomes[-1:]).exit_status == 3
 
 
 # --- executing cells -------------------------------------------------------------------------------------
@@ -248,11 +248,11 @@ def fake_cell(tmp_path, label, *, ranks=(1, 2), **extra):
               "executions_log": str(tmp_path / "executions.log"), **extra}
     # distinct benchmarks keep the cells' runs apart
     params["benchmark"] = {"a": "iconqa", "b": "scienceqa", "c": "vizwiz"}.get(label[-1], "iconqa")
-    return grid.Cell(label, "fake_experiment.ipynb", params)
+    return grid_cells.Cell(label, "fake_experiment.ipynb", params)
 
 
 def report_cell(tmp_path):
-    return grid.Cell("report", grid.REPORT, {"runs_dir": str(tmp_path / "runs"), "notebooks_dir": str(tmp_path / "nb"),
+    return grid_cells.Cell("report", grid_cells.REPORT, {"runs_dir": str(tmp_path / "runs"), "notebooks_dir": str(tmp_path / "nb"),
                                              "executions_log": str(tmp_path / "executions.log")})
 
 
@@ -262,7 +262,7 @@ def executions(tmp_path):
 
 
 def run(cells, tmp_path, **kw):
-    return grid.run_grid(cells, out_dir=tmp_path / "nb", notebooks_dir=FIXTURES, log=lambda m: None, **kw)
+    return schedule.run_grid(cells, out_dir=tmp_path / "nb", notebooks_dir=FIXTURES, log=lambda m: None, **kw)
 
 
 def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
@@ -300,16 +300,16 @@ def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
 
 def test_a_cell_that_reads_another_starts_after_it_and_analysis_runs_last(tmp_path):
     started_b = tmp_path / "b_started.log"                   # the reader writes it when it starts
-    reader = grid.Cell("cell_b", "fake_experiment.ipynb",
+    reader = grid_cells.Cell("cell_b", "fake_experiment.ipynb",
                        fake_cell(tmp_path, "cell_b", executions_log=str(started_b)).parameters, after=("cell_a",))
     slow = fake_cell(tmp_path, "cell_a", sleep_s=1.0)
-    analysis = grid.Cell("open_seeds", grid.SEEDS, {"runs_dir": str(tmp_path / "runs")})
+    analysis = grid_cells.Cell("open_seeds", grid_cells.SEEDS, {"runs_dir": str(tmp_path / "runs")})
     assert analysis.kind == "analysis" and analysis.configs() == []
     # listed first and free to start with two workers, the reader still waits for cell_a to finish
     assert run([reader, slow], tmp_path, jobs=2).exit_status == 0
     assert started_b.stat().st_mtime_ns >= (tmp_path / "nb" / "cell_a.done.json").stat().st_mtime_ns
-    assert grid.FINAL_KINDS == ("analysis", "report")
-    cells = grid.expand("smoke", root=tmp_path)
+    assert schedule.FINAL_KINDS == ("analysis", "report")
+    cells = grid_cells.expand("smoke", root=tmp_path)
     assert [c.kind for c in cells][-2:] == ["analysis", "report"]
 
 
@@ -376,9 +376,9 @@ def test_a_build_that_starts_from_another_waits_for_it_without_holding_a_core(tm
 
 
 def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_alignments(tmp_path):
-    cells = grid.expand("mini", root=tmp_path)
-    order = grid.start_order(cells)
-    connectors = [c for c in cells if c.notebook == grid.CONNECTORS]
+    cells = grid_cells.expand("mini", root=tmp_path)
+    order = schedule.start_order(cells)
+    connectors = [c for c in cells if c.notebook == grid_cells.CONNECTORS]
     assert len(connectors) == 3 and order[:3] == connectors and order[3:] == [c for c in cells if c not in connectors]
     by_name = {c.name: c for c in connectors}
     # the two claim notebooks align the same connectors: the second starts once the first has finished
@@ -391,7 +391,7 @@ def test_cell_with_all_runs_done_is_skipped_and_changed_parameters_rerun(tmp_pat
     for cfg in cell.configs():                                 # runs finished outside the grid
         r = runs.RunDir.open(tmp_path / "runs", cfg.to_dict(), prefix=cfg.run_name)
         r.mark_done({"test_score": 1.0})
-    assert not grid.is_finished(cell, tmp_path / "nb")        # no executed notebook yet: run it
+    assert not execute.is_finished(cell, tmp_path / "nb")        # no executed notebook yet: run it
     (tmp_path / "nb").mkdir()
     (tmp_path / "nb" / "cell_a.ipynb").write_text("{}")       # its notebook kept, its marker lost
     assert run([cell], tmp_path).count("skipped") == 1 and executions(tmp_path) == []
@@ -414,10 +414,10 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_grid import fake_cell, FIXTURES
-from qformer_peft import grid
+from qformer_peft import schedule
 tmp = Path({tmp!r})
 cells = [fake_cell(tmp, f"cell_{{x}}", sleep_s=0.3) for x in "abc"]
-sys.exit(grid.run_grid(cells, out_dir=tmp / "nb", notebooks_dir=FIXTURES).exit_status)
+sys.exit(schedule.run_grid(cells, out_dir=tmp / "nb", notebooks_dir=FIXTURES).exit_status)
 """
 
 
@@ -447,7 +447,7 @@ def test_submitit_backend_with_its_local_executor(tmp_path):
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
     outcomes = []
     cells = [fake_cell(tmp_path, "cell_a"), fake_cell(tmp_path, "cell_b", fail=True)]
-    grid._run_submitit(cells, notebooks_dir=FIXTURES, out_dir=tmp_path / "nb", kernel="python3", env={},
+    schedule._run_submitit(cells, notebooks_dir=FIXTURES, out_dir=tmp_path / "nb", kernel="python3", env={},
                        timeout=None, record=outcomes.append, run_final=lambda: False, executor=executor)
     assert {o.cell: o.state for o in outcomes} == {"cell_a": "done", "cell_b": "failed"}
 
@@ -460,8 +460,8 @@ def test_submitit_missing_gives_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["smoke", "mini"])
 def test_null_adalora_cells_repeat_a_real_cell_with_shuffled_answers(name, tmp_path):
-    cells = {c.name: c for c in grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))}
-    nulls = [c for c in cells.values() if grid.NULL_TAG in c.parameters.get("tags", [])]
+    cells = {c.name: c for c in grid_cells.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))}
+    nulls = [c for c in cells.values() if grid_cells.NULL_TAG in c.parameters.get("tags", [])]
     profile = grid.PROFILES[name]
     assert len(nulls) == len(profile.adalora_null_cells) >= 1
     for c in nulls:

@@ -9,10 +9,10 @@ import papermill as pm
 import pytest
 from fixtures.study_runs import write_study
 
-from qformer_peft import claims, grid, report
+from qformer_peft import grid_cells, claims, config, grid, paper, report
 from qformer_peft import open_questions as oq
 
-NOTEBOOKS = sorted(grid.NOTEBOOKS_DIR.glob("*.ipynb"))
+NOTEBOOKS = sorted(grid_cells.NOTEBOOKS_DIR.glob("*.ipynb"))
 # the shape of qformer_peft.ledger's rows: tests seed the report's cache with these instead of building
 # the full-size models on the meta device (the ledger has its own tests)
 FAKE_FULL_SIZE = {n: [{"llm": n, "setup": s, "qf_sublayers": "all", "llm_targets": t, "rank": 8, "qformer_lora": 1,
@@ -33,10 +33,10 @@ def parameters_of(nb):
 
 def test_the_grids_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
-    assert {grid.ENVIRONMENT, grid.PEFT, grid.ADALORA, grid.REPORT, grid.MULTITASK, grid.SCALING,
-            grid.RANK_SENSITIVITY, grid.SEEDS} <= names
+    assert {grid_cells.ENVIRONMENT, grid_cells.PEFT, grid_cells.ADALORA, grid_cells.REPORT, grid_cells.MULTITASK, grid_cells.SCALING,
+            grid_cells.RANK_SENSITIVITY, grid_cells.SEEDS} <= names
     for profile in grid.PROFILES:
-        assert {c.notebook for c in grid.expand(profile, root="/r", data_root="/d", checkpoints="/c")} <= names
+        assert {c.notebook for c in grid_cells.expand(profile, root="/r", data_root="/d", checkpoints="/c")} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -59,35 +59,35 @@ def test_notebook_opens_with_its_question_then_parameters_and_holds_no_logic(pat
 @pytest.mark.parametrize("profile", sorted(grid.PROFILES))
 def test_every_injected_parameter_is_declared_by_its_notebook(profile, tmp_path):
     declared = {p.name: set(parameters_of(nbformat.read(str(p), as_version=4))) for p in NOTEBOOKS}
-    for cell in grid.expand(profile, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path)):
+    for cell in grid_cells.expand(profile, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path)):
         extra = set(cell.parameters) - declared[cell.notebook]
         assert not extra, f"{cell.name}: {cell.notebook} does not declare {extra}"
 
 
-@pytest.mark.parametrize("name", [grid.PEFT, grid.ADALORA])
+@pytest.mark.parametrize("name", [grid_cells.PEFT, grid_cells.ADALORA])
 def test_default_parameters_build_valid_smoke_sized_configs(name):
-    p = parameters_of(nbformat.read(str(grid.NOTEBOOKS_DIR / name), as_version=4))
+    p = parameters_of(nbformat.read(str(grid_cells.NOTEBOOKS_DIR / name), as_version=4))
     keys = ("benchmark", "llm", "model", "data_dir", "setup", "qf_sublayers", "llm_targets", "method", "ranks",
             "seeds", "hparams", "tags")
-    configs = grid.experiment_configs(**{k: p[k] for k in keys if k in p})
+    configs = config.experiment_configs(**{k: p[k] for k in keys if k in p})
     assert configs and all(c.model == "tiny" and c.train_limit <= 64 and c.max_epochs <= 2 for c in configs)
     assert p["data_size"] == "smoke"
 
 
-@pytest.mark.parametrize("name", sorted(grid.OPEN_QUESTION_OF))
+@pytest.mark.parametrize("name", sorted(grid_cells.OPEN_QUESTION_OF))
 def test_open_question_defaults_are_smoke_sized(name):
-    p = parameters_of(nbformat.read(str(grid.NOTEBOOKS_DIR / name), as_version=4))
-    plan = oq.plan(grid.OPEN_QUESTION_OF[name], **p)
+    p = parameters_of(nbformat.read(str(grid_cells.NOTEBOOKS_DIR / name), as_version=4))
+    plan = oq.plan(grid_cells.OPEN_QUESTION_OF[name], **p)
     assert plan.own and plan.reference and p["data_size"] == "smoke"
     assert all(c.model == "tiny" and c.train_limit <= 64 and c.max_epochs <= 2 for c in plan.all)
 
 
 def test_seeds_notebook_reads_run_folders(tmp_path):
-    runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43, 44), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+    runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43, 44), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=())
     out = tmp_path / "43_seeds.ipynb"
-    pm.execute_notebook(str(grid.NOTEBOOKS_DIR / grid.SEEDS), str(out), kernel_name="python3", progress_bar=False,
-                        cwd=str(grid.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir)})
+    pm.execute_notebook(str(grid_cells.NOTEBOOKS_DIR / grid_cells.SEEDS), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(grid_cells.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir)})
     outputs = [o for c in nbformat.read(str(out), as_version=4).cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/svg+xml" in o.get("data", {}) for o in outputs) == 2          # spread, orderings
@@ -96,14 +96,14 @@ def test_seeds_notebook_reads_run_folders(tmp_path):
 
 
 def test_report_notebook_runs_on_run_folders(tmp_path):
-    runs_dir = write_study(tmp_path, ranks=(2,), seeds=(42, 43), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+    runs_dir = write_study(tmp_path, ranks=(2,), seeds=(42, 43), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=("iconqa",))
     from qformer_peft import runs
 
     runs.write_json(claims.full_size_cache_file(tmp_path / "cache"), FAKE_FULL_SIZE)
     out = tmp_path / "90_report.ipynb"
-    pm.execute_notebook(str(grid.NOTEBOOKS_DIR / grid.REPORT), str(out), kernel_name="python3", progress_bar=False,
-                        cwd=str(grid.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir),
+    pm.execute_notebook(str(grid_cells.NOTEBOOKS_DIR / grid_cells.REPORT), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(grid_cells.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir),
                                                                  "notebooks_dir": str(tmp_path / "nb"),
                                                                  "cache_dir": str(tmp_path / "cache")})
     nb = nbformat.read(str(out), as_version=4)
@@ -124,7 +124,7 @@ def test_smoke_profile_end_to_end(tmp_path):
     runs.write_json(claims.full_size_cache_file(tmp_path / "cache"), FAKE_FULL_SIZE)
     lines = []
     assert study.run_study("smoke", root=tmp_path, jobs=2, log=lines.append) == 0, "\n".join(lines)
-    cells = grid.expand("smoke", root=tmp_path)
+    cells = grid_cells.expand("smoke", root=tmp_path)
     expected = {cfg.hash for c in cells for cfg in c.configs()}
     done = {runs.config_hash(r.config) for r in runs.iter_runs(tmp_path / "runs" / "smoke") if r.is_done()}
     assert expected <= done

@@ -4,7 +4,7 @@ import re
 
 from fixtures.study_runs import CONNECTOR_EFFECT, write_connector_study, write_heldin_runs, write_study
 
-from qformer_peft import claims, report
+from qformer_peft import claim_ledger, claims, report
 from qformer_peft import connector_study as cs
 from qformer_peft import report_charts as rc
 from test_report import FULL_SIZE
@@ -48,7 +48,7 @@ def test_the_index_has_a_connector_section_and_ledger_rows_for_the_connector_cla
 def test_connector_claims_are_ledger_claims_whose_verdict_follows_the_runs(tmp_path):
     write_connector_study(tmp_path, effects={**CONNECTOR_EFFECT, "pool16": -4.0, "bottleneck": -5.0})
     df = rc.runs_frame(tmp_path / "runs")
-    rows = {c.id: c for c in claims.ledger(df, rc.ranks_frame(df), full_size=FULL_SIZE) if c.id in cs.CLAIMS}
+    rows = {c.id: c for c in claim_ledger.ledger(df, rc.ranks_frame(df), full_size=FULL_SIZE) if c.id in cs.CLAIMS}
     assert set(rows) == set(cs.CLAIMS) and all(isinstance(c, claims.Claim) for c in rows.values())
     assert rows["DeCo-acc"].verdict == rows["BA-linear"].verdict == claims.FAILS
     assert rows["BA-projector"].verdict == claims.HOLDS and rows["DeCo-conv"].verdict == claims.HOLDS

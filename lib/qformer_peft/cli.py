@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "base": ("qformer_peft.models.base", "build the embedded base models"),
     "run": ("qformer_peft.engine", "run one experiment from a config"),
     "bench": ("qformer_peft.bench", "measure the feature cache, batched ranking and full-size speed"),
-    "grid": ("qformer_peft.grid", "execute a profile's notebooks with papermill"),
+    "grid": ("qformer_peft.schedule", "execute a profile's notebooks with papermill"),
     "export": ("qformer_peft.export", "a finished run as a standalone InstructBLIP checkpoint (LoRA merged)"),
     "report": ("qformer_peft.report", "render run folders into reports/index.html"),
     "study": ("qformer_peft.study", "a profile end to end: data, base models, grid, report"),

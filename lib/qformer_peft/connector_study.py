@@ -5,7 +5,7 @@ of steps, then trained on one benchmark with the same protocol. Configs, tidy ta
     configs = connector_configs(benchmark="iconqa", llm="t5", model=..., data_dir=..., connectors=STUDY)
     frame = connector_frame(runs_frame(runs_dir))    # one row per run: accuracy, tokens, cost, parameters
     connector_claims(runs_frame(runs_dir))           # DeCo and Bottleneck Adapter claims (dicts, notebook 30)
-    ledger_claims(runs_frame(runs_dir))              # the same as claims.Claim rows of the index's claim ledger
+    ledger_claims(runs_frame(runs_dir))              # the same as claim.Claim rows of the index's claim ledger
 
 Symmetry: the non-Q-Former connectors have no pretrained weights, so the study's Q-Former starts from scratch
 too (connector_init='scratch'): every connector begins random and gets the same alignment budget; the base
@@ -22,7 +22,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .claims import Claim
+from .claim import Claim
 from .verdicts import COMPARABLE_TOL, INCONCLUSIVE, VERDICTS, combine, judge
 from .verdicts import fmt as _fmt
 from .config import ExperimentConfig, heldin_on_first_seed

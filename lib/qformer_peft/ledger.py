@@ -1,6 +1,6 @@
 """The trainable-parameter ledger of the paper's grid, counted on the full-size models.
 
-For each of the 33 runs per LLM (peft_setup.paper_grid) a full-size InstructBLIP is built on the
+For each of the 33 runs per LLM (paper.paper_grid) a full-size InstructBLIP is built on the
 meta device (no memory, no weights), adapted with `peft_setup.apply_peft` exactly as a real run is,
 and its trainable parameters are counted with `peft_setup.trainable_parameters`. So the ledger is
 what the code trains, not a formula. `qformer-peft params --llm flan-t5-xl|vicuna-7b [--json]`.
@@ -19,7 +19,8 @@ import json
 import sys
 
 from .models.build import build_model
-from .peft_setup import apply_peft, paper_grid, trainable_parameters
+from .paper import paper_grid
+from .peft_setup import apply_peft, trainable_parameters
 
 LLMS = ("flan-t5-xl", "vicuna-7b")
 KEYS = ("llm", "setup", "qf_sublayers", "llm_targets", "rank", "qformer_lora", "llm_lora", "qformer_full",

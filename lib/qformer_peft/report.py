@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import claim_ledger
 from . import claims as claims_mod
 from . import runs
 from .verdicts import VERDICTS
@@ -191,7 +192,7 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
     if df.empty:
         return f"<p class='empty'>No run folders in {html.escape(str(runs_dir))}.</p>"
     all_ranks = rc.ranks_frame(df)
-    ledger = claims_mod.ledger(df, all_ranks, full_size, cache_dir)
+    ledger = claim_ledger.ledger(df, all_ranks, full_size, cache_dir)
     ranks = rc.ranks_frame(rc.paper_runs(df))
     records, href = [c.record() for c in ledger], ""
     if results_dir is not None:
@@ -479,7 +480,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .grid import Layout
+    from .grid_cells import Layout
 
     layout = Layout(Path(args.root).resolve())
     runs_dir = Path(args.runs) if args.runs else layout.runs(args.profile)

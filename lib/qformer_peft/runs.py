@@ -11,7 +11,7 @@ A run folder holds everything the report needs, so the report never reaches back
       predictions.jsonl    test predictions, one object per item
       zero_shot_predictions.jsonl  the same test items scored before training (reference runs: baseline, null)
       adalora_ranks.jsonl  AdaLoRA rank history (tidy rows), only for AdaLoRA runs
-      rerun.json           why this run reruns another at a lowered rate (grid.RerunRule), only for reruns
+      rerun.json           why this run reruns another at a lowered rate (reruns.RerunRule), only for reruns
       adapter/             adapter weights in peft format
       checkpoint.pt        last completed epoch, for resuming (deleted when the run is done)
 

@@ -24,8 +24,11 @@ from concurrent.futures import Future, wait
 from typing import Any, Callable
 
 from . import runs
-from .grid import (PROFILES, GridError, Layout, Profile, add_common_arguments, auto_jobs, check_inputs, ensure_data,
-                   expand, resolve_profile, run_grid, select)
+from .grid_cells import Layout, expand
+from .execute import check_inputs
+from .grid import PROFILES, GridError, Profile, resolve_profile
+from .schedule import add_common_arguments, auto_jobs, run_grid, select
+from .workbook import ensure_data
 
 # size caps a study may put on every run (the paper profile on a CPU, to try the whole path on a few items)
 LIMITS = ("train_limit", "val_limit", "test_limit", "max_epochs")
