@@ -1,4 +1,4 @@
-"""Connectors (models/connectors.py), their alignment stage (models/alignment.py) and the connector study's
+"""Connectors (models/connectors.py), their alignment stage (pretrain/alignment.py) and the connector study's
 claims (connector_study.py), on the tiny preset: 32 px images in 8 px patches (a 4x4 grid + CLS), a 2-layer
 ViT, 8 queries, 64-wide everywhere."""
 import pandas as pd
@@ -11,7 +11,7 @@ from qformer_peft.config import ConfigError, ExperimentConfig
 from qformer_peft.engine import load_trained, run_experiment
 from qformer_peft.evaluate import candidate_nll
 from qformer_peft.models import connectors
-from qformer_peft.models.alignment import ALIGNED_FILE
+from qformer_peft.pretrain.alignment import ALIGNED_FILE
 from qformer_peft.models.build import build_model
 from qformer_peft.models.connectors import ConnectorSpec, GroupedLinear, PoolConnector, attach
 from qformer_peft.models.inputs import encode_images, forward, image_features, make_batch
@@ -333,7 +333,7 @@ def test_two_alignments_of_the_same_connector_at_once_train_it_once(world, tmp_p
     result and reads it (a per-alignment lock) instead of training it again."""
     import threading
 
-    from qformer_peft.models.alignment import align_connector
+    from qformer_peft.pretrain.alignment import align_connector
 
     bundles = [tiny(spec=ConnectorSpec("pool", 4)) for _ in range(2)]
     results: list = [None, None]

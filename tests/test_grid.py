@@ -135,7 +135,7 @@ def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the
     import argparse
 
     from qformer_peft import study
-    from qformer_peft.models import base
+    from qformer_peft.pretrain import base
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
@@ -164,7 +164,7 @@ def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the
 
 def test_a_failed_base_build_is_counted_and_what_runs_alongside_still_runs(tmp_path, monkeypatch):
     from qformer_peft import study
-    from qformer_peft.models import base
+    from qformer_peft.pretrain import base
 
     def fake(preset, llm, seed, data_dir, cache, **kw):
         if llm == "llama":
@@ -182,7 +182,7 @@ def test_a_failed_base_build_is_counted_and_what_runs_alongside_still_runs(tmp_p
 
 def test_a_failed_t5_build_fails_the_llama_build_that_starts_from_it_without_trying_it_again(tmp_path, monkeypatch):
     from qformer_peft import study
-    from qformer_peft.models import base
+    from qformer_peft.pretrain import base
 
     tried = []
 

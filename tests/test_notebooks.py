@@ -13,7 +13,7 @@ from qformer_peft import grid_cells, claims, config, grid, paper, report
 from qformer_peft import open_questions as oq
 
 NOTEBOOKS = sorted(grid_cells.NOTEBOOKS_DIR.glob("*.ipynb"))
-# the shape of qformer_peft.ledger's rows: tests seed the report's cache with these instead of building
+# the shape of params.parameter_ledger's rows: tests seed the report's cache with these instead of building
 # the full-size models on the meta device (the ledger has its own tests)
 FAKE_FULL_SIZE = {n: [{"llm": n, "setup": s, "qf_sublayers": "all", "llm_targets": t, "rank": 8, "qformer_lora": 1,
                        "llm_lora": 0, "total": 10, "pct_of_baseline": p, "pct_of_qformer": p}

@@ -12,8 +12,8 @@ import sys
 # sub-command -> (module that registers it, what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("qformer_peft.data.cli", "write, load and check the benchmarks"),
-    "params": ("qformer_peft.ledger", "trainable-parameter ledger of the paper's grid at full size"),
-    "base": ("qformer_peft.models.base", "build the embedded base models"),
+    "params": ("qformer_peft.params", "trainable-parameter ledger of the paper's grid at full size"),
+    "base": ("qformer_peft.pretrain.base", "build the embedded base models"),
     "run": ("qformer_peft.engine", "run one experiment from a config"),
     "bench": ("qformer_peft.bench", "measure the feature cache, batched ranking and full-size speed"),
     "grid": ("qformer_peft.schedule", "execute a profile's notebooks with papermill"),

@@ -108,7 +108,7 @@ class ExperimentConfig:
     precision: str = "auto"              # 'auto' | 'fp32' | 'bf16' | 'fp16'
     device: str = "auto"                 # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
     seed: int = 42
-    heldin_limit: int = 0                # > 0: after the test, held-in VQA exact match (base_quality.heldin_score) of
+    heldin_limit: int = 0                # > 0: after the test, held-in VQA exact match (pretrain.quality.heldin_score) of
                                          # the adapted model and with its LoRA switched off, on the first N held-in
                                          # val task lines (3 per picture: a caption and 2 VQA) of the synthetic world
                                          # the benchmark root lies in (DATA/heldin); 0 or no DATA/heldin: not measured

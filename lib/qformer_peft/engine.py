@@ -16,7 +16,7 @@ post-ViT LayerNorm, the whole Q-Former where it is fine-tuned, another connector
 aligned.safetensors when the run began with an alignment stage), result.json.
 
 Connectors (models/connectors.py): config.connector and its connector_* fields are attached by
-resolve_bundle; align_steps > 0 first aligns the connector on the held-in tasks (models/alignment.py,
+resolve_bundle; align_steps > 0 first aligns the connector on the held-in tasks (pretrain/alignment.py,
 cached under CACHE_DIR/connectors, shared by every run of the same base, connector, seed and data).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from . import runs
 from .config import ConfigError, ExperimentConfig, setup_defaults
 from .evaluate import MULTIPLE_CHOICE, PRIMARY, Example, evaluate
 from .features import FeatureCache, ImageEncoder
-from .models.alignment import ALIGNED_FILE, align_connector, load_aligned, trained_state
+from .pretrain.alignment import ALIGNED_FILE, align_connector, load_aligned, trained_state
 from .models.connectors import image_token_count, spec_of
 from .models.inputs import unwrap
 from .train import (adalora_tuner, autocast_for, fit, resolve_device, resolve_precision, seed_everything,
@@ -501,7 +501,7 @@ def heldin_cost(config: ExperimentConfig, bundle, model, images, *, autocast=Non
 
     from peft import PeftModel
 
-    from .models.base_quality import heldin_score
+    from .pretrain.quality import heldin_score
 
     data_dir = heldin_dir(config) if config.heldin_limit else None
     if data_dir is None:

@@ -48,7 +48,7 @@ def _counts(llm: str, run: dict, at_rank_one: dict) -> dict[str, int]:
     return {g: n * run["rank"] if g in ("qformer_lora", "llm_lora") else n for g, n in one.items()}
 
 
-def ledger(llm: str, grid: list[dict] | None = None) -> list[dict]:
+def parameter_ledger(llm: str, grid: list[dict] | None = None) -> list[dict]:
     """One row per run of `grid` (default: the paper's 33) with the KEYS above."""
     grid = paper_grid() if grid is None else grid
     baseline = count_run(llm, "baseline")
@@ -86,7 +86,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    rows = ledger(args.llm)
+    rows = parameter_ledger(args.llm)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()

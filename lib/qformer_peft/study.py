@@ -79,7 +79,7 @@ class Builds:
     """Base models being built in background processes while the grid runs (run_grid's `builds`): each running
     build holds a core until it ends, and a cell starts once the models it reads are built. Before, the grid
     waited for every build: in the mini study T5's finished 100 s before LLaMA's, one core idle meanwhile.
-    A build waiting for another (models.base.dependencies) is not running yet and holds no core."""
+    A build waiting for another (pretrain.base.dependencies) is not running yet and holds no core."""
 
     def __init__(self, futures: "dict[Path, Future[str]]", workers: int = 1):
         self.futures, self.workers = futures, workers  # workers: builds at a time (the pool's processes)
@@ -98,7 +98,7 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
                       jobs: int = 1, alongside: "Callable[[Builds], int] | None" = None,
                       timings: dict[str, float] | None = None) -> int:
     """Build the profile's embedded base models into CHECKPOINTS/<preset>-<llm>, where its notebooks
-    look for them (models.base.ensure_base reuses a build whose key is current); returns the failures.
+    look for them (pretrain.base.ensure_base reuses a build whose key is current); returns the failures.
     With jobs > 1 the builds run side by side in processes: each is single-threaded but stage 1, and the stage
     they share (the vision encoder, shared by both LLMs and by every model size) is trained by whichever gets
     its lock first and read by the others (the README has the times); a build that starts from another's
@@ -110,7 +110,7 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
     profile_name = profile.name
     start = time.time()
     todo = _base_models_to_build(profile, checkpoints)
-    base = _require("qformer_peft.models.base") if todo else None
+    base = _require("qformer_peft.pretrain.base") if todo else None
     if not todo:
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
     if jobs <= 1 or not todo:
@@ -160,7 +160,7 @@ def _base_models_to_build(profile: Profile, checkpoints: str) -> list[tuple[str,
     """(preset, llm, the path its notebooks read) for each base model the profile builds."""
     if not profile.base_models:
         return []
-    base = _require("qformer_peft.models.base")
+    base = _require("qformer_peft.pretrain.base")
     # where the notebooks read each model: the profile's models and its larger ones (scaling_models)
     read = [Path(m.format(checkpoints=checkpoints))
             for m in [*profile.models.values(), *(m for ms in profile.scaling_models.values() for m in ms)]]
@@ -206,7 +206,7 @@ def _submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str],
 def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoints: str, profile_name: str,
                log: Callable[[str], None]) -> str:
     """One base model (in this process or a pool's); the line that says where it is and how long it took."""
-    from .models import base
+    from .pretrain import base
 
     start = time.time()
     path = base.ensure_base(preset, llm, base.DEFAULT_SEED, data_dir, checkpoints, log=log)

@@ -89,7 +89,7 @@ PRESETS: dict[str, Preset] = {
 # The embedded presets scaled up in width or in depth, for the open question "does the gap between Q-Former
 # LoRA and full fine-tuning change with model size?" at the embedded scale (the mini profile's opt-in
 # --model-scaling). Only the Q-Former and the LLM change: the vision tower stays exactly the base preset's,
-# so that every size is built on the same frozen stage-1 encoder (models/base.py shares it between presets
+# so that every size is built on the same frozen stage-1 encoder (pretrain/base.py shares it between presets
 # whose vision tower and stage-1 recipe agree) and the comparison varies the adapted parts alone.
 #   width: hidden and intermediate sizes doubled, heads doubled so the head size stays the base's (16)
 #   depth: Q-Former and LLM layers doubled (cross-attention frequency unchanged, so the deeper Q-Former keeps

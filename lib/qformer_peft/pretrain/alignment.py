@@ -9,7 +9,7 @@ What trains is what `peft_setup.apply_peft(model, "baseline")` makes trainable: 
 projection (connector 'qformer'), or the connector (+ the bottleneck's LLM adapters), and the post-ViT
 LayerNorm in every case; the ViT and the LLM stay frozen. The recipe (ALIGN) is base stage 3's: AdamW, lr 5e-4,
 weight decay 0.05 on matrices, batch 16, linear warm-up then cosine. The base model's stage-3 trainer
-(base_stages.train_qformer) counts epochs and keeps the best epoch's weights; a step budget needs one pass
+(stages.train_qformer) counts epochs and keeps the best epoch's weights; a step budget needs one pass
 over fresh examples with checkpoints along the way, so the loop here is its own, built from train.backward_step.
 
 The result is cached like the base models: CACHE/<label>-s<seed>-<key>/aligned.safetensors (the tensors
@@ -102,8 +102,8 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
     """
     from ..features import FeatureCache, ImageEncoder
     from ..peft_setup import apply_peft, trainable_parameters
-    from . import base_stages
-    from .inputs import unwrap
+    from . import stages
+    from ..models.inputs import unwrap
 
     if steps < 1:
         raise ValueError(f"align_connector: steps must be >= 1, got {steps}")
@@ -124,12 +124,12 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
             return {**runs.read_json(folder / REPORT_FILE), "cached": True}
 
         start = time.perf_counter()
-        heldin = base_stages.read_heldin(root)
+        heldin = stages.read_heldin(root)
         if images is None:
             images = ImageEncoder(model, bundle.image_processor, device=device,
                                   cache=FeatureCache(model, bundle.image_processor, None, device=device))
         train = _schedule(heldin, steps, seed)
-        val = base_stages.heldin_examples(heldin.tasks["val"][:ALIGN["val_limit"]])
+        val = stages.heldin_examples(heldin.tasks["val"][:ALIGN["val_limit"]])
         report = _train(model, bundle, train, val, images=images, steps=steps, seed=seed,
                         device=torch.device(device), log=log, label=label)
         model.requires_grad_(False)
@@ -149,9 +149,9 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
 
 def _schedule(heldin, steps: int, seed: int) -> list:
     """steps x batch held-in training examples: passes over the tasks, each in a fresh seeded order."""
-    from . import base_stages
+    from . import stages
 
-    tasks = base_stages.heldin_examples(heldin.tasks["train"])
+    tasks = stages.heldin_examples(heldin.tasks["train"])
     need, out, rng = steps * ALIGN["batch_size"], [], random.Random(seed)
     while len(out) < need:
         order = list(range(len(tasks)))
@@ -165,7 +165,7 @@ def _train(model, bundle, train: list, val: list, *, images, steps: int, seed: i
     from transformers import get_cosine_schedule_with_warmup
 
     from ..train import adamw, backward_step, param_groups, seed_everything
-    from .inputs import forward, make_batch
+    from ..models.inputs import forward, make_batch
 
     @torch.no_grad()
     def val_loss() -> float:

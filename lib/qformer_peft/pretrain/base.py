@@ -3,15 +3,15 @@
     qformer-peft base build --preset mini --llm t5|llama|both [--seed N] [--data DIR] [--cache DIR]
     qformer-peft base list [--cache DIR]        qformer-peft base path --preset mini --llm t5 [--seed N]
 
-    from qformer_peft.models.base import ensure_base
+    from qformer_peft.pretrain.base import ensure_base
     path = ensure_base("mini", "t5", 0, "data/mini", "cache/base")   # builds what is missing; load_bundle(path)
 
-A build runs models/base_stages.py (1: vision encoder on dense labels, then frozen; 2: language model on the
-world's text, optional and off by default (measured not to pay, see base_stages); 3: Q-Former + queries +
+A build runs pretrain/stages.py (1: vision encoder on dense labels, then frozen; 2: language model on the
+world's text, optional and off by default (measured not to pay, see stages); 3: Q-Former + queries +
 projection, with the LLM, on the held-in tasks from cached encoder features; LLaMA's stage 3 starts from the
 T5 build's Q-Former, which is built first when missing: see LLM_RECIPES), saves the result with its
 tokenizers as an ordinary checkpoint directory (Bundle.save, read by load_bundle), and measures it
-(models/base_quality.py): build_report.json and build_report.md lie beside the weights.
+(models/quality.py): build_report.json and build_report.md lie beside the weights.
 
 Cache layout (default $QFP_CACHE/base, else ~/.cache/qformer-peft/base; outside git):
     <preset>-<llm>[-s<seed>]/     the checkpoint + build_key.json + build_report.{json,md}
@@ -42,9 +42,9 @@ from typing import Any, Callable
 import torch
 
 from .. import runs
-from .presets import SCALED_FROM, root_preset, vision_signature
+from ..models.presets import SCALED_FROM, root_preset, vision_signature
 
-BUILD_VERSION = "5"  # bump when a change here or in base_stages changes the weights a recipe builds
+BUILD_VERSION = "5"  # bump when a change here or in stages changes the weights a recipe builds
 DEFAULT_SEED = 0
 LLMS = ("t5", "llama")
 
@@ -60,7 +60,7 @@ class Recipe:
     vision_flip: bool = True
     vision_threads: int | None = 1        # torch threads for stage 1 (see threads)
     # stage 2: language model on text (0 epochs: no text stage; measured on mini, it did not pay: see
-    # base_stages' docstring), T5 prefix LM / LLaMA causal LM
+    # stages' docstring), T5 prefix LM / LLaMA causal LM
     text_epochs: int = 0
     text_batch: int = 32
     text_lr: float = 1e-3
@@ -75,7 +75,7 @@ class Recipe:
                                           # preset, seed, data; built first if missing: qformer_source); None:
                                           # from scratch
     mc_fraction: float = 0.25             # share of the questions also asked with lettered options
-    extra_per_picture: int = 1            # base_stages.EXTRA_QUESTIONS asked per held-in picture
+    extra_per_picture: int = 1            # stages.EXTRA_QUESTIONS asked per held-in picture
     # report
     eval_limit: int | None = 300          # held-in val task lines scored (3 per picture)
     zero_shot_limit: int | None = 300     # synthetic IconQA / ScienceQA val items ranked
@@ -113,7 +113,7 @@ RECIPES: dict[str, Recipe] = {
     # the smoke variant: every code path in seconds on a CPU (tests, CI); its numbers mean nothing
     "tiny": Recipe(vision_epochs=1, vision_batch=16, qformer_epochs=1, qformer_batch=8, qformer_warmup=2,
                    eval_limit=24, zero_shot_limit=8, adapt_train=16, adapt_epochs=1, adapt_val=8),
-    # the embedded default, sized by measurement (see the module docstring of base_stages and the report)
+    # the embedded default, sized by measurement (see the module docstring of stages and the report)
     "mini": Recipe(vision_epochs=8, vision_batch=16, vision_lr=1e-3, vision_threads=2, qformer_epochs=3, qformer_batch=16,
                    qformer_lr=1e-3, qformer_warmup=100, extra_per_picture=3, eval_limit=300, zero_shot_limit=400,
                    adapt_train=3000, adapt_epochs=2, adapt_lr=2e-3, adapt_val=300),
@@ -132,7 +132,7 @@ RECIPES: dict[str, Recipe] = {
 #   (T5 itself, 3 epochs     81.5 / 53.5 / +11.7 +- 3.0 / 95 / 69 / 584 s)
 # Two epochs: the second buys T5's zero-shot level for 156 s, and the LLaMA build now waits for T5's (the study
 # runs T5's grid cells meanwhile, study.Builds). A T5 Q-Former trained 1 epoch instead of 3 was not enough to
-# start from (binding 30 / 44, zero-shot 46.0, +4.0; base_stages' docstring). tiny follows so that the smoke
+# start from (binding 30 / 44, zero-shot 46.0, +4.0; stages' docstring). tiny follows so that the smoke
 # study and the tests take the same path.
 LLM_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("tiny", "llama"): {"qformer_from": "t5"},
@@ -310,16 +310,16 @@ def train_base(preset: str, llm: str, seed: int, data_dir: str | Path, cache_dir
 
 
 def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Recipe, log):
-    from . import base_stages
+    from . import stages
     from ..features import FeatureCache, ImageEncoder
-    from .build import build_model, default_tokenizers
+    from ..models.build import build_model, default_tokenizers
 
     key = build_key(preset, llm, seed, data_dir, recipe)
     clock = _Clock()
     report: dict[str, Any] = {"stages": {}, "quality": {},
                               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                           "load_average_start": _loadavg()}}
-    heldin = base_stages.read_heldin(data_dir)
+    heldin = stages.read_heldin(data_dir)
     qformer_tokenizer, llm_tokenizer = default_tokenizers(_vocabulary(data_dir))
 
     # stage 1: shared by both LLMs (cached under vision/)
@@ -334,7 +334,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
     # stage 2: the LLM alone on text
     if recipe.text_epochs:
         with clock("stage2_text"):
-            report["stages"]["stage2_text"] = base_stages.train_language(
+            report["stages"]["stage2_text"] = stages.train_language(
                 bundle.model.language_model, llm_tokenizer, llm, heldin, epochs=recipe.text_epochs,
                 batch_size=recipe.text_batch, lr=recipe.text_lr, seed=seed, mc_fraction=recipe.mc_fraction,
                 extra_per_picture=recipe.extra_per_picture, log=log)
@@ -356,7 +356,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
 
     # stage 3: Q-Former + queries + projection (+ LLM) on the held-in tasks
     with clock("stage3_qformer"):
-        report["stages"]["stage3_qformer"] = base_stages.train_qformer(
+        report["stages"]["stage3_qformer"] = stages.train_qformer(
             bundle, heldin, images, epochs=recipe.qformer_epochs, batch_size=recipe.qformer_batch,
             lr=recipe.qformer_lr, warmup_steps=recipe.qformer_warmup, train_llm=recipe.stage3_llm == "trained",
             mc_fraction=recipe.mc_fraction, extra_per_picture=recipe.extra_per_picture, seed=seed, log=log)
@@ -386,7 +386,7 @@ def load_qformer(model, checkpoint: Path) -> dict[str, Any]:
 def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
     from safetensors.torch import load_file, save
 
-    from . import base_stages
+    from . import stages
 
     weights, meta = vision_dir / "vision.safetensors", vision_dir / "stage1.json"
     with runs.file_lock(vision_dir):  # another build (other LLM, other size) may be training it
@@ -394,7 +394,7 @@ def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
             _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
             return load_file(weights), {**runs.read_json(meta), "reused": True}
         with _threads(recipe.vision_threads):
-            state, report = base_stages.train_vision(preset, heldin, epochs=recipe.vision_epochs,
+            state, report = stages.train_vision(preset, heldin, epochs=recipe.vision_epochs,
                                                      batch_size=recipe.vision_batch, lr=recipe.vision_lr,
                                                      flip=recipe.vision_flip, seed=seed, log=log)
             report["threads"] = torch.get_num_threads()
@@ -404,13 +404,13 @@ def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
 
 
 def _measure(bundle, checkpoint: Path, data_dir: Path, cache_dir: Path, images, recipe: Recipe, log) -> dict:
-    from . import base_quality
+    from . import adaptability, quality
 
     q: dict[str, Any] = {}
     limit = recipe.eval_limit
-    q["heldin"] = base_quality.heldin_score(bundle, data_dir, limit, images=images)
-    q["heldin_shuffled"] = base_quality.heldin_score(bundle, data_dir, limit, images=images, shuffle=True)
-    q["heldin_chance"] = base_quality.heldin_chance(data_dir, limit)
+    q["heldin"] = quality.heldin_score(bundle, data_dir, limit, images=images)
+    q["heldin_shuffled"] = quality.heldin_score(bundle, data_dir, limit, images=images, shuffle=True)
+    q["heldin_chance"] = quality.heldin_chance(data_dir, limit)
     three = ("heldin", "heldin_shuffled", "heldin_chance")
     _say(log, "[base] held-in VQA exact match {} (shuffled images {}, blind prior {}); caption CIDEr {} (shuffled {}, "
               "prior {})".format(*(q[k]["vqa_em"] for k in three), *(q[k]["caption_cider"] for k in three)))
@@ -418,7 +418,7 @@ def _measure(bundle, checkpoint: Path, data_dir: Path, cache_dir: Path, images, 
         if not (data_dir / bench).is_dir():
             q[f"zero_shot_{bench}"] = {"skipped": f"{data_dir / bench} absent"}
             continue
-        q[f"zero_shot_{bench}"] = base_quality.zero_shot(bundle, data_dir, bench, limit=recipe.zero_shot_limit,
+        q[f"zero_shot_{bench}"] = adaptability.zero_shot(bundle, data_dir, bench, limit=recipe.zero_shot_limit,
                                                          images=_cached(bundle, cache_dir))
         _say(log, f"[base] zero-shot {bench} val accuracy {q[f'zero_shot_{bench}']['accuracy']} "
                   f"(chance {q[f'zero_shot_{bench}']['chance']})")
@@ -426,7 +426,7 @@ def _measure(bundle, checkpoint: Path, data_dir: Path, cache_dir: Path, images, 
         work = cache_dir / f".adapt-{checkpoint.name}"
         shutil.rmtree(work, ignore_errors=True)
         try:
-            q["adaptability"] = base_quality.adaptability(
+            q["adaptability"] = adaptability.adaptability(
                 checkpoint, data_dir, work, cache_dir=cache_dir / "features", train_limit=recipe.adapt_train,
                 epochs=recipe.adapt_epochs, lr=recipe.adapt_lr, val_limit=recipe.adapt_val,
                 heldin_limit=recipe.eval_limit, log=log)

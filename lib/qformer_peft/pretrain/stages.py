@@ -11,7 +11,7 @@
   stage 3  Q-Former + query tokens + projection (+ the post-ViT LayerNorm, trainable as in every setup)
            on the held-in tasks (captioning, open VQA) with the ordinary InstructBLIP loss through the
            engine's training loop (train.fit), from cached encoder features; optionally the LLM too. The
-           LLaMA build's Q-Former starts from the T5 build's (models.base, Recipe.qformer_from; why below).
+           LLaMA build's Q-Former starts from the T5 build's (pretrain.base, Recipe.qformer_from; why below).
 Only DATA/heldin and the held-in lines of DATA/scenes.jsonl are read here: never a benchmark.
 
 Choices measured on mini (T5, one stage-1 encoder, 1 CPU thread; held-in val VQA exact match with shuffled
@@ -72,7 +72,7 @@ at all (33 -> 33, 36 -> 35), and mini-deep (Q-Former 8 layers, LLM 4) bound noth
 T5 build's Q-Former and queries, the same LLaMA stage 3 reaches val loss 0.220 (0.648 from scratch), bindings
 99 / 95, zero-shot IconQA 57.7, and +8.6 after 376 qf-lora steps: the LLM is not the limit. From a T5
 Q-Former trained 1 epoch it reaches only val loss 0.439, bindings 30 / 44, zero-shot 46.0, +4.0: a Q-Former
-stage shared by both LLMs (BLIP-2's first stage) has to be long. So the LLaMA recipe (models.base.LLM_RECIPES,
+stage shared by both LLMs (BLIP-2's first stage) has to be long. So the LLaMA recipe (pretrain.base.LLM_RECIPES,
 Recipe.qformer_from) starts its stage 3 from the finished T5 build's Q-Former and queries, as both of
 InstructBLIP's Q-Formers start from BLIP-2's, and trains it 2 epochs (345 s): held-in VQA 76.5, bindings
 96 / 72, zero-shot IconQA val 53.3, the check's held-out gain +15.0 +- 2.8 (1 epoch: 66.5, 43.3, +15.7).
@@ -93,7 +93,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.synthetic_world import COLOR_NAMES, SHAPES, SIZE_NAMES, object_coverage, patch_labels
-from .presets import build_config, get_preset
+from ..models.presets import build_config, get_preset
 
 # per-patch classification targets (class 0 = background, k + 1 = the k-th value) and their class counts
 PATCH_ATTRIBUTES = {"shape": len(SHAPES), "color": len(COLOR_NAMES), "size": len(SIZE_NAMES), "row": 3, "col": 3}
@@ -322,7 +322,7 @@ def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, l
     from transformers import InstructBlipVisionModel
 
     from ..train import adamw, param_groups
-    from .build import ImageProcessor
+    from ..models.build import ImageProcessor
 
     start = time.perf_counter()
     p = get_preset(preset)
@@ -415,7 +415,7 @@ def _cut(words: list[str], rng: random.Random) -> tuple[str, str]:
 def lm_batch(tokenizer, llm_kind: str, pairs: list[tuple[str, str]], max_tokens: int = 128) -> dict[str, torch.Tensor]:
     """T5: encoder prefix + </s>, decoder labels = continuation + </s>. LLaMA: <s> prefix continuation </s>,
     loss on every token after <s> (causal LM pretraining has no prompt mask)."""
-    from .inputs import IGNORE, _pad
+    from ..models.inputs import IGNORE, _pad
 
     prefixes = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
     targets = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
@@ -696,7 +696,7 @@ def train_qformer(bundle, heldin: HeldIn, images, *, epochs: int, batch_size: in
     the held-in questions also asked as multiple choice (multiple_choice). Validation each epoch is the mean
     held-in loss of the first `val_limit` val tasks; the best epoch's weights are kept."""
     from ..train import fit, seed_everything
-    from .inputs import forward, make_batch
+    from ..models.inputs import forward, make_batch
 
     start = time.perf_counter()
     model = bundle.model
