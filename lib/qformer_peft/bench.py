@@ -33,17 +33,11 @@ from typing import Any
 
 import torch
 
-from .bench_cuda import median_time
+from .bench_cuda import bf16_peak, largest_config, median_time
 
-SETUPS = {  # setup -> apply_peft arguments (rank 8, 'all' targets: the paper's largest PEFT configurations)
-    "baseline": dict(qf_sublayers=None, llm_targets=None, rank=None),
-    "qf-fft+llm-lora": dict(qf_sublayers=None, llm_targets="all", rank=8),
-    "qf-lora": dict(qf_sublayers="all", llm_targets=None, rank=8),
-    "qf-lora+llm-lora": dict(qf_sublayers="all", llm_targets="all", rank=8),
-}
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by device-name substring.
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
-                    "A10G": 70.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
+from .paper import SETUPS as PAPER_SETUPS
+
+SETUPS = {setup: largest_config(setup) for setup in PAPER_SETUPS}  # setup -> apply_peft arguments
 
 
 def _peak_rss_mb() -> float:
@@ -339,7 +333,7 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
     device = torch.device(device)
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
-    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    peak = bf16_peak(name)
     config = build_config(preset) if config is None else config
     out: dict[str, Any] = {"device": name, "bf16_peak_tflops": peak, "preset": preset,
                            "batch_size": batch_size, "prompt_tokens": prompt_tokens, "target_tokens": target_tokens,

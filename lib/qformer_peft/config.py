@@ -21,7 +21,7 @@ SETUPS = tuple(paper.SETUPS)
 QF_SUBLAYERS = tuple(paper.QF_SUBLAYERS)
 LLM_TARGETS = tuple(paper.LLM_TARGETS["t5"])
 METHODS = ("lora", "adalora")
-# A joint benchmark "scienceqa+iconqa" trains one model on several tasks (issue 7, multi-task AdaLoRA);
+# A joint benchmark "scienceqa+iconqa" trains one model on several tasks (the multi-task AdaLoRA open question);
 # only multiple-choice tasks, so that one validation accuracy (the mean over tasks) can pick the epoch.
 MULTITASK_SEP = "+"
 MULTITASK_BENCHMARKS = ("scienceqa", "iconqa")
@@ -53,7 +53,7 @@ def adalora_total_steps(steps: int) -> int:
     return max(steps, 2)
 
 
-# PROTOCOL §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
+# docs/protocol.md §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
 LR_QFORMER_FULL = 2e-5
 LR_PEFT = 5e-4
 
@@ -88,7 +88,7 @@ class ExperimentConfig:
     adalora_tfinal: float = 0.2          # fraction of the steps at the end trained on the final budget
     adalora_delta_t: int = 10            # steps between two budget reallocations
     adalora_orth_reg: float = 0.5        # orthogonality penalty weight (peft's default)
-    # --- how it is trained (PROTOCOL §4) -------------------------------------------------------
+    # --- how it is trained (docs/protocol.md §4) -------------------------------------------------------
     lr: float | None = None              # None: the protocol's rule (LR_QFORMER_FULL / LR_PEFT)
     weight_decay: float = 0.05           # on tensors with >= 2 dims
     max_epochs: int = 15

@@ -1,4 +1,4 @@
-"""The connector study (issue 7 §1): the same frozen ViT and LLM, joined by a Q-Former, DeCo's adaptive pooling,
+"""The connector study: the same frozen ViT and LLM, joined by a Q-Former, DeCo's adaptive pooling,
 a LLaVA projector or the Bottleneck Adapter; every connector aligned on the held-in tasks for the same number
 of steps, then trained on one benchmark with the same protocol. Configs, tidy tables, charts and claims.
 
@@ -258,20 +258,20 @@ def cost_chart(frame: pd.DataFrame) -> alt.FacetChart:
 
 CLAIMS = {
     "DeCo-acc": ("Adaptive average pooling matches or beats the Q-Former at equal image tokens (test accuracy at "
-                 f"most {COMPARABLE_TOL:g} point below)", "DeCo (seeds/003), PROTOCOL §7"),
+                 f"most {COMPARABLE_TOL:g} point below)", "DeCo (arXiv 2405.20985), docs/protocol.md §7"),
     "DeCo-conv": ("... and converges faster from scratch: lower held-in validation loss along the same alignment "
-                  "budget (mean over its checkpoints)", "DeCo (seeds/003)"),
+                  "budget (mean over its checkpoints)", "DeCo (arXiv 2405.20985)"),
     "DeCo-conv-task": ("... and on the benchmark: higher validation accuracy over the fine-tuning epochs (mean over "
-                       "the epochs both runs trained)", "DeCo (seeds/003)"),
+                       "the epochs both runs trained)", "DeCo (arXiv 2405.20985)"),
     "BA-linear": ("A linear bottleneck adapter without non-linearity is enough (test accuracy at most "
-                  f"{COMPARABLE_TOL:g} point below the same adapter with a GELU)", "Bottleneck Adapter (seeds/002)"),
+                  f"{COMPARABLE_TOL:g} point below the same adapter with a GELU)", "Bottleneck Adapter (arXiv 2407.17813)"),
     "BA-linear-align": ("... also on the held-in tasks (held-in loss after the same alignment at most "
-                        f"{LOSS_TOL:g} above the GELU variant's)", "Bottleneck Adapter (seeds/002)"),
+                        f"{LOSS_TOL:g} above the GELU variant's)", "Bottleneck Adapter (arXiv 2407.17813)"),
     "BA-projector": ("... and so is a linear projector on every patch (at most "
-                     f"{COMPARABLE_TOL:g} point below LLaVA's 2-layer MLP projector)", "Bottleneck Adapter (seeds/002) / "
+                     f"{COMPARABLE_TOL:g} point below LLaVA's 2-layer MLP projector)", "Bottleneck Adapter (arXiv 2407.17813) / "
                      "DeCo's LLaVA projector"),
     "BA-projector-align": (f"... also on the held-in tasks (held-in loss at most {LOSS_TOL:g} above the MLP "
-                           "projector's)", "Bottleneck Adapter (seeds/002) / DeCo's LLaVA projector"),
+                           "projector's)", "Bottleneck Adapter (arXiv 2407.17813) / DeCo's LLaVA projector"),
 }
 
 
@@ -373,7 +373,7 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
     return out
 
 
-SOURCE_NOTE = "issue 7 §1 (connector study); not a claim of the paper"
+SOURCE_NOTE = "the connector study; not a claim of the paper"
 
 
 def as_claim(d: Mapping[str, str]) -> Claim:

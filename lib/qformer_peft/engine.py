@@ -490,7 +490,7 @@ def heldin_dir(config: ExperimentConfig) -> Path | None:
 
 
 def heldin_cost(config: ExperimentConfig, bundle, model, images, *, autocast=None) -> dict[str, float | None] | None:
-    """What adapting costs on the held-in tasks (issue 5): held-in val VQA exact match (%) of the trained model
+    """What adapting costs on the held-in tasks: held-in val VQA exact match (%) of the trained model
     ('adapted') and, for a peft model, of the same model with its LoRA switched off ('adapter_off': what every
     setup trains besides LoRA, query tokens, projection, post-ViT LayerNorm, connector, stays adapted), on the
     first config.heldin_limit held-in val task lines. None when heldin_limit is 0 or there is no DATA/heldin.

@@ -25,8 +25,8 @@ from .reruns import plan_reruns
 KERNEL_NAME = "qformer-peft"           # a kernelspec written by the grid: this interpreter's ipykernel
 
 
-# papermill waits 60 s for a kernel by default; on the 2-core machine, with two workers starting kernels beside a
-# test run, one kernel once took longer (a clean-clone CI run) and its notebook was recorded as failed
+# papermill waits 60 s for a kernel by default: too short on a small, busy machine (workers starting kernels
+# beside other work), where a notebook would be recorded as failed for a slow start
 KERNEL_START_TIMEOUT = 300
 
 
@@ -63,13 +63,13 @@ def is_finished(cell: Cell, out_dir: Path, done_hashes: set[str] | None = None) 
     return False
 
 
-def write_kernelspec(where: Path) -> Path:
-    """A kernelspec named KERNEL_NAME that starts this interpreter's ipykernel; returns its JUPYTER_PATH.
+def write_kernelspec(where: Path, name: str = KERNEL_NAME) -> Path:
+    """A kernelspec named `name` that starts this interpreter's ipykernel; returns its JUPYTER_PATH.
 
     kernel_name 'python3' would resolve to the first python3 spec on the Jupyter path, which may be a
     user-wide one pointing at another interpreter; this one is always the venv running the grid.
     """
-    spec_dir = where / "kernels" / KERNEL_NAME
+    spec_dir = where / "kernels" / name
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": "Python (qformer-peft)", "language": "python"}
     runs.write_json(spec_dir / "kernel.json", spec)
@@ -200,7 +200,7 @@ def execute_cell(cell: Cell, *, notebooks_dir: Path, out_dir: Path, kernel: str,
     skip = _not_run(cell)
     if skip:
         runs.write_json(_marker(out_dir, cell, "not-run"), {"cell": cell.name, "notebook": cell.notebook,
-                                                             "reason": skip, "recorded": runs._now()})
+                                                             "reason": skip, "recorded": runs.now()})
         return Outcome(cell.name, "not run", 0.0, skip)
     reason = _missing_input(cell)
     error = None
@@ -232,12 +232,12 @@ def execute_cell(cell: Cell, *, notebooks_dir: Path, out_dir: Path, kernel: str,
         runs.write_json(_marker(out_dir, cell, "done"), {
             "cell": cell.name, "notebook": cell.notebook, "parameters": dict(cell.parameters),
             "params_hash": cell.params_hash, "config_hashes": hashes, "seconds": seconds,
-            "finished": runs._now()})
+            "finished": runs.now()})
         _marker(out_dir, cell, "failed").unlink(missing_ok=True)
         return Outcome(cell.name, "done", seconds)
     runs.write_json(_marker(out_dir, cell, "failed"), {
         "cell": cell.name, "notebook": cell.notebook, "parameters": dict(cell.parameters), "error": error,
-        "log": log.name, "seconds": seconds, "failed": runs._now()})
+        "log": log.name, "seconds": seconds, "failed": runs.now()})
     return Outcome(cell.name, "failed", seconds, error)
 
 

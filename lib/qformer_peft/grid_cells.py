@@ -35,12 +35,12 @@ ENVIRONMENT, PEFT, ADALORA, REPORT = ("00_environment.ipynb", "10_peft_experimen
 NULL_TAG = "study:null"  # null runs are kept out of the paper's grid (report_charts.paper_runs) by this tag
 
 
-# The open questions (issue 7 §2, open_questions.py): one notebook each; the seeds one only reads runs.
+# The open questions (open_questions.py): one notebook each; the seeds one only reads runs.
 MULTITASK, SCALING, RANK_SENSITIVITY, SEEDS = ("40_multitask_adalora.ipynb", "41_scaling.ipynb",
                                                "42_rank_sensitivity.ipynb", "43_seeds.ipynb")
 
 
-# The connector study (issue 7 §1, connector_study.py): one notebook per (LLM, benchmark, connector set).
+# The connector study (connector_study.py): one notebook per (LLM, benchmark, connector set).
 CONNECTORS = "30_connectors.ipynb"
 
 

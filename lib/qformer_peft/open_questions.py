@@ -1,4 +1,4 @@
-"""The paper's open questions (issue 7 §2): which runs each needs, the tables they reduce to, their claims.
+"""The paper's open questions: which runs each needs, the tables they reduce to, their claims.
 
 One notebook per question (notebooks/40-43), executed by the grid:
   multitask  one AdaLoRA budget over ScienceQA + IconQA trained jointly, against each task alone:
@@ -345,7 +345,7 @@ def orderings(df: pd.DataFrame) -> pd.DataFrame:
 
 # --- claims ---------------------------------------------------------------------------------------------
 def _claim(cid: str, v: C.Verdict, scale: str) -> C.Claim:
-    return C.Claim(cid, OPEN_CLAIMS[cid][0], f"issue 7 §2 ({OPEN_CLAIMS[cid][1]}); not a claim of the paper",
+    return C.Claim(cid, OPEN_CLAIMS[cid][0], f"open question ({OPEN_CLAIMS[cid][1]}); not a claim of the paper",
                    scale, v.verdict, v.evidence, v.parts, v.runs, v.resolve, v.unit)
 
 

@@ -3,9 +3,9 @@
     qformer-peft report [--runs DIR] [--notebooks DIR] [--out reports/]
 
 index.html carries the summary, built from run folders only: the scale statement, the claim ledger,
-Table 1, Figure 2 and the AdaLoRA heatmaps, what adapting costs on held-in VQA (issue 5; when runs measured
-it), the connector study (issue 7 §1: Q-Former, DeCo's pooling, projector, Bottleneck Adapter) and a section per
-open question (issue 7 §2: multi-task AdaLoRA, scaling, rank sensitivity, seeds), each with its charts and
+Table 1, Figure 2 and the AdaLoRA heatmaps, what adapting costs on held-in VQA (when runs measured
+it), the connector study (Q-Former, DeCo's pooling, projector, Bottleneck Adapter) and a section per
+open question (multi-task AdaLoRA, scaling, rank sensitivity, seeds), each with its charts and
 claims, then links to the notebook sections and the grid's failures.
 Everything is self-contained and offline: charts are inline SVG (vl-convert), sections come from
 nbconvert's lab template with its CDN scripts (require.js, MathJax, mermaid) removed, and no page
@@ -240,7 +240,7 @@ def _frame_html(frame: Any) -> str:
 
 
 def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim]) -> str:
-    """One section per open question (issue 7 §2): what was run, its charts, its claims."""
+    """One section per open question: what was run, its charts, its claims."""
     from . import open_charts as oc
     from . import open_questions as oq
 
@@ -314,7 +314,7 @@ def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim])
 
 
 def connectors_html(df: Any, ledger: Sequence[claims_mod.Claim]) -> str:
-    """The connector study (issue 7 §1, notebook 30): what was run, its charts, its claims; a plain line when
+    """The connector study (notebook 30): what was run, its charts, its claims; a plain line when
     this profile did not run it."""
     from . import connector_study as cs
 
@@ -371,7 +371,7 @@ def _connector_table(t: Any) -> Any:
 
 
 def heldin_cost_html(df: Any) -> str:
-    """What adapting costs on held-in VQA (issue 5), per setup: only when some run measured it (heldin_limit)."""
+    """What adapting costs on held-in VQA, per setup: only when some run measured it (heldin_limit)."""
     from . import report_charts as rc
 
     t = rc.heldin_cost_table(df)

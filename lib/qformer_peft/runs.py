@@ -147,7 +147,7 @@ def _git_revision() -> str | None:
         return None
 
 
-def _now() -> str:
+def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -187,17 +187,17 @@ class RunDir:
 
     def mark_running(self) -> None:
         write_json(self.path / "env.json", environment())
-        write_json(self.path / "status.json", {"state": "running", "updated": _now()})
+        write_json(self.path / "status.json", {"state": "running", "updated": now()})
 
     def mark_done(self, result: Mapping[str, Any]) -> None:
         write_json(self.path / "result.json", dict(result))
-        write_json(self.path / "status.json", {"state": "done", "updated": _now()})
+        write_json(self.path / "status.json", {"state": "done", "updated": now()})
         (self.path / "checkpoint.pt").unlink(missing_ok=True)
 
     def mark_failed(self, exc: BaseException) -> None:
         tb = "".join(_tb.format_exception(type(exc), exc, exc.__traceback__))
         write_json(self.path / "status.json",
-                   {"state": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": tb, "updated": _now()})
+                   {"state": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": tb, "updated": now()})
 
     # --- records ------------------------------------------------------------------------------
     @property

@@ -116,13 +116,13 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
         with lock:
             outcomes.append(o)
             manifest[o.cell].update(state=o.state, seconds=o.seconds, error=o.error)
-            runs.write_json(out_dir / "grid.json", {"order": order, "cells": manifest, "updated": runs._now()})
+            runs.write_json(out_dir / "grid.json", {"order": order, "cells": manifest, "updated": runs.now()})
             done = sum(x.state != "skipped" for x in outcomes)
             msg = f"[grid] {o.state:7s} {o.cell} ({o.seconds:.1f} s)" + (f": {o.error}" if o.error else "")
             log(msg + f"  [{done}/{len(todo) + len(final)}]")
 
     order = [c.name for c in cells]  # grid.json's keys get sorted; the report lists cells in this order
-    runs.write_json(out_dir / "grid.json", {"order": order, "cells": manifest, "updated": runs._now()})
+    runs.write_json(out_dir / "grid.json", {"order": order, "cells": manifest, "updated": runs.now()})
     log(f"[grid] {len(cells)} cells: {len(outcomes)} already finished, {len(todo)} to execute "
         f"({jobs} worker{'s' if jobs > 1 else ''}, backend {backend})")
     if backend == "submitit":

@@ -77,8 +77,8 @@ def _require(module: str) -> Any:
 
 class Builds:
     """Base models being built in background processes while the grid runs (run_grid's `builds`): each running
-    build holds a core until it ends, and a cell starts once the models it reads are built. Before, the grid
-    waited for every build: in the mini study T5's finished 100 s before LLaMA's, one core idle meanwhile.
+    build holds a core until it ends, and a cell starts once the models it reads are built, so no core idles
+    while the slower build finishes.
     A build waiting for another (pretrain.base.dependencies) is not running yet and holds no core."""
 
     def __init__(self, futures: "dict[Path, Future[str]]", workers: int = 1):
@@ -305,7 +305,7 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
     runs.write_json(layout.reports / "study_timings.json", {"profile": profile, "model_scaling": model_scaling, "jobs": jobs,
                                                             "stages_s": timings, "total_s": total,
                                                             "grid_alongside_base_models": overlap,
-                                                            "failures": failures, "finished": runs._now()})
+                                                            "failures": failures, "finished": runs.now()})
     return min(failures, 100)
 
 

@@ -85,7 +85,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-# --- model-size axis (issue 7, "Scaling: embedded model width and depth") -------------------------------
+# --- model-size axis (the scaling open question: embedded model width and depth) -------------------------------
 # The embedded presets scaled up in width or in depth, for the open question "does the gap between Q-Former
 # LoRA and full fine-tuning change with model size?" at the embedded scale (the mini profile's opt-in
 # --model-scaling). Only the Q-Former and the LLM change: the vision tower stays exactly the base preset's,
@@ -186,7 +186,7 @@ def build_config(
     vision = InstructBlipVisionConfig(
         hidden_size=p.vision_hidden, intermediate_size=p.vision_intermediate, num_hidden_layers=p.vision_layers,
         num_attention_heads=p.vision_heads, image_size=p.image_size, patch_size=p.patch_size,
-        # transformers' default 1e-10 makes a vision tower built from scratch output ~0 (PROTOCOL §1)
+        # transformers' default 1e-10 makes a vision tower built from scratch output ~0 (docs/protocol.md §1)
         initializer_range=0.02,
     )
     qformer = InstructBlipQFormerConfig(

@@ -1,6 +1,6 @@
 """The alignment stage of the connector study: every connector learns to feed the frozen LLM on the held-in
 tasks (captioning, open VQA; DATA/heldin from `data synth`) for the same number of steps, from the same frozen
-ViT and LLM, before the benchmark comparison (issue 7: the embedded base models were pretrained with a
+ViT and LLM, before the benchmark comparison (the embedded base models were pretrained with a
 Q-Former, so the other connectors would otherwise start untrained).
 
     report = align_connector(bundle, "data/mini", steps=300, seed=42, cache_dir="cache/features/connectors")
@@ -114,7 +114,7 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
     apply_peft(model, "baseline")  # the connector's (or Q-Former's) parts + post-ViT LayerNorm; nothing else
     trainable = {g: n for g, n in trainable_parameters(model).items() if n}
     # Two notebooks aligning the same connector at once (the mini grid runs the connector claims of both
-    # benchmarks side by side) would both train it: measured 280 s of duplicated work. The second waits here
+    # benchmarks side by side) would both train it. The second waits here
     # for the first's result and reads it.
     with runs.file_lock(folder) if folder is not None else contextlib.nullcontext():
         if folder is not None and (folder / ALIGNED_FILE).is_file() and (folder / REPORT_FILE).is_file():

@@ -1,4 +1,4 @@
-"""The embedded base models: small InstructBLIPs built in stages the way the real one was (issue 5), cached.
+"""The embedded base models: small InstructBLIPs built in stages the way the real one was, cached (docs/embedded-models.md).
 
     qformer-peft base build --preset mini --llm t5|llama|both [--seed N] [--data DIR] [--cache DIR]
     qformer-peft base list [--cache DIR]        qformer-peft base path --preset mini --llm t5 [--seed N]
@@ -7,11 +7,11 @@
     path = ensure_base("mini", "t5", 0, "data/mini", "cache/base")   # builds what is missing; load_bundle(path)
 
 A build runs pretrain/stages.py (1: vision encoder on dense labels, then frozen; 2: language model on the
-world's text, optional and off by default (measured not to pay, see stages); 3: Q-Former + queries +
+world's text, optional and off by default; 3: Q-Former + queries +
 projection, with the LLM, on the held-in tasks from cached encoder features; LLaMA's stage 3 starts from the
 T5 build's Q-Former, which is built first when missing: see LLM_RECIPES), saves the result with its
 tokenizers as an ordinary checkpoint directory (Bundle.save, read by load_bundle), and measures it
-(models/quality.py): build_report.json and build_report.md lie beside the weights.
+(pretrain/quality.py, pretrain/adaptability.py): build_report.json and build_report.md lie beside the weights.
 
 Cache layout (default $QFP_CACHE/base, else ~/.cache/qformer-peft/base; outside git):
     <preset>-<llm>[-s<seed>]/     the checkpoint + build_key.json + build_report.{json,md}
@@ -59,8 +59,8 @@ class Recipe:
     vision_lr: float = 1e-3
     vision_flip: bool = True
     vision_threads: int | None = 1        # torch threads for stage 1 (see threads)
-    # stage 2: language model on text (0 epochs: no text stage; measured on mini, it did not pay: see
-    # stages' docstring), T5 prefix LM / LLaMA causal LM
+    # stage 2: language model on text (0 epochs: no text stage, the default: docs/embedded-models.md),
+    # T5 prefix LM / LLaMA causal LM
     text_epochs: int = 0
     text_batch: int = 32
     text_lr: float = 1e-3
@@ -84,10 +84,8 @@ class Recipe:
     adapt_lr: float | None = None         # None: the grid's PEFT rate (config.LR_PEFT)
     adapt_val: int = 200
     # torch intra-op threads during the build (None: torch's default). Fixed per recipe so that a build does
-    # the same arithmetic on any machine. 1: on this 2-core CPU shared with other work, two threads were
-    # measured 6x (mini ViT step) to 15x (tiny build) slower than one; the models are too small to split.
-    # Stage 1 is the exception on mini (vision_threads 2): it runs alone (other builds wait for its lock), and
-    # on the idle 2-core machine a mini ViT step took 62 ms with two threads against 104 ms with one.
+    # the same arithmetic on any machine; 1, since these models are too small to split (docs/performance.md).
+    # Stage 1 is the exception on mini (vision_threads 2): it runs alone (other builds wait for its lock).
     threads: int | None = 1
 
     def __post_init__(self) -> None:
@@ -113,27 +111,15 @@ RECIPES: dict[str, Recipe] = {
     # the smoke variant: every code path in seconds on a CPU (tests, CI); its numbers mean nothing
     "tiny": Recipe(vision_epochs=1, vision_batch=16, qformer_epochs=1, qformer_batch=8, qformer_warmup=2,
                    eval_limit=24, zero_shot_limit=8, adapt_train=16, adapt_epochs=1, adapt_val=8),
-    # the embedded default, sized by measurement (see the module docstring of stages and the report)
+    # the embedded default, sized by measurement (docs/embedded-models.md)
     "mini": Recipe(vision_epochs=8, vision_batch=16, vision_lr=1e-3, vision_threads=2, qformer_epochs=3, qformer_batch=16,
                    qformer_lr=1e-3, qformer_warmup=100, extra_per_picture=3, eval_limit=300, zero_shot_limit=400,
                    adapt_train=3000, adapt_epochs=2, adapt_lr=2e-3, adapt_val=300),
 }
 # Per-LLM adjustments (looked up by the root preset, so mini-wide / mini-deep follow mini).
 # LLaMA's stage 3 starts from the T5 build's Q-Former and query tokens, as both of InstructBLIP's Q-Formers start
-# from the one BLIP-2 Q-Former: trained from scratch beside a LLaMA (build versions 1-5, 3 or 4 epochs, a deeper
-# LLaMA too), the Q-Former never learned to read the question: with its text input blanked the LLaMA base answered
-# as well as with it, it bound no colour to a shape (chance in 4-5-object pictures) and qf-lora could not move it
-# (IconQA +0.3 +- 2.4 in the check's 376 steps; -0.5 in 1,500 on version 4). Started from T5's, measured on the
-# ninth study's T5 build (same stage 1 and data), held-in VQA / zero-shot IconQA val / the check's held-out gain /
-# colour-of-a-shape and shape-of-a-colour binding in 4-5-object pictures (chance 32 / 33) / stage-3 time:
-#   from scratch, 3 epochs   50.0 / 43.5 / +0.3 +- 2.4  / 33 / 36 / 475 s
-#   from T5's, 1 epoch       66.5 / 43.3 / +15.7 +- 2.9 /         / 189 s
-#   from T5's, 2 epochs      76.5 / 53.3 / +15.0 +- 2.8 / 96 / 72 / 345 s
-#   (T5 itself, 3 epochs     81.5 / 53.5 / +11.7 +- 3.0 / 95 / 69 / 584 s)
-# Two epochs: the second buys T5's zero-shot level for 156 s, and the LLaMA build now waits for T5's (the study
-# runs T5's grid cells meanwhile, study.Builds). A T5 Q-Former trained 1 epoch instead of 3 was not enough to
-# start from (binding 30 / 44, zero-shot 46.0, +4.0; stages' docstring). tiny follows so that the smoke
-# study and the tests take the same path.
+# from the one BLIP-2 Q-Former: trained from scratch beside a LLaMA it never learned to read the question
+# (docs/embedded-models.md). tiny follows so that the smoke study and the tests take the same path.
 LLM_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("tiny", "llama"): {"qformer_from": "t5"},
     ("mini", "llama"): {"qformer_from": "t5", "qformer_epochs": 2},
