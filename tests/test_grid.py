@@ -4,7 +4,6 @@ failures are recorded without stopping the grid, and a killed grid resumes witho
 The executions use fixture notebooks (tests/fixtures/notebooks) that write run folders through
 runs.RunDir without training, so these tests do not depend on the engine.
 """
-import dataclasses
 import json
 import os
 import signal
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -131,74 +129,6 @@ def test_model_scaling_adds_only_the_model_size_cell_and_keeps_every_finished_ce
     assert smoke["open_scaling_model_t5_iconqa"].parameters["models"] == ["tiny-deep", "tiny-wide"]
 
 
-def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the_extra_bases(tmp_path, monkeypatch):
-    import argparse
-
-    from qformer_peft import study
-    from qformer_peft.pretrain import base
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    schedule.add_parser(sub)
-    study.add_parser(sub)
-    for command in ("grid", "study"):
-        assert parser.parse_args([command, "--model-scaling"]).model_scaling
-        assert not parser.parse_args([command]).model_scaling
-    assert "--model-scaling" in subprocess.run(["bash", str(Path(grid_cells.__file__).parents[2] / "run_all.sh"), "--help"],
-                                               capture_output=True, text=True, check=True).stdout
-    built = []
-
-    def fake(preset, llm, seed, data_dir, cache, **kw):
-        built.append(f"{preset}-{llm}")
-        return base.base_path(preset, llm, seed, cache)
-
-    monkeypatch.setattr(base, "ensure_base", fake)
-    lines: list[str] = []
-    assert study.build_base_models(grid.resolve_profile("mini", True), data_dir=tmp_path, checkpoints=str(tmp_path),
-                                   log=lines.append) == 0
-    assert built == ["mini-t5", "mini-deep-t5", "mini-wide-t5", "mini-llama"] and len(lines) == 4  # LLaMA after T5
-    bad = dataclasses.replace(grid.PROFILES["mini"], base_models=(("mini-wide", "llama"),))
-    with pytest.raises(grid.GridError, match="none of its models reads it"):
-        study.build_base_models(bad, data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append)
-
-
-def test_a_failed_base_build_is_counted_and_what_runs_alongside_still_runs(tmp_path, monkeypatch):
-    from qformer_peft import study
-    from qformer_peft.pretrain import base
-
-    def fake(preset, llm, seed, data_dir, cache, **kw):
-        if llm == "llama":
-            raise RuntimeError("stage 3 diverged")
-        return base.base_path(preset, llm, seed, cache)
-
-    monkeypatch.setattr(base, "ensure_base", fake)
-    lines, seen, timings = [], [], {}
-    failures = study.build_base_models("mini", data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append,
-                                       alongside=lambda builds: seen.append(builds.cores()) or 2, timings=timings)
-    assert failures == 3 and seen == [0] and timings["base models"] >= 0   # one build + the grid's two
-    assert lines[0].startswith("[study] base model mini-t5: ")
-    assert lines[1] == "[study] base model mini-llama: FAILED: RuntimeError: stage 3 diverged"
-
-
-def test_a_failed_t5_build_fails_the_llama_build_that_starts_from_it_without_trying_it_again(tmp_path, monkeypatch):
-    from qformer_peft import study
-    from qformer_peft.pretrain import base
-
-    tried = []
-
-    def fake(preset, llm, seed, data_dir, cache, **kw):
-        tried.append(llm)
-        raise RuntimeError("stage 3 diverged")
-
-    monkeypatch.setattr(base, "ensure_base", fake)
-    lines: list[str] = []
-    assert study.build_base_models("mini", data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append) == 2
-    assert tried == ["t5"]
-    assert lines == ["[study] base model mini-t5: FAILED: RuntimeError: stage 3 diverged",
-                     "[study] base model mini-llama: FAILED: RuntimeError: not built: it starts from a base model "
-                     "whose build failed (RuntimeError: stage 3 diverged)"]
-
-
 def test_paper_profile_uses_the_papers_hyperparameters(tmp_path):
     cells = {c.name: c for c in grid_cells.expand("paper", root=tmp_path, data_root="/real", checkpoints="Salesforce")}
     llama = cells["peft_llama_scienceqa_qf-lora_all"].configs()[0]
@@ -311,68 +241,6 @@ def test_a_cell_that_reads_another_starts_after_it_and_analysis_runs_last(tmp_pa
     assert schedule.FINAL_KINDS == ("analysis", "report")
     cells = grid_cells.expand("smoke", root=tmp_path)
     assert [c.kind for c in cells][-2:] == ["analysis", "report"]
-
-
-def test_cells_start_once_their_base_model_is_built_on_the_cores_the_builds_free(tmp_path):
-    """study.Builds gates the grid: a cell reading a model still being built waits for it, and each running build
-    keeps one of the `jobs` workers free, so with 2 jobs and one build the other cells run one at a time."""
-    import threading
-    from concurrent.futures import Future
-
-    from qformer_peft import study
-
-    building, built = tmp_path / "model-building", tmp_path / "model-present"
-    for m in (building, built):
-        m.mkdir()
-    started = {n: tmp_path / f"{n}.started" for n in ("cell_a", "cell_b", "cell_c")}
-    cell = lambda n, m: fake_cell(tmp_path, n, model=str(m), executions_log=str(started[n]), sleep_s=0.4)
-    cells = [cell("cell_a", building), cell("cell_b", built), cell("cell_c", built), report_cell(tmp_path)]
-    build = Future()
-    build.set_running_or_notify_cancel()
-    ended = []
-    timer = threading.Timer(1.5, lambda: (ended.append(time.time_ns()), build.set_result("built")))
-    timer.start()
-    builds = study.Builds({building.resolve(): build})
-    assert builds.cores() == 1 and builds.blocks(cells[0]) and not builds.blocks(cells[1])
-    assert run(cells, tmp_path, jobs=2, builds=builds).exit_status == 0
-    timer.join()
-    mtime = lambda p: p.stat().st_mtime_ns
-    assert mtime(started["cell_a"]) >= ended[0]                                   # waited for its model
-    done_b, done_c = mtime(tmp_path / "nb" / "cell_b.done.json"), mtime(tmp_path / "nb" / "cell_c.done.json")
-    first, second = sorted([("cell_b", done_b), ("cell_c", done_c)], key=lambda x: x[1])
-    assert mtime(started[second[0]]) >= first[1]                                  # one free worker, one at a time
-    assert not builds.cores() and not builds.blocks(cells[0])
-    running = {tmp_path / f"m{i}": Future() for i in range(4)}                  # 4 builds, 2 at a time
-    for f in running.values():
-        f.set_running_or_notify_cancel()
-    assert study.Builds(running, workers=2).cores() == 2
-
-
-def test_a_build_that_starts_from_another_waits_for_it_without_holding_a_core(tmp_path):
-    """study._submit_after: the LLaMA build (its Q-Former starts from T5's) is submitted once T5's has ended; till
-    then it holds no core (Builds.cores), so the cells reading T5 run beside it; a failed source fails it unrun."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from qformer_peft import study
-
-    release, ran = threading.Event(), []
-    with ThreadPoolExecutor(2) as pool:
-        source = pool.submit(lambda: release.wait(5) and "t5 built")
-        after = study._submit_after(pool, [source], lambda name: ran.append(name) or f"{name} built", "llama")
-        builds = study.Builds({tmp_path / "t5": source, tmp_path / "llama": after}, workers=2)
-        time.sleep(0.1)
-        assert not after.running() and not after.done() and ran == [] and builds.cores() == 1
-        env = types.SimpleNamespace(kind="environment")
-        assert builds.blocks(env)  # the environment notebook lists every checkpoint: it waits for both
-        release.set()
-        assert after.result(5) == "llama built" and ran == ["llama"] and builds.cores() == 0
-        assert not builds.blocks(env)
-        failed = pool.submit(lambda: 1 / 0)
-        orphan = study._submit_after(pool, [failed], lambda: ran.append("never"))
-        with pytest.raises(RuntimeError, match="whose build failed.*ZeroDivisionError"):
-            orphan.result(5)
-    assert ran == ["llama"]
 
 
 def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_alignments(tmp_path):

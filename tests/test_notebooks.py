@@ -116,31 +116,3 @@ def test_report_notebook_runs_on_run_folders(tmp_path):
                    for o in outputs)
 
 
-@pytest.mark.slow
-def test_smoke_profile_end_to_end(tmp_path):
-    pytest.importorskip("qformer_peft.engine", reason="the engine (issue 4) is not built yet")
-    from qformer_peft import runs, study
-
-    runs.write_json(claims.full_size_cache_file(tmp_path / "cache"), FAKE_FULL_SIZE)
-    lines = []
-    assert study.run_study("smoke", root=tmp_path, jobs=2, log=lines.append) == 0, "\n".join(lines)
-    cells = grid_cells.expand("smoke", root=tmp_path)
-    expected = {cfg.hash for c in cells for cfg in c.configs()}
-    done = {runs.config_hash(r.config) for r in runs.iter_runs(tmp_path / "runs" / "smoke") if r.is_done()}
-    assert expected <= done
-    index = tmp_path / "reports" / "index.html"
-    page = index.read_text()
-    assert "id='chart-figure2'" in page and "id='chart-heatmaps'" in page and "Failed notebooks" not in page
-    for c in cells:
-        section = tmp_path / "reports" / "sections" / f"{c.name}.html"
-        assert section.exists() and f"sections/{c.name}.html" in page
-    for p in [index, *(tmp_path / "reports" / "sections").glob("*.html")]:
-        text = p.read_text()
-        assert report.external_references(text) == [], p
-        assert "IProgress not found" not in text and "Loading weights" not in text, f"{p}: library noise"
-    assert any(line.startswith("[study] wall time by stage") for line in lines)
-    stored, table = claims.read_results(tmp_path / "reports")           # the machine-readable results
-    ids = [c["id"] for c in stored["claims"]]
-    assert len(set(ids)) == len(ids) and len(table) >= 1
-    assert all(any(i == c or i.startswith(f"{c}-") for i in ids) for c in claims.CLAIMS)  # params: per denominator
-    assert all((tmp_path / p).is_dir() for row in table["runs"] for p in row.split(";"))

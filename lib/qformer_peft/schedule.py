@@ -284,12 +284,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     profile = PROFILES[args.profile]
     if profile.data_size:
-        try:
-            ensure_data(cells[0].parameters["data_dir"], profile.data_size, profile.data_seed)
-        except ModuleNotFoundError as err:
-            print(f"qformer-peft grid: the synthetic benchmarks are missing from {cells[0].parameters['data_dir']} "
-                  f"and cannot be written: {err.name} is not built yet", file=sys.stderr)
-            return 2
+        ensure_data(cells[0].parameters["data_dir"], profile.data_size, profile.data_seed)
     result = run_grid(cells, out_dir=out_dir, jobs=max(0, args.jobs), backend=args.backend, kernel=args.kernel,
                       timeout=args.timeout)
     print(f"[grid] {result.count('done')} executed, {result.count('skipped')} skipped, "

@@ -6,8 +6,8 @@
 This is what ./run_all.sh runs. Each stage reuses what is already there (data with its completion
 marker, base models, finished notebooks and runs), so a rerun after an interruption only does what is
 missing. With several workers the grid starts while the base models are still building (each cell once the
-models it reads are built, on the cores the builds have freed). A stage whose module is not built yet says so
-and the others go on; the wall time of every stage is printed at the end and kept in
+models it reads are built, on the cores the builds have freed). A stage that fails is reported and the others
+go on; the wall time of every stage is printed at the end and kept in
 reports/study_timings.json.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from . import runs
 from .grid_cells import Layout, expand
 from .execute import check_inputs
 from .grid import PROFILES, GridError, Profile, resolve_profile
+from .pretrain import base
 from .schedule import add_common_arguments, auto_jobs, run_grid, select
 from .workbook import ensure_data
 
@@ -60,19 +60,6 @@ def with_limits(cells: list, limits: dict[str, int]) -> list:
 
     return [dataclasses.replace(c, parameters={**c.parameters, "hparams": capped(c.parameters["hparams"])})
             if limits and "hparams" in c.parameters else c for c in cells]
-
-
-class NotBuilt(Exception):
-    """A stage whose library module does not exist yet."""
-
-
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            raise NotBuilt(f"{module} is missing") from None
-        raise
 
 
 class Builds:
@@ -110,7 +97,6 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
     profile_name = profile.name
     start = time.time()
     todo = _base_models_to_build(profile, checkpoints)
-    base = _require("qformer_peft.pretrain.base") if todo else None
     if not todo:
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
     if jobs <= 1 or not todo:
@@ -160,7 +146,6 @@ def _base_models_to_build(profile: Profile, checkpoints: str) -> list[tuple[str,
     """(preset, llm, the path its notebooks read) for each base model the profile builds."""
     if not profile.base_models:
         return []
-    base = _require("qformer_peft.pretrain.base")
     # where the notebooks read each model: the profile's models and its larger ones (scaling_models)
     read = [Path(m.format(checkpoints=checkpoints))
             for m in [*profile.models.values(), *(m for ms in profile.scaling_models.values() for m in ms)]]
@@ -206,8 +191,6 @@ def _submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str],
 def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoints: str, profile_name: str,
                log: Callable[[str], None]) -> str:
     """One base model (in this process or a pool's); the line that says where it is and how long it took."""
-    from .pretrain import base
-
     start = time.time()
     path = base.ensure_base(preset, llm, base.DEFAULT_SEED, data_dir, checkpoints, log=log)
     if Path(path).resolve() != expected.resolve():
@@ -241,8 +224,6 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
         start = time.time()
         try:
             failures += fn()
-        except NotBuilt as err:
-            log(f"[study] {name}: not built yet ({err})")
         except Exception as err:  # noqa: BLE001 - one stage failing must not hide the others' results
             failures += 1
             log(f"[study] {name}: FAILED: {type(err).__name__}: {err}")
@@ -255,15 +236,12 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
             log(f"[study] data: real benchmarks in {data_dir}" + (f"; missing: {', '.join(missing)}" if missing else ""))
             return 0
         fresh = not (data_dir / ".complete").exists()
-        if fresh:
-            _require("qformer_peft.data.synthetic")
         ensure_data(data_dir, prof.data_size, prof.data_seed)
         log(f"[study] data: synthetic '{prof.data_size}' benchmarks {'written to' if fresh else 'present in'} {data_dir}")
         return 0
 
     def grid_stage(builds: Builds | None = None) -> int:
         start = time.time()
-        _require("qformer_peft.engine")
         result = run_grid(cells, out_dir=layout.notebooks_out, jobs=jobs, builds=builds, log=log)
         timings["grid"] = round(time.time() - start, 1)
         log(f"[study] grid: {result.count('done')} executed, {result.count('skipped')} already finished, "
