@@ -13,10 +13,12 @@ from safetensors.torch import load_file
 from qformer_peft.data import synthetic
 from qformer_peft.data.synthetic_world import patch_labels
 from qformer_peft.models import load_bundle, make_batch
-from qformer_peft.pretrain import adaptability, base, quality, stages
+from qformer_peft.pretrain import adaptability, base, build_report, quality, stages
+from qformer_peft.pretrain import recipe as recipes
+from qformer_peft.pretrain import cli as base_cli
 from qformer_peft.models.build import build_model, default_tokenizers
 
-RECIPE = base.RECIPES["tiny"].replace(eval_limit=12)
+RECIPE = recipes.RECIPES["tiny"].replace(eval_limit=12)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,7 @@ def test_adaptability_scores_the_same_test_items_before_and_after_with_a_paired_
     assert a["test_gain"] == pytest.approx(a["test_after"] - a["test_before"], abs=0.02)
     assert 0 <= a["test_gain_se"] <= 100
     report = base.runs.read_json(path / "build_report.json")
-    md = base.report_markdown({**report, "quality": {**report["quality"], "adaptability": a}})
+    md = build_report.report_markdown({**report, "quality": {**report["quality"], "adaptability": a}})
     assert f"held-out test {a['test_before']} -> {a['test_after']}" in md and "steps at lr 0.003 on" in md
 
 
@@ -163,11 +165,11 @@ def test_base_path_names_match_the_grid_and_the_cache_location(monkeypatch, tmp_
 
 def test_recipe_errors_name_the_field():
     with pytest.raises(ValueError, match="unknown recipe field.*qformer_epoch\\b"):
-        base.recipe_for("mini", {"qformer_epoch": 3})
+        recipes.recipe_for("mini", {"qformer_epoch": 3})
     with pytest.raises(ValueError, match="needs a text stage"):
-        base.recipe_for("mini", {"text_epochs": 0, "stage3_llm": "frozen"})
+        recipes.recipe_for("mini", {"text_epochs": 0, "stage3_llm": "frozen"})
     with pytest.raises(ValueError, match="no base-model recipe for preset 'flan-t5-xl'"):
-        base.recipe_for("flan-t5-xl")
+        recipes.recipe_for("flan-t5-xl")
 
 
 # --- the stages' pieces ----------------------------------------------------------------------------------
@@ -367,7 +369,7 @@ def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldi
     shared = tmp_path / "shared"
     shutil.copytree(cache / "vision", shared / "vision")
     for preset in ("tiny-wide", "tiny-deep"):
-        assert base.recipe_for(preset, llm="t5") == base.recipe_for("tiny", llm="t5")
+        assert recipes.recipe_for(preset, llm="t5") == recipes.recipe_for("tiny", llm="t5")
         assert base._vision_dir(cache, base.build_key(preset, "t5", 0, heldin_only, RECIPE)) == vision_file.parent
         built_path = base.ensure_base(preset, "t5", 0, heldin_only, shared, recipe=RECIPE, quality=False, log=None)
         model = load_bundle(built_path).model
@@ -405,10 +407,10 @@ def test_a_llama_build_can_start_its_qformer_from_the_t5_build_and_its_key_follo
     assert report["stages"]["qformer_source"] == {"from": "tiny-t5", "tensors": len(seen),
                                                   "build_key": base.runs.config_hash(source_key)}
     key = base.build_key("tiny", "llama", 0, heldin_only, recipe)
-    assert "starting from tiny-t5's Q-Former" in base.report_markdown(
+    assert "starting from tiny-t5's Q-Former" in build_report.report_markdown(
         {"name": "tiny-llama", "key": key, **report, "time_s": {}, "cpu_s": {}})
     assert key["qformer_from"] == source_key
-    monkeypatch.setitem(base.LLM_RECIPES, ("tiny", "t5"), {"qformer_lr": 5e-4})  # another T5 build
+    monkeypatch.setitem(recipes.LLM_RECIPES, ("tiny", "t5"), {"qformer_lr": 5e-4})  # another T5 build
     assert base.build_key("tiny", "llama", 0, heldin_only, recipe)["qformer_from"] != key["qformer_from"]
     assert "qformer_from" not in base.build_key("tiny", "llama", 0, heldin_only, RECIPE)  # from scratch
 
@@ -419,7 +421,7 @@ def test_a_qformer_starts_only_from_another_llms_build_of_the_same_preset(built,
         RECIPE.replace(qformer_from="gpt")
     with pytest.raises(ValueError, match="names the build itself"):
         base.qformer_source("tiny", "t5", RECIPE.replace(qformer_from="t5"))
-    monkeypatch.setitem(base.LLM_RECIPES, ("tiny", "t5"), {"qformer_from": "llama"})
+    monkeypatch.setitem(recipes.LLM_RECIPES, ("tiny", "t5"), {"qformer_from": "llama"})
     with pytest.raises(ValueError, match="chains are not supported"):
         base.qformer_source("tiny", "llama", RECIPE.replace(qformer_from="t5"))
     deep = build_model("tiny-deep", "llama", seed=0).model
@@ -431,11 +433,11 @@ def test_the_qformer_source_takes_the_builds_own_recipe_changes_so_one_command_b
                                                                                             capsys):
     changed = RECIPE.replace(qformer_from="t5", qformer_epochs=2)  # RECIPE: tiny with eval_limit 12
     assert base.qformer_source("tiny", "llama", changed) == ("tiny", "t5", RECIPE.replace(qformer_epochs=2))
-    assert base.qformer_source("tiny", "llama", base.recipe_for("tiny", llm="llama"))[2] == base.RECIPES["tiny"]
+    assert base.qformer_source("tiny", "llama", recipes.recipe_for("tiny", llm="llama"))[2] == recipes.RECIPES["tiny"]
     import argparse
 
     parser = argparse.ArgumentParser()
-    base.add_parser(parser.add_subparsers())
+    base_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["base", "build", "--preset", "tiny", "--llm", "both", "--data", str(heldin_only),
                               "--cache", str(tmp_path), "--set", "eval_limit=10", "--no-quality"])
     assert args.func(args) == 0
@@ -456,8 +458,8 @@ def test_base_build_command_accepts_the_scaled_presets():
     import argparse
 
     parser = argparse.ArgumentParser()
-    base.add_parser(parser.add_subparsers())
+    base_cli.add_parser(parser.add_subparsers())
     for preset in ("mini-wide", "mini-deep", "tiny-wide", "tiny-deep"):
         args = parser.parse_args(["base", "build", "--preset", preset, "--llm", "t5"])
-        assert args.preset == preset and base.DATA_SIZE[preset] == base.DATA_SIZE[preset.split("-")[0]]
-        assert base.recipe_for(preset, llm="llama") == base.recipe_for(preset.split("-")[0], llm="llama")
+        assert args.preset == preset and base_cli.DATA_SIZE[preset] == base_cli.DATA_SIZE[preset.split("-")[0]]
+        assert recipes.recipe_for(preset, llm="llama") == recipes.recipe_for(preset.split("-")[0], llm="llama")

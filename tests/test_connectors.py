@@ -243,7 +243,7 @@ def test_alignment_is_cached_and_a_reloaded_run_scores_as_it_did(world, tmp_path
     bundle, model = load_trained(run.path)
     preds = run.predictions()
     items = [p for p in preds][:2]
-    from qformer_peft.engine import load_examples
+    from qformer_peft.run_inputs import load_examples
 
     test = {e.id: e for e in load_examples(ExperimentConfig.from_dict(config))["test"]}
     examples = [test[p["id"]] for p in items]

@@ -16,10 +16,10 @@ LAYERS = [
     ["data.", "templates"],                                     # benchmarks, synthetic world, prompt formats
     ["models."],                                                # the InstructBLIP architecture and connectors
     ["config", "peft_setup"],                                   # one run's config; applying a setup with peft
-    ["train", "evaluate", "features"],                          # optimiser loop, scoring, frozen-feature cache
+    ["train", "evaluate", "features", "run_inputs"],            # optimiser loop, scoring, feature cache, a run's data
     ["pretrain.stages", "pretrain.quality", "pretrain.alignment"],  # pretraining stages, held-in scores, alignment
     ["engine"],                                                 # run_experiment: one run end to end
-    ["pretrain.", "params", "bench_cuda", "bench", "export"],   # base-model builds, ledger of parameters, benches
+    ["engine_cli", "pretrain.", "params", "bench_cuda", "bench", "export"],  # base builds, parameter ledger, benches
     ["verdicts", "report_charts", "open_charts", "claim", "claims", "connector_study", "open_questions",
      "claim_ledger"],                                           # analysis: verdicts, charts and claims
     ["reruns", "grid", "grid_cells", "workbook", "execute", "schedule"],  # profiles, cells, notebooks' API, running

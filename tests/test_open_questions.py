@@ -30,19 +30,19 @@ def test_joint_benchmark_validation_names_the_fix(tmp_path):
     [c] = config.experiment_configs(benchmark="scienceqa+iconqa", llm="t5", model="tiny", data_dir=str(tmp_path),
                                   method="adalora")
     assert c.data_root == str(tmp_path)                       # one root per task there
-    from qformer_peft import engine
+    from qformer_peft import run_inputs
 
     with pytest.raises(ConfigError, match="needs one root per task"):
-        engine.load_examples(c)
+        run_inputs.load_examples(c)
 
 
 def test_joint_run_loads_both_tasks_and_scores_each(smoke_data, tmp_path):
-    from qformer_peft import engine, runs
+    from qformer_peft import engine, run_inputs, runs
 
     hp = {"max_epochs": 1, "patience": 1, "batch_size": 8, "train_limit": 8, "val_limit": 4, "test_limit": 6}
     [cfg] = config.experiment_configs(benchmark="scienceqa+iconqa", llm="t5", model="tiny", data_dir=str(smoke_data),
                                     method="adalora", hparams=hp)
-    splits = engine.load_examples(cfg)
+    splits = run_inputs.load_examples(cfg)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [16, 8, 12]      # each task cut to its limit
     assert {e.meta["task"] for e in splits["train"]} == {"scienceqa", "iconqa"}
     assert all(e.id.startswith(e.meta["task"] + "/") for e in splits["test"])

@@ -233,7 +233,7 @@ def test_export_reproduces_the_runs_predictions_and_report_keeps_the_cwd_clean(w
     from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
     from qformer_peft import cli
-    from qformer_peft.engine import load_examples
+    from qformer_peft.run_inputs import load_examples
     from qformer_peft.evaluate import evaluate
     from qformer_peft.features import ImageEncoder
     from qformer_peft.models.build import Bundle, ImageProcessor

@@ -52,7 +52,7 @@ def _peak_rss_mb() -> float:
 def _mini_examples(folder: Path, preset: str = "mini", size: str = "smoke"):
     from .config import ExperimentConfig
     from .data import synthetic
-    from .engine import load_examples
+    from .run_inputs import load_examples
 
     synthetic.synthesize(folder, size=size, seed=0)
     cfg = ExperimentConfig(benchmark="iconqa", data_root=str(folder / "iconqa"), model=preset)
@@ -62,7 +62,7 @@ def _mini_examples(folder: Path, preset: str = "mini", size: str = "smoke"):
 def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_questions: int = 32,
               llm: str = "t5", progress: bool = True) -> dict[str, Any]:
     from . import features, peft_setup
-    from .engine import resolve_bundle
+    from .run_inputs import resolve_bundle
     from .evaluate import candidate_nll, candidate_nll_loop
     from .features import FeatureCache, ImageEncoder
     from .models.inputs import encode_images
@@ -233,7 +233,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
     from torch.utils.flop_counter import FlopCounterMode
 
     from . import features, peft_setup
-    from .engine import resolve_bundle
+    from .run_inputs import resolve_bundle
     from .features import FeatureCache, ImageEncoder
     from .train import adamw, backward_step, fuse_lora, param_groups, seed_everything
 

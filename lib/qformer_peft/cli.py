@@ -13,8 +13,8 @@ import sys
 COMMANDS: dict[str, str] = {
     "data": "qformer_peft.data.cli",         # write, load and check the benchmarks
     "params": "qformer_peft.params",         # trainable-parameter ledger of the paper's grid at full size
-    "base": "qformer_peft.pretrain.base",    # build the embedded base models
-    "run": "qformer_peft.engine",            # run one experiment from a config
+    "base": "qformer_peft.pretrain.cli",     # build the embedded base models
+    "run": "qformer_peft.engine_cli",        # run one experiment from a config
     "bench": "qformer_peft.bench",           # measure the feature cache, batched ranking and full-size speed
     "grid": "qformer_peft.schedule",         # execute a profile's notebooks with papermill
     "export": "qformer_peft.export",         # a finished run as a standalone InstructBLIP checkpoint (LoRA merged)

@@ -18,7 +18,8 @@ import torch
 from peft import PeftModel
 
 from .. import data, runs
-from ..engine import examples_of, load_trained, run_experiment
+from ..engine import load_trained, run_experiment
+from ..run_inputs import examples_of
 from ..evaluate import evaluate
 from ..features import FeatureCache, ImageEncoder
 from ..models.build import load_bundle
