@@ -84,7 +84,7 @@ def test_stage3_leaves_the_stage1_encoder_bit_identical_and_trains_what_sits_abo
     frozen = [k for k in stage1 if not k.startswith("post_layernorm.")]
     assert frozen and all(torch.equal(vision[k], stage1[k]) for k in frozen)
     assert not torch.equal(vision["post_layernorm.weight"], stage1["post_layernorm.weight"])  # trainable, as in LAVIS
-    qf, llm = default_tokenizers(base._vocabulary(heldin_only))
+    qf, llm = default_tokenizers(base.heldin_vocabulary(heldin_only))
     untrained = build_model("tiny", "t5", qformer_tokenizer=qf, llm_tokenizer=llm, seed=0).model
     key = "encoder.layer.0.crossattention.attention.query.weight"
     assert not torch.equal(model.qformer.state_dict()[key], untrained.qformer.state_dict()[key])
@@ -197,8 +197,8 @@ def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
 @pytest.mark.parametrize("llm", ["t5", "llama"])
 def test_text_stage_lowers_held_out_perplexity_and_leaves_the_llm_frozen(data, llm):
     heldin = stages.read_heldin(data)
-    bundle = build_model("tiny", llm, seed=0, qformer_tokenizer=default_tokenizers(base._vocabulary(data))[0],
-                         llm_tokenizer=default_tokenizers(base._vocabulary(data))[1])
+    bundle = build_model("tiny", llm, seed=0, qformer_tokenizer=default_tokenizers(base.heldin_vocabulary(data))[0],
+                         llm_tokenizer=default_tokenizers(base.heldin_vocabulary(data))[1])
     lm = bundle.model.language_model
     report = stages.train_language(lm, bundle.llm_tokenizer, llm, heldin, epochs=1, batch_size=32, lr=3e-3,
                                         seed=0, mc_fraction=0.25, extra_per_picture=1, log=None)
@@ -228,7 +228,7 @@ def test_lm_batches_put_the_loss_where_each_objective_wants_it():
 
 def test_shuffled_control_never_keeps_a_picture_and_chance_uses_the_training_answers(data):
     images = [f"img{i}" for i in range(7)] * 3
-    swap = quality._derangement(images, seed=0)
+    swap = quality.derangement(images, seed=0)
     assert sorted(swap) == sorted(set(images)) and all(a != b for a, b in swap.items())
     assert sorted(swap.values()) == sorted(swap)
     chance = quality.heldin_chance(data)
@@ -334,6 +334,7 @@ def test_multiple_choice_asks_the_extra_questions_against_what_the_picture_shows
     assert max(by_kind["count_shapes"]) > 2  # pool distractors: other counts
 
 
+@pytest.mark.slow
 def test_side_by_side_builds_share_the_encoder_and_equal_one_after_the_other(heldin_only, tmp_path, monkeypatch):
     """study.build_base_models with jobs=2 builds both LLMs in two processes; the shared stage 1 is
     trained once (its lock) and the checkpoints are bit-identical to sequential builds."""
@@ -364,13 +365,13 @@ def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldi
     (vision_file,) = (cache / "vision").glob("*/vision.safetensors")
     stage1 = load_file(vision_file)
     key = base.build_key("tiny", "t5", 0, heldin_only, RECIPE)
-    assert vision_file.parent == base._vision_dir(cache, key)
+    assert vision_file.parent == base.vision_dir(cache, key)
     monkeypatch.setattr(stages, "train_vision", lambda *a, **k: pytest.fail("stage 1 trained a second time"))
     shared = tmp_path / "shared"
     shutil.copytree(cache / "vision", shared / "vision")
     for preset in ("tiny-wide", "tiny-deep"):
         assert recipes.recipe_for(preset, llm="t5") == recipes.recipe_for("tiny", llm="t5")
-        assert base._vision_dir(cache, base.build_key(preset, "t5", 0, heldin_only, RECIPE)) == vision_file.parent
+        assert base.vision_dir(cache, base.build_key(preset, "t5", 0, heldin_only, RECIPE)) == vision_file.parent
         built_path = base.ensure_base(preset, "t5", 0, heldin_only, shared, recipe=RECIPE, quality=False, log=None)
         model = load_bundle(built_path).model
         assert model.config.qformer_config.to_dict() != load_bundle(path).model.config.qformer_config.to_dict()

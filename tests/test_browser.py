@@ -51,6 +51,7 @@ def alone(page, element_id, tmp_path, text=None):
     return screenshot(copy, tmp_path)
 
 
+@pytest.mark.slow
 def test_every_chart_of_the_report_draws_in_chromium(tmp_path):
     runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=("iconqa", "scienceqa"))

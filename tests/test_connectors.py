@@ -297,7 +297,7 @@ def test_connector_claims_flip_with_the_data(pool_gap, gelu_gap, verdicts):
     assert claims["BA-projector"]["verdict"] == "inconclusive"  # no projector runs
     assert claims["DeCo-acc"]["scale"] == "embedded" and "16 tokens, t5/iconqa (10 alignment steps): pool16" in claims["DeCo-acc"]["evidence"]
     # an early-stopped curve is compared on the epochs both runs have
-    assert connector_study._mean_gap([60, 70, 90], [50, 80]) == pytest.approx(0.0)
+    assert connector_study.mean_gap([60, 70, 90], [50, 80]) == pytest.approx(0.0)
 
 
 def test_accuracy_claims_between_connectors_that_learned_nothing_are_not_resolvable():

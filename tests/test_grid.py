@@ -195,6 +195,7 @@ def run(cells, tmp_path, **kw):
     return schedule.run_grid(cells, out_dir=tmp_path / "nb", notebooks_dir=FIXTURES, log=lambda m: None, **kw)
 
 
+@pytest.mark.slow
 def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
     cells = [fake_cell(tmp_path, "cell_a"), fake_cell(tmp_path, "cell_b", fail=True), fake_cell(tmp_path, "cell_c"),
              report_cell(tmp_path)]
@@ -228,6 +229,7 @@ def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
     assert sorted(executions(tmp_path)) == ["cell_a", "cell_b", "cell_b", "cell_c", "report", "report"]
 
 
+@pytest.mark.slow
 def test_a_cell_that_reads_another_starts_after_it_and_analysis_runs_last(tmp_path):
     started_b = tmp_path / "b_started.log"                   # the reader writes it when it starts
     reader = grid_cells.Cell("cell_b", "fake_experiment.ipynb",
@@ -254,6 +256,7 @@ def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_a
     assert by_name["connectors_t5_iconqa_claims"].after == () and by_name["connectors_t5_iconqa_budgets"].after == ()
 
 
+@pytest.mark.slow
 def test_cell_with_all_runs_done_is_skipped_and_changed_parameters_rerun(tmp_path):
     cell = fake_cell(tmp_path, "cell_a")
     for cfg in cell.configs():                                 # runs finished outside the grid
@@ -289,6 +292,7 @@ sys.exit(schedule.run_grid(cells, out_dir=tmp / "nb", notebooks_dir=FIXTURES).ex
 """
 
 
+@pytest.mark.slow
 def test_killed_grid_reruns_only_what_is_missing(tmp_path):
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], start_new_session=True,
@@ -315,7 +319,7 @@ def test_submitit_backend_with_its_local_executor(tmp_path):
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
     outcomes = []
     cells = [fake_cell(tmp_path, "cell_a"), fake_cell(tmp_path, "cell_b", fail=True)]
-    schedule._run_submitit(cells, notebooks_dir=FIXTURES, out_dir=tmp_path / "nb", kernel="python3", env={},
+    schedule.run_submitit(cells, notebooks_dir=FIXTURES, out_dir=tmp_path / "nb", kernel="python3", env={},
                        timeout=None, record=outcomes.append, run_final=lambda: False, executor=executor)
     assert {o.cell: o.state for o in outcomes} == {"cell_a": "done", "cell_b": "failed"}
 

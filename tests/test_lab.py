@@ -7,6 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
 from qformer_peft.execute import write_kernelspec
@@ -20,6 +21,7 @@ def test_jupyterlab_is_part_of_the_environment():
     assert "jupyterlab" in (ROOT / "environment.yml").read_text()
 
 
+@pytest.mark.slow
 def test_run_all_lab_starts_jupyterlab_in_this_environment():
     # an active virtualenv is used as is (no install); --version makes jupyter lab answer and exit
     env = {**os.environ, "VIRTUAL_ENV": sys.prefix, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

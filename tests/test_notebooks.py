@@ -82,6 +82,7 @@ def test_open_question_defaults_are_smoke_sized(name):
     assert all(c.model == "tiny" and c.train_limit <= 64 and c.max_epochs <= 2 for c in plan.all)
 
 
+@pytest.mark.slow
 def test_seeds_notebook_reads_run_folders(tmp_path):
     runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43, 44), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=())
@@ -95,6 +96,7 @@ def test_seeds_notebook_reads_run_folders(tmp_path):
     assert "<td>SD-setups</td>" in html and "<td>SD-best-rank</td>" in html and "qf-lora+llm-lora r=8" in html
 
 
+@pytest.mark.slow
 def test_report_notebook_runs_on_run_folders(tmp_path):
     runs_dir = write_study(tmp_path, ranks=(2,), seeds=(42, 43), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=("iconqa",))

@@ -126,6 +126,7 @@ def swapped(pattern, bench, a, b):
     return p
 
 
+@pytest.mark.slow
 def test_adalora_claims_hold_on_the_papers_pattern_and_flip_when_it_changes(tmp_path):
     kw = dict(benchmarks=(), ranks=())
     v = by_id(*study(tmp_path, "paper", **kw))
@@ -169,6 +170,7 @@ def executed_notebook(path, svg):
     nbformat.write(nb, str(path))
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
     runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43), benchmarks=("iconqa",))
     nb_dir = tmp_path / "notebooks"
@@ -203,6 +205,7 @@ def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
 
 
 @pytest.mark.parametrize("models", [(), ("/ck/mini-deep-t5", "/ck/mini-wide-t5")], ids=["one-size", "model-scaling"])
+@pytest.mark.slow
 def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_path, models):
     """Without the model-size axis SC-model is "not measured"; with it (the mini profile's --model-scaling runs)
     the report draws a model chart pair beside the training-set-size pair and SC-model gets a verdict."""

@@ -54,7 +54,7 @@ def test_connector_claims_are_ledger_claims_whose_verdict_follows_the_runs(tmp_p
     assert rows["BA-projector"].verdict == claims.HOLDS and rows["DeCo-conv"].verdict == claims.HOLDS
     c = rows["DeCo-acc"]
     assert c.statement == cs.CLAIMS["DeCo-acc"][0] and c.scale == "embedded"
-    assert c.source.startswith("DeCo (seeds/003)") and "not a claim of the paper" in c.source
+    assert c.source.startswith("DeCo (arXiv 2405.20985)") and "not a claim of the paper" in c.source
     assert "pool16 55.9 vs qformer16-scratch 59.9, difference -3.95 pt [-4.07, -3.83] (n=3)" in c.evidence
 
 

@@ -74,6 +74,7 @@ def test_a_failed_t5_build_fails_the_llama_build_that_starts_from_it_without_try
                      "whose build failed (RuntimeError: stage 3 diverged)"]
 
 
+@pytest.mark.slow
 def test_cells_start_once_their_base_model_is_built_on_the_cores_the_builds_free(tmp_path):
     """study.Builds gates the grid: a cell reading a model still being built waits for it, and each running build
     keeps one of the `jobs` workers free, so with 2 jobs and one build the other cells run one at a time."""
@@ -105,12 +106,12 @@ def test_cells_start_once_their_base_model_is_built_on_the_cores_the_builds_free
 
 
 def test_a_build_that_starts_from_another_waits_for_it_without_holding_a_core(tmp_path):
-    """study._submit_after: the LLaMA build (its Q-Former starts from T5's) is submitted once T5's has ended; till
+    """study.submit_after: the LLaMA build (its Q-Former starts from T5's) is submitted once T5's has ended; till
     then it holds no core (Builds.cores), so the cells reading T5 run beside it; a failed source fails it unrun."""
     release, ran = threading.Event(), []
     with ThreadPoolExecutor(2) as pool:
         source = pool.submit(lambda: release.wait(5) and "t5 built")
-        after = study._submit_after(pool, [source], lambda name: ran.append(name) or f"{name} built", "llama")
+        after = study.submit_after(pool, [source], lambda name: ran.append(name) or f"{name} built", "llama")
         builds = study.Builds({tmp_path / "t5": source, tmp_path / "llama": after}, workers=2)
         time.sleep(0.1)
         assert not after.running() and not after.done() and ran == [] and builds.cores() == 1
@@ -120,7 +121,7 @@ def test_a_build_that_starts_from_another_waits_for_it_without_holding_a_core(tm
         assert after.result(5) == "llama built" and ran == ["llama"] and builds.cores() == 0
         assert not builds.blocks(env)
         failed = pool.submit(lambda: 1 / 0)
-        orphan = study._submit_after(pool, [failed], lambda: ran.append("never"))
+        orphan = study.submit_after(pool, [failed], lambda: ran.append("never"))
         with pytest.raises(RuntimeError, match="whose build failed.*ZeroDivisionError"):
             orphan.result(5)
     assert ran == ["llama"]

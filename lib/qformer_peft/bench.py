@@ -152,7 +152,7 @@ def _product(n: int):
     return lambda: torch.mm(x, y)
 
 
-def _interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int,
+def interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int,
                  clock=time.thread_time) -> dict[str, float]:
     """Median seconds of each arm's run(), the arms taking turns (in a rotating order) round after round, so that
     all see the same machine load; arms: name -> (prepare, run), prepare() untimed before each run().
@@ -221,7 +221,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                      data_size: str = "smoke", progress: bool = True) -> dict[str, Any]:
     """Per LLM and setup, the real training step (train.backward_step on cached ViT features + AdamW) on
     `threads` torch threads: FLOPs counted by torch's FlopCounterMode (forward + backward; AdamW's
-    elementwise update is not counted), median ms a step (on one thread its CPU time, see _interleaved),
+    elementwise update is not counted), median ms a step (on one thread its CPU time, see interleaved),
     achieved GFLOP/s and their share of the fp32 matmul peak (the median 1024^3 product, timed between the
     steps on the same threads, so both see the same load), and the time split of a torch.profiler profile.
     Where the setup has LoRA modules, the same step with peft's own LoRA forward takes turns with it
@@ -276,7 +276,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                     arms = {"step": (lambda: fuse_lora(model, True), step), "matmul": (lambda: None, product)}
                     if fused:
                         arms["peft"] = (lambda: fuse_lora(model, False), step)
-                    medians = _interleaved(arms, warmup, steps,
+                    medians = interleaved(arms, warmup, steps,
                                            clock=time.thread_time if threads == 1 else time.perf_counter)
                     fuse_lora(model, True)
                     seconds, peft_seconds = medians["step"], medians.get("peft")

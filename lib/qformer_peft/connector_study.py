@@ -312,7 +312,7 @@ def _curve_mean(digits: int):
     return lambda curves: f"{np.mean([np.mean(c) for c in curves]):.{digits}f}"
 
 
-def _mean_gap(a: Sequence[float], b: Sequence[float]) -> float:
+def mean_gap(a: Sequence[float], b: Sequence[float]) -> float:
     """mean(a) - mean(b) over the first min(len) points: the area between two curves."""
     n = min(len(a), len(b))
     return float(np.mean(a[:n]) - np.mean(b[:n])) if n else float("nan")
@@ -353,9 +353,9 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
                              # benchmark: one comparison per LLM. Fine-tuning curves are compared over the epochs
                              # both runs have (early stopping can end one sooner).
                              (conv, _pair(aligned[aligned["connector"].isin([a, b])], b, a,
-                                          "align_curve", ["llm", "align_steps"], stat=_mean_gap, tol=0.0,
+                                          "align_curve", ["llm", "align_steps"], stat=mean_gap, tol=0.0,
                                           fmt=_curve_mean(3), unit="")),
-                             (task, _pair(sub, a, b, "curve", keys, stat=_mean_gap, tol=0.0, fmt=_curve_mean(1),
+                             (task, _pair(sub, a, b, "curve", keys, stat=mean_gap, tol=0.0, fmt=_curve_mean(1),
                                           above_chance=True))):
             part[0].extend(f"{tokens} tokens, {s}" for s in p)
             part[1].extend(v)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import connector_study, open_questions, runs
+from . import runs
 from .config import ExperimentConfig, experiment_configs
 from .grid import GridError, Profile, resolve_profile
 from .paper import ADALORA_BENCHMARKS, CLAIM_ROWS, LLMS, PEFT_BENCHMARKS, PEFT_ROWS
@@ -65,13 +65,13 @@ class Cell:
         if self.kind != "experiment":
             return []
         if self.notebook == CONNECTORS:
-            from .connector_study import cell_configs
+            from . import connector_study  # pandas and altair: only where a cell plans those runs
 
-            return cell_configs(**self.parameters)
+            return connector_study.cell_configs(**self.parameters)
         if self.notebook in OPEN_QUESTION_OF:
-            from .open_questions import plan
+            from . import open_questions
 
-            return plan(OPEN_QUESTION_OF[self.notebook], **self.parameters).own
+            return open_questions.plan(OPEN_QUESTION_OF[self.notebook], **self.parameters).own
         keys = ("benchmark", "llm", "model", "data_dir", "setup", "qf_sublayers", "llm_targets", "method",
                 "ranks", "seeds", "hparams", "tags")
         return experiment_configs(**{k: self.parameters[k] for k in keys if k in self.parameters})

@@ -128,7 +128,7 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
     if backend == "submitit":
         if builds is not None and builds.cores():
             raise GridError("the submitit backend runs after the base models are built, not beside them")
-        _run_submitit(todo + final, notebooks_dir=notebooks_dir, out_dir=out_dir, kernel=kernel, env=env,
+        run_submitit(todo + final, notebooks_dir=notebooks_dir, out_dir=out_dir, kernel=kernel, env=env,
                       timeout=timeout, record=record, run_final=lambda: bool(todo) or not all(map(finished, final)))
         return GridResult(outcomes)
     if backend != "local":
@@ -200,7 +200,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _run_submitit(cells: Sequence[Cell], *, notebooks_dir: Path, out_dir: Path, kernel: str, env: Mapping[str, str],
+def run_submitit(cells: Sequence[Cell], *, notebooks_dir: Path, out_dir: Path, kernel: str, env: Mapping[str, str],
                   timeout: float | None, record: Callable[[Outcome], None], run_final: Callable[[], bool],
                   executor: Any = None) -> None:
     """Each notebook as a submitit job (Slurm where there is one, else submitit's local executor)."""

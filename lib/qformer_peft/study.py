@@ -130,7 +130,7 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
         futures, by_model = {}, {}
         for preset, llm, expected in todo:  # dependencies first (_base_models_to_build)
             after = [by_model[d] for d in base.dependencies(preset, llm) if d in by_model]
-            f = _submit_after(pool, after, _build_one, preset, llm, expected, data_dir, checkpoints, profile_name,
+            f = submit_after(pool, after, _build_one, preset, llm, expected, data_dir, checkpoints, profile_name,
                               print)
             futures[expected.resolve()] = by_model[preset, llm] = f
             f.add_done_callback(functools.partial(done, f"{preset}-{llm}"))
@@ -165,7 +165,7 @@ def _source_failed(reason: str) -> RuntimeError:
     return RuntimeError(f"not built: it starts from a base model whose build failed ({reason})")
 
 
-def _submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str], *args: Any) -> "Future[str]":
+def submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str], *args: Any) -> "Future[str]":
     """pool.submit(fn, *args) once every future in `after` has succeeded (at once when there are none). The
     future returned is running only from then on (Builds.cores counts running builds), and fails without
     running fn when one of `after` fails."""

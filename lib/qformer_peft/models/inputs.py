@@ -53,7 +53,8 @@ _TOKEN_CACHE: "weakref.WeakKeyDictionary[object, dict[str, list[int]]]" = weakre
 _TOKEN_CACHE_MAX = 200_000  # texts per tokenizer; past it the cache is cleared (a mini study stays far below)
 
 
-def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids without special tokens, cached per tokenizer (prompts repeat across epochs)."""
     cache = _TOKEN_CACHE.setdefault(tokenizer, {})
     missing = list(dict.fromkeys(t for t in texts if t not in cache))
     if missing:
@@ -104,11 +105,11 @@ def make_batch(
     q_head = [qtok.cls_token_id] if qtok.cls_token_id is not None else []
     q_tail = [qtok.sep_token_id] if qtok.sep_token_id is not None else []
     keep = max_prompt_tokens - len(q_head) - len(q_tail)
-    q_rows = [q_head + _left_cut(ids, keep) + q_tail for ids in _ids(qtok, prompts)]
+    q_rows = [q_head + _left_cut(ids, keep) + q_tail for ids in token_ids(qtok, prompts)]
     batch = {"qformer_input_ids": pad_rows(q_rows, qtok.pad_token_id), "qformer_attention_mask": _mask(q_rows)}
 
-    prompt_ids = [_left_cut(ids, max_prompt_tokens - 1) for ids in _ids(ltok, prompts)]  # room for <s> or </s>
-    target_ids = None if targets is None else [ids + [ltok.eos_token_id] for ids in _ids(ltok, targets)]
+    prompt_ids = [_left_cut(ids, max_prompt_tokens - 1) for ids in token_ids(ltok, prompts)]  # room for <s> or </s>
+    target_ids = None if targets is None else [ids + [ltok.eos_token_id] for ids in token_ids(ltok, targets)]
     if bundle.llm_kind == "t5":
         rows = [image + ids + [ltok.eos_token_id] for ids in prompt_ids]
         batch.update(input_ids=pad_rows(rows, ltok.pad_token_id), attention_mask=_mask(rows))

@@ -133,7 +133,8 @@ def _vision_key(key: dict[str, Any]) -> str:
                              "data": key["data_version"], "recipe": stage1, "build_version": key["build_version"]})
 
 
-def _vision_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
+def vision_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
+    """Where the stage-1 encoder of a build key lives, shared by every build with the same vision recipe."""
     return cache_dir / "vision" / f"{root_preset(key['preset'])}-s{key['seed']}-{_vision_key(key)}"
 
 
@@ -214,11 +215,11 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
                               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                           "load_average_start": _loadavg()}}
     heldin = stages.read_heldin(data_dir)
-    qformer_tokenizer, llm_tokenizer = default_tokenizers(_vocabulary(data_dir))
+    qformer_tokenizer, llm_tokenizer = default_tokenizers(heldin_vocabulary(data_dir))
 
     # stage 1: shared by both LLMs (cached under vision/)
     with clock("stage1_vision"):
-        vision_state, report["stages"]["stage1_vision"] = _stage1(_vision_dir(cache_dir, key), preset, heldin,
+        vision_state, report["stages"]["stage1_vision"] = _stage1(vision_dir(cache_dir, key), preset, heldin,
                                                                   recipe, seed, log)
     bundle = build_model(preset, llm, qformer_tokenizer=qformer_tokenizer, llm_tokenizer=llm_tokenizer, seed=seed)
     bundle.model.vision_model.load_state_dict(vision_state)
@@ -336,7 +337,7 @@ def _cached(bundle, cache_dir: Path):
                         cache=FeatureCache(bundle.model, bundle.image_processor, cache_dir / "features"))
 
 
-def _vocabulary(data_dir: Path) -> list[str]:
+def heldin_vocabulary(data_dir: Path) -> list[str]:
     """The synthetic world's closed vocabulary, as run_inputs.resolve_bundle reads it."""
     vocab = data_dir / "vocab.txt"
     if vocab.is_file():

@@ -27,7 +27,7 @@ def image_encoder(bundle, images=None):
     return ImageEncoder(bundle.model, bundle.image_processor, cache=FeatureCache(bundle.model, bundle.image_processor))
 
 
-def _derangement(items: list[str], seed: int) -> dict[str, str]:
+def derangement(items: list[str], seed: int) -> dict[str, str]:
     """Each distinct picture -> another one (a shuffled cycle, so none keeps its own)."""
     unique = sorted(set(items))
     random.Random(seed).shuffle(unique)
@@ -61,7 +61,7 @@ def heldin_score(bundle, data_dir: str | Path, limit: int | None = None, *, mode
     images = image_encoder(bundle, images)
     model = bundle.model if model is None else model
     model.eval()
-    swap = _derangement([t["image"] for t in tasks], seed) if shuffle else {}
+    swap = derangement([t["image"] for t in tasks], seed) if shuffle else {}
     predictions: list[str] = []
     for task in kinds:
         chosen = [t for t in tasks if t["task"] == task]

@@ -96,7 +96,7 @@ LLM_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 # The scaled presets (presets.SCALED_FROM: mini-wide, mini-deep, tiny-wide, tiny-deep) are built with their base
 # preset's recipe, LLM adjustments included (recipe_for looks those up by the root preset): the model-size axis
 # varies the model, not how long or how fast it is trained. Same vision_* fields, so they share the base preset's
-# stage-1 encoder (_vision_dir).
+# stage-1 encoder (vision_dir).
 RECIPES.update({name: RECIPES[src] for name, (src, _) in SCALED_FROM.items() if src in RECIPES})
 
 
