@@ -46,9 +46,9 @@ def _entry(model):
     return tuner
 
 
-# Token ids per tokenizer and text: every epoch, every rank and seed of a notebook, and every evaluation
-# re-tokenized the same prompts (0.8 s of the 1.05 s a 14-s mini ScienceQA run spent building batches); the
-# lists are never mutated (callers slice or concatenate), so the cache hands out the same objects.
+# Token ids per tokenizer and text: every epoch, every rank and seed of a notebook, and every evaluation would
+# re-tokenize the same prompts; the lists are never mutated (callers slice or concatenate), so the cache hands
+# out the same objects.
 _TOKEN_CACHE: "weakref.WeakKeyDictionary[object, dict[str, list[int]]]" = weakref.WeakKeyDictionary()
 _TOKEN_CACHE_MAX = 200_000  # texts per tokenizer; past it the cache is cleared (a mini study stays far below)
 

@@ -58,12 +58,10 @@ PRESETS: dict[str, Preset] = {
         qformer_hidden=64, qformer_layers=2, qformer_heads=4, qformer_intermediate=128, num_query_tokens=8,
         llm_hidden=64, llm_layers=2, llm_heads=4, llm_intermediate=128, qformer_dropout=0.0, llm_dropout=0.0,
     ),
-    # The embedded default, sized by measurement on a 2-core CPU (batch 16, cached ViT features, full
-    # Q-Former fine-tuning, forward + backward + AdamW): about 42 ms (T5) / 50 ms (LLaMA) a step with
-    # 32-token prompts, 55 / 67 ms with 64-token prompts, 83 / 96 ms at the 128-token cap; running the ViT
-    # instead of a feature cache adds ~12 ms. 64 px images in 8 px patches (64 patches + CLS);
-    # a 4-layer Q-Former keeps the paper's structure (cross-attention on layers 0 and 2, both FFN branches)
-    # with 16 queries (32 cost ~18% more); dropout off (it cost +50% per step); a 2-layer LLM.
+    # The embedded default, sized for a CPU study (step times: docs/performance.md): 64 px images in 8 px patches
+    # (64 patches + CLS); a 4-layer Q-Former keeps the paper's structure (cross-attention on layers 0 and 2, both
+    # FFN branches) with 16 queries; dropout off (its random masks are a large share of a small model's step);
+    # a 2-layer LLM.
     "mini": Preset(
         image_size=64, patch_size=8, vision_hidden=128, vision_layers=4, vision_heads=4, vision_intermediate=512,
         qformer_hidden=64, qformer_layers=4, qformer_heads=4, qformer_intermediate=256, num_query_tokens=16,
