@@ -39,7 +39,7 @@ class Profile:
     hparams_by_method: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # 'lora' | 'adalora'
     adalora_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by benchmark
     data_seed: int = 0
-    # the open questions (open_questions.py); empty leaves a question out. Their runs get the claim seeds.
+    # the open questions (issue 7 §2); empty leaves a question out. Their runs get the claim seeds.
     multitask_llms: tuple[str, ...] = ()              # one joint ScienceQA + IconQA AdaLoRA cell per LLM
     scaling_cells: tuple[tuple[str, str], ...] = ()   # (llm, benchmark): QF LoRA vs baseline against size
     train_limits: tuple[int, ...] = ()                # training-set sizes besides the profile's own
@@ -156,7 +156,7 @@ PROFILES: dict[str, Profile] = {
                     "cells the claim ledger compares (the paper's numbers are single runs)",
         models={"t5": "{checkpoints}/instructblip-flan-t5-xl", "llama": "{checkpoints}/instructblip-vicuna-7b"},
         data_size=None, seeds=(42,), claim_seeds=(42, 43, 44),
-        hparams={},                                        # ExperimentConfig's defaults are docs/protocol.md §4
+        hparams={},                                        # ExperimentConfig's defaults are PROTOCOL §4
         hparams_by_llm={"llama": {"batch_size": 8, "grad_accum": 2}},
         adalora_hparams=PAPER_ADALORA_HPARAMS,
         multitask_llms=LLMS, scaling_cells=tuple((l, b) for l in LLMS for b in PEFT_BENCHMARKS),
