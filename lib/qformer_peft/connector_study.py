@@ -24,7 +24,7 @@ import pandas as pd
 
 from .claim import Claim
 from .verdicts import COMPARABLE_TOL, INCONCLUSIVE, VERDICTS, combine, judge
-from .verdicts import fmt as _fmt
+from .verdicts import fmt as format_samples  # `fmt` is a parameter name below
 from .config import ExperimentConfig, heldin_on_first_seed
 
 STUDY_TAG = "study:connectors"
@@ -304,7 +304,7 @@ def _pair(frame: pd.DataFrame, a: str, b: str, col: str, keys: Sequence[str], *,
         values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         where = "/".join(str(v) for k, v in values.items() if k != "align_steps")
         where += f" ({values['align_steps']} alignment steps)" if "align_steps" in values else ""
-        parts.append(f"{where}: {a} {fmt(x)} vs {b} {fmt(y)}, difference {_fmt(diff, 1, unit)} → {v}{note}")
+        parts.append(f"{where}: {a} {fmt(x)} vs {b} {fmt(y)}, difference {format_samples(diff, 1, unit)} → {v}{note}")
     return parts, verdicts
 
 
