@@ -2,6 +2,7 @@
 # The workbook's two commands:
 #   ./run_all.sh            set up the environment if needed, then run the default profile (mini) end to end
 #   ./run_all.sh test       same set-up, then the test suite
+#   ./run_all.sh lab        same set-up, then JupyterLab on notebooks/ (the package importable in its kernel)
 # Everything after the command word is passed on (see --help).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -9,9 +10,10 @@ cd "$here"
 
 usage() {
   cat <<'USAGE'
-usage: ./run_all.sh [test [PYTEST ARGS...]] | [--profile smoke|mini|paper] [--full-grid] [--model-scaling] [options]
+usage: ./run_all.sh [test [PYTEST ARGS...]] | [lab [JUPYTERLAB ARGS...]] | [--profile smoke|mini|paper] [--full-grid] [options]
 
   test                 set up the environment, then run the tests (pytest; extra args go to pytest)
+  lab                  set up the environment, then open notebooks/ in JupyterLab (extra args go to jupyter lab)
   --profile NAME       smoke: every code path on tiny models, minutes on a CPU (what CI runs)
                        mini:  the default; the full grids on the embedded models and synthetic benchmarks
                        paper: real checkpoints and data on a CUDA GPU (needs --data-root and --checkpoints)
@@ -77,5 +79,15 @@ fi
 if [[ "${1:-}" == "test" ]]; then
   shift
   exec "$venv_py" -m pytest "$@"
+fi
+if [[ "${1:-}" == "lab" ]]; then
+  shift
+  # The notebooks ask for the kernel "python3": a spec of that name pointing at this environment's python comes
+  # first on JUPYTER_PATH, so a user-wide "python3" elsewhere cannot shadow it.
+  kernels="$(mktemp -d)"
+  "$venv_py" -c 'import sys; from pathlib import Path; from qformer_peft.execute import write_kernelspec
+write_kernelspec(Path(sys.argv[1]), name="python3")' "$kernels"
+  export JUPYTER_PATH="$kernels${JUPYTER_PATH:+:$JUPYTER_PATH}"
+  exec "$venv_py" -m jupyterlab --notebook-dir="$here/notebooks" "$@"
 fi
 exec "$venv_py" -m qformer_peft.cli study "$@"

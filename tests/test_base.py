@@ -1,4 +1,4 @@
-"""Embedded base models (models/base.py, base_stages.py, base_quality.py) on the tiny preset and tiny data.
+"""Embedded base models (pretrain/base.py, stages.py, quality.py) on the tiny preset and tiny data.
 
 One real build is shared by the module: it is trained once in memory (train_base) and once through the
 cache (ensure_base) on a copy of the data without the four benchmarks, and the two must agree bit for bit.
@@ -12,10 +12,13 @@ from safetensors.torch import load_file
 
 from qformer_peft.data import synthetic
 from qformer_peft.data.synthetic_world import patch_labels
-from qformer_peft.models import base, base_quality, base_stages, load_bundle, make_batch
+from qformer_peft.models import load_bundle, make_batch
+from qformer_peft.pretrain import adaptability, base, build_report, quality, stages
+from qformer_peft.pretrain import recipe as recipes
+from qformer_peft.pretrain import cli as base_cli
 from qformer_peft.models.build import build_model, default_tokenizers
 
-RECIPE = base.RECIPES["tiny"].replace(eval_limit=12)
+RECIPE = recipes.RECIPES["tiny"].replace(eval_limit=12)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def test_stage3_leaves_the_stage1_encoder_bit_identical_and_trains_what_sits_abo
     frozen = [k for k in stage1 if not k.startswith("post_layernorm.")]
     assert frozen and all(torch.equal(vision[k], stage1[k]) for k in frozen)
     assert not torch.equal(vision["post_layernorm.weight"], stage1["post_layernorm.weight"])  # trainable, as in LAVIS
-    qf, llm = default_tokenizers(base._vocabulary(heldin_only))
+    qf, llm = default_tokenizers(base.heldin_vocabulary(heldin_only))
     untrained = build_model("tiny", "t5", qformer_tokenizer=qf, llm_tokenizer=llm, seed=0).model
     key = "encoder.layer.0.crossattention.attention.query.weight"
     assert not torch.equal(model.qformer.state_dict()[key], untrained.qformer.state_dict()[key])
@@ -106,23 +109,23 @@ def test_build_report_holds_every_stage_the_controls_and_the_times(built):
 
 def test_adaptability_scores_the_same_test_items_before_and_after_with_a_paired_error(built, data, tmp_path):
     path, cache = built
-    a = base_quality.adaptability(path, data, tmp_path / "adapt", cache_dir=cache / "features", train_limit=16,
+    a = adaptability.adaptability(path, data, tmp_path / "adapt", cache_dir=cache / "features", train_limit=16,
                                   epochs=1, val_limit=8, heldin_limit=6, seed=0, lr=3e-3)
     assert a["test_n"] == 8 and a["steps"] >= 1 and a["lr"] == 3e-3  # the check's own rate, not the grid's
     assert a["test_gain"] == pytest.approx(a["test_after"] - a["test_before"], abs=0.02)
     assert 0 <= a["test_gain_se"] <= 100
     report = base.runs.read_json(path / "build_report.json")
-    md = base.report_markdown({**report, "quality": {**report["quality"], "adaptability": a}})
+    md = build_report.report_markdown({**report, "quality": {**report["quality"], "adaptability": a}})
     assert f"held-out test {a['test_before']} -> {a['test_after']}" in md and "steps at lr 0.003 on" in md
 
 
 def test_paired_gain_is_the_mean_item_difference_with_its_standard_error():
     before = {"a": True, "b": False, "c": False, "d": True}
     after = {"a": True, "b": True, "c": False, "d": False}
-    assert base_quality.paired_gain(before, after) == {"gain": 0.0, "se": 40.82, "n": 4}  # d = 0, +1, 0, -1
-    assert base_quality.paired_gain(before, {**after, "b": True, "d": True}) == {"gain": 25.0, "se": 25.0, "n": 4}
+    assert adaptability.paired_gain(before, after) == {"gain": 0.0, "se": 40.82, "n": 4}  # d = 0, +1, 0, -1
+    assert adaptability.paired_gain(before, {**after, "b": True, "d": True}) == {"gain": 25.0, "se": 25.0, "n": 4}
     with pytest.raises(ValueError, match="same items"):
-        base_quality.paired_gain(before, {"a": True})
+        adaptability.paired_gain(before, {"a": True})
 
 
 # --- the cache ------------------------------------------------------------------------------------------
@@ -162,29 +165,29 @@ def test_base_path_names_match_the_grid_and_the_cache_location(monkeypatch, tmp_
 
 def test_recipe_errors_name_the_field():
     with pytest.raises(ValueError, match="unknown recipe field.*qformer_epoch\\b"):
-        base.recipe_for("mini", {"qformer_epoch": 3})
+        recipes.recipe_for("mini", {"qformer_epoch": 3})
     with pytest.raises(ValueError, match="needs a text stage"):
-        base.recipe_for("mini", {"text_epochs": 0, "stage3_llm": "frozen"})
+        recipes.recipe_for("mini", {"text_epochs": 0, "stage3_llm": "frozen"})
     with pytest.raises(ValueError, match="no base-model recipe for preset 'flan-t5-xl'"):
-        base.recipe_for("flan-t5-xl")
+        recipes.recipe_for("flan-t5-xl")
 
 
 # --- the stages' pieces ----------------------------------------------------------------------------------
 
 def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
-    heldin = base_stages.read_heldin(data)
+    heldin = stages.read_heldin(data)
     scenes = [sc for _, sc in heldin.scenes["train"][:8]]
-    labels = base_stages.dense_labels(scenes, "mini")
+    labels = stages.dense_labels(scenes, "mini")
     grid = patch_labels(scenes[0], patch=8)
     assert torch.equal(labels["shape"][0], torch.as_tensor(grid["shape"]).flatten())
-    flipped = base_stages.flip_labels(labels)
-    again = base_stages.flip_labels(flipped)
+    flipped = stages.flip_labels(labels)
+    again = stages.flip_labels(flipped)
     assert all(torch.equal(again[k], labels[k]) for k in labels)
     on = labels["col"] >= 0
     assert torch.equal(flipped["col"].view(-1, 8, 8).flip(2).view(labels["col"].shape)[on], 2 - labels["col"][on])
     # every shape of the world is left-right symmetric: the labels of the mirrored scene, up to rasterisation
     mirrored = [{**sc, "objects": [{**o, "cx": sc["size"] - o["cx"]} for o in sc["objects"]]} for sc in scenes]
-    direct = base_stages.dense_labels(mirrored, "mini")
+    direct = stages.dense_labels(mirrored, "mini")
     for k in ("shape", "color", "size"):
         assert (flipped[k] == direct[k]).float().mean() > 0.97, k
     close = (flipped["geometry"] - direct["geometry"]).abs().max(-1).values < 1e-6
@@ -193,11 +196,11 @@ def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
 
 @pytest.mark.parametrize("llm", ["t5", "llama"])
 def test_text_stage_lowers_held_out_perplexity_and_leaves_the_llm_frozen(data, llm):
-    heldin = base_stages.read_heldin(data)
-    bundle = build_model("tiny", llm, seed=0, qformer_tokenizer=default_tokenizers(base._vocabulary(data))[0],
-                         llm_tokenizer=default_tokenizers(base._vocabulary(data))[1])
+    heldin = stages.read_heldin(data)
+    bundle = build_model("tiny", llm, seed=0, qformer_tokenizer=default_tokenizers(base.heldin_vocabulary(data))[0],
+                         llm_tokenizer=default_tokenizers(base.heldin_vocabulary(data))[1])
     lm = bundle.model.language_model
-    report = base_stages.train_language(lm, bundle.llm_tokenizer, llm, heldin, epochs=1, batch_size=32, lr=3e-3,
+    report = stages.train_language(lm, bundle.llm_tokenizer, llm, heldin, epochs=1, batch_size=32, lr=3e-3,
                                         seed=0, mc_fraction=0.25, extra_per_picture=1, log=None)
     q = report["quality"]
     assert q["perplexity"] < q["perplexity_before"] / 4
@@ -215,27 +218,27 @@ def test_a_llama_build_reloads_to_identical_logits(heldin_only, tmp_path):
 
 def test_lm_batches_put_the_loss_where_each_objective_wants_it():
     _, tok = default_tokenizers(["the circle is red"])
-    t5 = base_stages.lm_batch(tok, "t5", [("the circle", "is red")])
+    t5 = stages.lm_batch(tok, "t5", [("the circle", "is red")])
     assert tok.convert_ids_to_tokens(t5["input_ids"][0].tolist()) == ["the", "circle", "</s>"]
     assert tok.convert_ids_to_tokens(t5["labels"][0].tolist()) == ["is", "red", "</s>"]
-    llama = base_stages.lm_batch(tok, "llama", [("the circle", "is red")])
+    llama = stages.lm_batch(tok, "llama", [("the circle", "is red")])
     assert tok.convert_ids_to_tokens(llama["input_ids"][0].tolist()) == ["<s>", "the", "circle", "is", "red", "</s>"]
     assert llama["labels"][0].tolist()[0] == -100 and (llama["labels"][0, 1:] == llama["input_ids"][0, 1:]).all()
 
 
 def test_shuffled_control_never_keeps_a_picture_and_chance_uses_the_training_answers(data):
     images = [f"img{i}" for i in range(7)] * 3
-    swap = base_quality._derangement(images, seed=0)
+    swap = quality.derangement(images, seed=0)
     assert sorted(swap) == sorted(set(images)) and all(a != b for a, b in swap.items())
     assert sorted(swap.values()) == sorted(swap)
-    chance = base_quality.heldin_chance(data)
+    chance = quality.heldin_chance(data)
     assert 0 <= chance["vqa_em"] <= 100 and chance["n_vqa"] == sum(
-        t["task"] == "vqa" for t in base_stages.read_heldin(data).tasks["val"])
+        t["task"] == "vqa" for t in stages.read_heldin(data).tasks["val"])
 
 
 def test_missing_heldin_data_says_how_to_write_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="heldin/train.jsonl not found.*qformer-peft data synth --out"):
-        base_stages.read_heldin(tmp_path)
+        stages.read_heldin(tmp_path)
 
 
 def _scene():
@@ -254,8 +257,8 @@ def test_extra_questions_answer_what_the_scene_shows_in_the_worlds_words():
     vocab = set(synthetic.vocabulary())
     seen = set()
     for seed in range(40):
-        for kind in base_stages.EXTRA_QUESTIONS:
-            qa = base_stages._extra_question(random.Random(seed), sc, kind)
+        for kind in stages.EXTRA_QUESTIONS:
+            qa = stages._extra_question(random.Random(seed), sc, kind)
             if qa is None:
                 continue
             _, q, a, distractors = qa
@@ -288,14 +291,14 @@ def test_extra_questions_answer_what_the_scene_shows_in_the_worlds_words():
             }
             assert expected.get(q) == a, (q, a)
     # smallest: two small objects, neither clearly smaller than the other -> never asked
-    assert seen == set(base_stages.EXTRA_QUESTIONS)
+    assert seen == set(stages.EXTRA_QUESTIONS)
 
 
 def test_multiple_choice_keeps_the_question_and_letters_the_gold_answer(data):
-    heldin = base_stages.read_heldin(data)
+    heldin = stages.read_heldin(data)
     vqa = [t for t in heldin.tasks["train"] if t["task"] == "vqa"]
-    assert base_stages.multiple_choice(heldin.tasks["train"], 0.0, 0) == []
-    mc = base_stages.multiple_choice(heldin.tasks["train"], 1.0, 0)
+    assert stages.multiple_choice(heldin.tasks["train"], 0.0, 0) == []
+    mc = stages.multiple_choice(heldin.tasks["train"], 1.0, 0)
     assert 0 < len(mc) <= len(vqa)
     for t in mc:
         question = t["prompt"].split(" Options: ")[0]
@@ -310,10 +313,10 @@ def test_multiple_choice_asks_the_extra_questions_against_what_the_picture_shows
     """The options of an extra question are its gold answer and the other objects' values (a colour or shape
     that is in the picture), so that only binding, not presence, tells them apart, as in IconQA; counts, and
     pictures that show one value only, draw from the question type's pool."""
-    heldin = base_stages.read_heldin(data)
+    heldin = stages.read_heldin(data)
     scenes = dict(heldin.scenes["train"])
-    extra = base_stages.extra_questions(heldin, "train", 3, 0)
-    mc = base_stages.multiple_choice(extra, 1.0, 0)
+    extra = stages.extra_questions(heldin, "train", 3, 0)
+    mc = stages.multiple_choice(extra, 1.0, 0)
     by_kind = {}
     for t in mc:
         options = re.findall(r"\(([a-z])\) (.*?)(?= \([a-z]\) |\. Answer:$)", t["prompt"])
@@ -331,6 +334,7 @@ def test_multiple_choice_asks_the_extra_questions_against_what_the_picture_shows
     assert max(by_kind["count_shapes"]) > 2  # pool distractors: other counts
 
 
+@pytest.mark.slow
 def test_side_by_side_builds_share_the_encoder_and_equal_one_after_the_other(heldin_only, tmp_path, monkeypatch):
     """study.build_base_models with jobs=2 builds both LLMs in two processes; the shared stage 1 is
     trained once (its lock) and the checkpoints are bit-identical to sequential builds."""
@@ -361,13 +365,13 @@ def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldi
     (vision_file,) = (cache / "vision").glob("*/vision.safetensors")
     stage1 = load_file(vision_file)
     key = base.build_key("tiny", "t5", 0, heldin_only, RECIPE)
-    assert vision_file.parent == base._vision_dir(cache, key)
-    monkeypatch.setattr(base_stages, "train_vision", lambda *a, **k: pytest.fail("stage 1 trained a second time"))
+    assert vision_file.parent == base.vision_dir(cache, key)
+    monkeypatch.setattr(stages, "train_vision", lambda *a, **k: pytest.fail("stage 1 trained a second time"))
     shared = tmp_path / "shared"
     shutil.copytree(cache / "vision", shared / "vision")
     for preset in ("tiny-wide", "tiny-deep"):
-        assert base.recipe_for(preset, llm="t5") == base.recipe_for("tiny", llm="t5")
-        assert base._vision_dir(cache, base.build_key(preset, "t5", 0, heldin_only, RECIPE)) == vision_file.parent
+        assert recipes.recipe_for(preset, llm="t5") == recipes.recipe_for("tiny", llm="t5")
+        assert base.vision_dir(cache, base.build_key(preset, "t5", 0, heldin_only, RECIPE)) == vision_file.parent
         built_path = base.ensure_base(preset, "t5", 0, heldin_only, shared, recipe=RECIPE, quality=False, log=None)
         model = load_bundle(built_path).model
         assert model.config.qformer_config.to_dict() != load_bundle(path).model.config.qformer_config.to_dict()
@@ -386,14 +390,14 @@ def test_a_llama_build_can_start_its_qformer_from_the_t5_build_and_its_key_follo
     shutil.copytree(cache / "vision", tmp_path / "vision")  # stage 1 is not what this test is about
     recipe = RECIPE.replace(qformer_from="t5")
     seen = {}
-    train = base_stages.train_qformer
+    train = stages.train_qformer
 
     def spy(bundle, *a, **k):
         seen.update({n: t.clone() for n, t in bundle.model.state_dict().items()
                      if n.startswith("qformer.") or n == "query_tokens"})
         return train(bundle, *a, **k)
 
-    monkeypatch.setattr(base_stages, "train_qformer", spy)
+    monkeypatch.setattr(stages, "train_qformer", spy)
     bundle, report, _, _ = base.train_base("tiny", "llama", 0, heldin_only, tmp_path, recipe=recipe, log=None)
     source = tmp_path / "tiny-t5"
     t5 = load_file(source / "model.safetensors")
@@ -404,10 +408,10 @@ def test_a_llama_build_can_start_its_qformer_from_the_t5_build_and_its_key_follo
     assert report["stages"]["qformer_source"] == {"from": "tiny-t5", "tensors": len(seen),
                                                   "build_key": base.runs.config_hash(source_key)}
     key = base.build_key("tiny", "llama", 0, heldin_only, recipe)
-    assert "starting from tiny-t5's Q-Former" in base.report_markdown(
+    assert "starting from tiny-t5's Q-Former" in build_report.report_markdown(
         {"name": "tiny-llama", "key": key, **report, "time_s": {}, "cpu_s": {}})
     assert key["qformer_from"] == source_key
-    monkeypatch.setitem(base.LLM_RECIPES, ("tiny", "t5"), {"qformer_lr": 5e-4})  # another T5 build
+    monkeypatch.setitem(recipes.LLM_RECIPES, ("tiny", "t5"), {"qformer_lr": 5e-4})  # another T5 build
     assert base.build_key("tiny", "llama", 0, heldin_only, recipe)["qformer_from"] != key["qformer_from"]
     assert "qformer_from" not in base.build_key("tiny", "llama", 0, heldin_only, RECIPE)  # from scratch
 
@@ -418,7 +422,7 @@ def test_a_qformer_starts_only_from_another_llms_build_of_the_same_preset(built,
         RECIPE.replace(qformer_from="gpt")
     with pytest.raises(ValueError, match="names the build itself"):
         base.qformer_source("tiny", "t5", RECIPE.replace(qformer_from="t5"))
-    monkeypatch.setitem(base.LLM_RECIPES, ("tiny", "t5"), {"qformer_from": "llama"})
+    monkeypatch.setitem(recipes.LLM_RECIPES, ("tiny", "t5"), {"qformer_from": "llama"})
     with pytest.raises(ValueError, match="chains are not supported"):
         base.qformer_source("tiny", "llama", RECIPE.replace(qformer_from="t5"))
     deep = build_model("tiny-deep", "llama", seed=0).model
@@ -430,11 +434,11 @@ def test_the_qformer_source_takes_the_builds_own_recipe_changes_so_one_command_b
                                                                                             capsys):
     changed = RECIPE.replace(qformer_from="t5", qformer_epochs=2)  # RECIPE: tiny with eval_limit 12
     assert base.qformer_source("tiny", "llama", changed) == ("tiny", "t5", RECIPE.replace(qformer_epochs=2))
-    assert base.qformer_source("tiny", "llama", base.recipe_for("tiny", llm="llama"))[2] == base.RECIPES["tiny"]
+    assert base.qformer_source("tiny", "llama", recipes.recipe_for("tiny", llm="llama"))[2] == recipes.RECIPES["tiny"]
     import argparse
 
     parser = argparse.ArgumentParser()
-    base.add_parser(parser.add_subparsers())
+    base_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["base", "build", "--preset", "tiny", "--llm", "both", "--data", str(heldin_only),
                               "--cache", str(tmp_path), "--set", "eval_limit=10", "--no-quality"])
     assert args.func(args) == 0
@@ -455,11 +459,11 @@ def test_base_build_command_accepts_the_scaled_presets():
     import argparse
 
     parser = argparse.ArgumentParser()
-    base.add_parser(parser.add_subparsers())
+    base_cli.add_parser(parser.add_subparsers())
     for preset in ("mini-wide", "mini-deep", "tiny-wide", "tiny-deep"):
         args = parser.parse_args(["base", "build", "--preset", preset, "--llm", "t5"])
-        assert args.preset == preset and base.DATA_SIZE[preset] == base.DATA_SIZE[preset.split("-")[0]]
-        assert base.recipe_for(preset, llm="llama") == base.recipe_for(preset.split("-")[0], llm="llama")
+        assert args.preset == preset and base_cli.DATA_SIZE[preset] == base_cli.DATA_SIZE[preset.split("-")[0]]
+        assert recipes.recipe_for(preset, llm="llama") == recipes.recipe_for(preset.split("-")[0], llm="llama")
 
 
 def test_context_questions_need_the_text_and_the_picture():
@@ -473,7 +477,7 @@ def test_context_questions_need_the_text_and_the_picture():
     rng = random.Random(0)
     scenes = [(f"img{i}.png", random_scene(rng, rng.randint(1, 5))) for i in range(200)]
     heldin = types.SimpleNamespace(scenes={"train": scenes})
-    lines = base_stages.context_questions(heldin, "train", 1, seed=0)
+    lines = stages.context_questions(heldin, "train", 1, seed=0)
     assert 50 < len(lines) <= len(scenes)
     by_image = dict(scenes)
     kinds = set()
@@ -489,4 +493,4 @@ def test_context_questions_need_the_text_and_the_picture():
         assert t["answer"] not in t["distractors"] and len(facts) >= 2
         assert t["prompt"].startswith("<Image> Context: ") and t["answer"] not in t["prompt"].split("Question:")[0]
     assert kinds == {True, False}
-    assert lines == base_stages.context_questions(heldin, "train", 1, seed=0)  # deterministic
+    assert lines == stages.context_questions(heldin, "train", 1, seed=0)  # deterministic

@@ -9,7 +9,7 @@ from qformer_peft import bench
 def test_interleaved_arms_take_turns_and_prepare_before_each_run():
     log = []
     arms = {k: (lambda k=k: log.append(("prepare", k)), lambda k=k: log.append(("run", k))) for k in "abc"}
-    medians = bench._interleaved(arms, warmup=1, rounds=3)
+    medians = bench.interleaved(arms, warmup=1, rounds=3)
     assert set(medians) == set("abc") and all(v >= 0 for v in medians.values())
     runs = [k for what, k in log if what == "run"]
     assert runs == list("abc" "bca" "cab" "abc")  # a rotating order: no arm always runs first

@@ -12,7 +12,7 @@ import pytest
 from fixtures.study_runs import write_study
 from PIL import Image
 
-from qformer_peft import grid, report
+from qformer_peft import paper, report
 from qformer_peft import report_charts as rc
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -51,8 +51,9 @@ def alone(page, element_id, tmp_path, text=None):
     return screenshot(copy, tmp_path)
 
 
+@pytest.mark.slow
 def test_every_chart_of_the_report_draws_in_chromium(tmp_path):
-    runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+    runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=("iconqa", "scienceqa"))
     nb_dir = tmp_path / "notebooks"
     nb_dir.mkdir()

@@ -70,8 +70,8 @@ def test_validating_a_config_imports_neither_torch_nor_transformers():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom qformer_peft import grid\n"
-            "cfg = grid.experiment_configs(benchmark='iconqa', llm='t5', model='tiny', data_dir='data', ranks=[2])[0]\n"
+    code = ("import sys\nfrom qformer_peft import schedule, workbook\n"
+            "cfg = workbook.experiment_configs(benchmark='iconqa', llm='t5', model='tiny', data_dir='data', ranks=[2])[0]\n"
             "assert cfg.connector_label == 'qformer'\n"
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

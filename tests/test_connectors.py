@@ -1,4 +1,4 @@
-"""Connectors (models/connectors.py), their alignment stage (models/alignment.py) and the connector study's
+"""Connectors (models/connectors.py), their alignment stage (pretrain/alignment.py) and the connector study's
 claims (connector_study.py), on the tiny preset: 32 px images in 8 px patches (a 4x4 grid + CLS), a 2-layer
 ViT, 8 queries, 64-wide everywhere."""
 import pandas as pd
@@ -11,7 +11,7 @@ from qformer_peft.config import ConfigError, ExperimentConfig
 from qformer_peft.engine import load_trained, run_experiment
 from qformer_peft.evaluate import candidate_nll
 from qformer_peft.models import connectors
-from qformer_peft.models.alignment import ALIGNED_FILE
+from qformer_peft.pretrain.alignment import ALIGNED_FILE
 from qformer_peft.models.build import build_model
 from qformer_peft.models.connectors import ConnectorSpec, GroupedLinear, PoolConnector, attach
 from qformer_peft.models.inputs import encode_images, forward, image_features, make_batch
@@ -243,7 +243,7 @@ def test_alignment_is_cached_and_a_reloaded_run_scores_as_it_did(world, tmp_path
     bundle, model = load_trained(run.path)
     preds = run.predictions()
     items = [p for p in preds][:2]
-    from qformer_peft.engine import load_examples
+    from qformer_peft.run_inputs import load_examples
 
     test = {e.id: e for e in load_examples(ExperimentConfig.from_dict(config))["test"]}
     examples = [test[p["id"]] for p in items]
@@ -297,7 +297,7 @@ def test_connector_claims_flip_with_the_data(pool_gap, gelu_gap, verdicts):
     assert claims["BA-projector"]["verdict"] == "inconclusive"  # no projector runs
     assert claims["DeCo-acc"]["scale"] == "embedded" and "16 tokens, t5/iconqa (10 alignment steps): pool16" in claims["DeCo-acc"]["evidence"]
     # an early-stopped curve is compared on the epochs both runs have
-    assert connector_study._mean_gap([60, 70, 90], [50, 80]) == pytest.approx(0.0)
+    assert connector_study.mean_gap([60, 70, 90], [50, 80]) == pytest.approx(0.0)
 
 
 def test_accuracy_claims_between_connectors_that_learned_nothing_are_not_resolvable():
@@ -314,9 +314,9 @@ def test_the_notebook_defaults_build_valid_smoke_sized_configs_for_every_connect
 
     import nbformat
 
-    from qformer_peft import grid
+    from qformer_peft import grid_cells
 
-    nb = nbformat.read(str(grid.NOTEBOOKS_DIR / "30_connectors.ipynb"), as_version=4)
+    nb = nbformat.read(str(grid_cells.NOTEBOOKS_DIR / "30_connectors.ipynb"), as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     p = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body for t in n.targets}
     configs = connector_study.cell_configs(**p)
@@ -333,7 +333,7 @@ def test_two_alignments_of_the_same_connector_at_once_train_it_once(world, tmp_p
     result and reads it (a per-alignment lock) instead of training it again."""
     import threading
 
-    from qformer_peft.models.alignment import align_connector
+    from qformer_peft.pretrain.alignment import align_connector
 
     bundles = [tiny(spec=ConnectorSpec("pool", 4)) for _ in range(2)]
     results: list = [None, None]

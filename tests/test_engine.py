@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from qformer_peft import cli, data, engine, features, peft_setup, runs, templates
-from qformer_peft.engine import attach_trained, config_from_args, load_trained, run_experiment, save_trained
+from qformer_peft import cli, data, engine, features, peft_setup, run_inputs, runs, templates
+from qformer_peft.engine import attach_trained, load_trained, run_experiment, save_trained
+from qformer_peft.engine_cli import config_from_args
 from qformer_peft.evaluate import candidate_nll
 from qformer_peft.models.build import build_model
 from qformer_peft.data.records import load_image
@@ -242,18 +243,18 @@ def test_null_run_shuffles_its_training_answers_from_the_seed_and_records_the_ba
                                              "max_epochs": 1, "shuffle_answers": True})
     plain = cfg.replace(shuffle_answers=False)
     assert cfg.hash != plain.hash and "shuffle_answers" not in plain.to_dict()   # older run folders keep their hash
-    true, null = engine.load_examples(plain), engine.load_examples(cfg)
+    true, null = run_inputs.load_examples(plain), run_inputs.load_examples(cfg)
     assert null["test"] == true["test"] and null["val"] == true["val"]            # only training answers move
-    assert null["train"] == engine.load_examples(cfg)["train"]                    # a function of the seed
+    assert null["train"] == run_inputs.load_examples(cfg)["train"]                    # a function of the seed
     assert all(e.target == e.candidates[e.answer] for e in null["train"])
     assert [e.answer for e in null["train"]] != [e.answer for e in true["train"]]
-    assert [e.answer for e in engine.shuffled_answers(true["train"], 8)] != [e.answer for e in null["train"]]
+    assert [e.answer for e in run_inputs.shuffled_answers(true["train"], 8)] != [e.answer for e in null["train"]]
 
     run_experiment(cfg, out=tmp_path)
     run = _only_run(tmp_path)
     zero_shot = run.zero_shot_predictions()
     assert "null" in run.id and [r["id"] for r in zero_shot] == [r["id"] for r in run.predictions()]
-    bundle = engine.resolve_bundle(cfg)                                         # the untrained base model
+    bundle = run_inputs.resolve_bundle(cfg)                                         # the untrained base model
     records = data.load("iconqa", config["data_root"], "test").records
     embeds = encode_images(bundle.model, bundle.image_processor([load_image(r) for r in records]))
     nll = candidate_nll(bundle, embeds, [templates.prompt(r) for r in records],

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import pytest
 
-from qformer_peft import grid, runs
+from qformer_peft import grid_cells, execute, grid, paper, runs, schedule
 from qformer_peft.config import MULTITASK_SEP, ConfigError, ExperimentConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
@@ -31,7 +30,7 @@ VARIANTS = [(n, False) for n in sorted(grid.PROFILES)] + [(n, True) for n, p in 
 @pytest.mark.parametrize("name,model_scaling", VARIANTS,
                          ids=[n + ("+model-scaling" if m else "") for n, m in VARIANTS])
 def test_every_profile_expands_into_valid_configs(name, model_scaling, tmp_path):
-    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ckpt"),
+    cells = grid_cells.expand(name, root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ckpt"),
                         model_scaling=model_scaling)
     names = [c.name for c in cells]
     assert len(names) == len(set(names)), "cell names must be unique: they name the executed notebooks"
@@ -48,9 +47,9 @@ def test_every_profile_expands_into_valid_configs(name, model_scaling, tmp_path)
 
 @pytest.mark.parametrize("name,full_grid", [("mini", True), ("paper", False)])
 def test_full_profiles_hold_the_papers_grid(name, full_grid, tmp_path):
-    cells = grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path), full_grid=full_grid)
-    peft = [c for c in cells if c.notebook == grid.PEFT and grid.PILOT_TAG not in c.parameters["tags"]]
-    adalora = [c for c in cells if c.notebook == grid.ADALORA and grid.NULL_TAG not in c.parameters.get("tags", [])]
+    cells = grid_cells.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path), full_grid=full_grid)
+    peft = [c for c in cells if c.notebook == grid_cells.PEFT and grid_cells.PILOT_TAG not in c.parameters["tags"]]
+    adalora = [c for c in cells if c.notebook == grid_cells.ADALORA and grid_cells.NULL_TAG not in c.parameters.get("tags", [])]
     assert len(peft) == 2 * 2 * 9 and len(adalora) == 2 * 4        # docs/protocol.md §2 and §6
     first_seed = {(cfg.llm, cfg.benchmark, cfg.setup, cfg.qf_sublayers, cfg.llm_targets, cfg.rank)
                   for c in peft for cfg in c.configs() if cfg.seed == 42}
@@ -58,7 +57,7 @@ def test_full_profiles_hold_the_papers_grid(name, full_grid, tmp_path):
     for c in peft:
         row = (c.parameters["setup"], c.parameters["qf_sublayers"], c.parameters["llm_targets"])
         seeds = {cfg.seed for cfg in c.configs()}
-        assert seeds == ({42, 43, 44} if row in grid.CLAIM_ROWS or full_grid else {42}), c.name
+        assert seeds == ({42, 43, 44} if row in paper.CLAIM_ROWS or full_grid else {42}), c.name
     assert all({cfg.seed for cfg in c.configs()} == {42, 43, 44} for c in adalora)
     assert all(cfg.method == "adalora" and cfg.adalora_init_r == 12 and cfg.adalora_target_r == 8
                for c in adalora for cfg in c.configs())
@@ -67,28 +66,28 @@ def test_full_profiles_hold_the_papers_grid(name, full_grid, tmp_path):
 def test_mini_shows_every_table1_row_and_judges_the_claim_rows_at_depth(tmp_path):
     """Every Table-1 row for both LLMs x both benchmarks; the claim rows on 3 seeds with the profile's depth, the
     others on one seed; the paper's AdaLoRA cells (both LLMs on Table 1's benchmarks, T5 on all four) on 3 seeds."""
-    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
-    peft = [c for c in cells if c.notebook == grid.PEFT and grid.PILOT_TAG not in c.parameters["tags"]]
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    peft = [c for c in cells if c.notebook == grid_cells.PEFT and grid_cells.PILOT_TAG not in c.parameters["tags"]]
     assert len(peft) == 2 * 2 * 9
     claim = [cfg for c in peft for cfg in c.configs()
-             if (cfg.setup, cfg.qf_sublayers, cfg.llm_targets) in grid.CLAIM_ROWS]
+             if (cfg.setup, cfg.qf_sublayers, cfg.llm_targets) in paper.CLAIM_ROWS]
     other = [cfg for c in peft for cfg in c.configs() if cfg not in claim]
     assert {cfg.seed for cfg in claim} == {42, 43, 44} and {cfg.seed for cfg in other} == {42}
     assert min(cfg.max_epochs for cfg in claim) > max(cfg.max_epochs for cfg in other)
     assert all(cfg.train_limit is None and cfg.test_limit is None for cfg in claim)  # the whole splits
-    adalora = {(c.parameters["llm"], c.parameters["benchmark"]) for c in cells if c.notebook == grid.ADALORA
-               and grid.NULL_TAG not in c.parameters["tags"]}
-    assert adalora == {("t5", b) for b in grid.ADALORA_BENCHMARKS} | {("llama", b) for b in grid.PEFT_BENCHMARKS}
+    adalora = {(c.parameters["llm"], c.parameters["benchmark"]) for c in cells if c.notebook == grid_cells.ADALORA
+               and grid_cells.NULL_TAG not in c.parameters["tags"]}
+    assert adalora == {("t5", b) for b in paper.ADALORA_BENCHMARKS} | {("llama", b) for b in paper.PEFT_BENCHMARKS}
 
 
 def test_rate_pilot_brackets_the_profiles_rates_and_reuses_its_claim_run(tmp_path):
-    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
-    pilot = [cfg for c in cells if grid.PILOT_TAG in c.parameters.get("tags", []) for cfg in c.configs()]
-    claim = {cfg.hash: cfg for c in cells if c.notebook == grid.PEFT and grid.PILOT_TAG not in c.parameters["tags"]
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    pilot = [cfg for c in cells if grid_cells.PILOT_TAG in c.parameters.get("tags", []) for cfg in c.configs()]
+    claim = {cfg.hash: cfg for c in cells if c.notebook == grid_cells.PEFT and grid_cells.PILOT_TAG not in c.parameters["tags"]
              for cfg in c.configs()}
     profile = grid.PROFILES["mini"]
-    assert len(pilot) == len(grid.LLMS) * 2 * len(profile.rate_pilot)
-    for llm in grid.LLMS:
+    assert len(pilot) == len(paper.LLMS) * 2 * len(profile.rate_pilot)
+    for llm in paper.LLMS:
         own = next(cfg for cfg in claim.values() if cfg.llm == llm and cfg.setup == "qf-lora"
                    and cfg.qf_sublayers == "all" and cfg.benchmark == profile.rate_pilot_benchmark and cfg.seed == 42)
         tried = sorted(cfg.learning_rate for cfg in pilot if cfg.llm == llm and cfg.setup == "qf-lora")
@@ -111,7 +110,7 @@ def test_config_rate_rule_takes_the_profiles_rates():
 def test_mini_stops_lora_runs_after_two_epochs_without_gain_and_never_cuts_an_adalora_schedule(tmp_path):
     from qformer_peft.engine import effective_patience
 
-    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
     every = [cfg for c in cells for cfg in c.configs()]
     adalora = [cfg for cfg in every if cfg.method == "adalora"]
     lora = [cfg for cfg in every if cfg.method == "lora"]
@@ -126,7 +125,7 @@ def test_mini_stops_lora_runs_after_two_epochs_without_gain_and_never_cuts_an_ad
 
 
 def test_mini_measures_the_held_in_cost_on_each_cells_first_seed_only(tmp_path):
-    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
     every = [cfg for c in cells for cfg in c.configs()]
     limit = grid.PROFILES["mini"].hparams["heldin_limit"]
     assert limit > 0
@@ -148,105 +147,37 @@ def test_model_scaling_adds_only_the_model_size_cell_and_keeps_every_finished_ce
     from qformer_peft.report_charts import tag_value
 
     kw = dict(root=tmp_path, checkpoints=str(tmp_path / "ck"))
-    plain, scaled = grid.expand("mini", **kw), grid.expand("mini", model_scaling=True, **kw)
+    plain, scaled = grid_cells.expand("mini", **kw), grid_cells.expand("mini", model_scaling=True, **kw)
     assert grid.resolve_profile("mini", True).name == "mini" and grid.PROFILES["mini"].scaling_models == {}
     assert [(c.name, c.params_hash) for c in plain] == [(c.name, c.params_hash) for c in scaled if c.name in
                                                         {p.name for p in plain}]
     [new] = [c for c in scaled if c.name not in {p.name for p in plain}]
-    assert new.name == "open_scaling_model_t5_iconqa" and new.notebook == grid.SCALING
+    assert new.name == "open_scaling_model_t5_iconqa" and new.notebook == grid_cells.SCALING
     own = new.configs()
     assert {(Path(c.model).name, c.setup, tag_value(list(c.tags), oq.SIZE_TAG)) for c in own} == {
         (m, s, size) for m, size in (("mini-deep-t5", "+1"), ("mini-wide-t5", "+2")) for s in ("baseline", "qf-lora")}
     assert {c.seed for c in own} == {42, 43, 44} and {c.train_limit for c in own} == {None}  # whole training sets
     assert {c.rank for c in own if c.setup == "qf-lora"} == {8} and {c.llm for c in own} == {"t5"}
     reference = oq.plan("scaling", **new.parameters).reference   # the paper grid's mini runs: already there
-    paper = {cfg.hash for c in plain if c.notebook == grid.PEFT for cfg in c.configs()}
+    paper = {cfg.hash for c in plain if c.notebook == grid_cells.PEFT for cfg in c.configs()}
     assert reference and {cfg.hash for cfg in reference} <= paper and set(new.after) <= {c.name for c in plain}
 
     out = tmp_path / "nb"                           # the plain study finished: markers and run folders
     out.mkdir()
     for c in plain:
         runs.write_json(out / f"{c.name}.done.json", {"params_hash": c.params_hash})
-    assert [c.name for c in scaled if not grid.is_finished(c, out)] == [new.name]
+    assert [c.name for c in scaled if not execute.is_finished(c, out)] == [new.name]
     assert grid.PROFILES["mini"].base_models == (("mini", "t5"), ("mini", "llama"))
     assert grid.resolve_profile("mini", True).base_models == (("mini", "t5"), ("mini", "llama"),
                                                               ("mini-deep", "t5"), ("mini-wide", "t5"))
     with pytest.raises(grid.GridError, match="always on"):
-        grid.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck", model_scaling=True)
-    smoke = {c.name: c for c in grid.expand("smoke", root=tmp_path, model_scaling=True)}
+        grid_cells.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck", model_scaling=True)
+    smoke = {c.name: c for c in grid_cells.expand("smoke", root=tmp_path, model_scaling=True)}
     assert smoke["open_scaling_model_t5_iconqa"].parameters["models"] == ["tiny-deep", "tiny-wide"]
 
 
-def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the_extra_bases(tmp_path, monkeypatch):
-    import argparse
-
-    from qformer_peft import study
-    from qformer_peft.models import base
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    grid.add_parser(sub)
-    study.add_parser(sub)
-    for command in ("grid", "study"):
-        assert parser.parse_args([command, "--model-scaling"]).model_scaling
-        assert not parser.parse_args([command]).model_scaling
-    assert "--model-scaling" in subprocess.run(["bash", str(Path(grid.__file__).parents[2] / "run_all.sh"), "--help"],
-                                               capture_output=True, text=True, check=True).stdout
-    built = []
-
-    def fake(preset, llm, seed, data_dir, cache, **kw):
-        built.append(f"{preset}-{llm}")
-        return base.base_path(preset, llm, seed, cache)
-
-    monkeypatch.setattr(base, "ensure_base", fake)
-    lines: list[str] = []
-    assert study.build_base_models(grid.resolve_profile("mini", True), data_dir=tmp_path, checkpoints=str(tmp_path),
-                                   log=lines.append) == 0
-    assert built == ["mini-t5", "mini-deep-t5", "mini-wide-t5", "mini-llama"] and len(lines) == 4  # LLaMA after T5
-    bad = dataclasses.replace(grid.PROFILES["mini"], base_models=(("mini-wide", "llama"),))
-    with pytest.raises(grid.GridError, match="none of its models reads it"):
-        study.build_base_models(bad, data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append)
-
-
-def test_a_failed_base_build_is_counted_and_what_runs_alongside_still_runs(tmp_path, monkeypatch):
-    from qformer_peft import study
-    from qformer_peft.models import base
-
-    def fake(preset, llm, seed, data_dir, cache, **kw):
-        if llm == "llama":
-            raise RuntimeError("stage 3 diverged")
-        return base.base_path(preset, llm, seed, cache)
-
-    monkeypatch.setattr(base, "ensure_base", fake)
-    lines, seen, timings = [], [], {}
-    failures = study.build_base_models("mini", data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append,
-                                       alongside=lambda builds: seen.append(builds.cores()) or 2, timings=timings)
-    assert failures == 3 and seen == [0] and timings["base models"] >= 0   # one build + the grid's two
-    assert lines[0].startswith("[study] base model mini-t5: ")
-    assert lines[1] == "[study] base model mini-llama: FAILED: RuntimeError: stage 3 diverged"
-
-
-def test_a_failed_t5_build_fails_the_llama_build_that_starts_from_it_without_trying_it_again(tmp_path, monkeypatch):
-    from qformer_peft import study
-    from qformer_peft.models import base
-
-    tried = []
-
-    def fake(preset, llm, seed, data_dir, cache, **kw):
-        tried.append(llm)
-        raise RuntimeError("stage 3 diverged")
-
-    monkeypatch.setattr(base, "ensure_base", fake)
-    lines: list[str] = []
-    assert study.build_base_models("mini", data_dir=tmp_path, checkpoints=str(tmp_path), log=lines.append) == 2
-    assert tried == ["t5"]
-    assert lines == ["[study] base model mini-t5: FAILED: RuntimeError: stage 3 diverged",
-                     "[study] base model mini-llama: FAILED: RuntimeError: not built: it starts from a base model "
-                     "whose build failed (RuntimeError: stage 3 diverged)"]
-
-
 def test_paper_profile_uses_the_papers_hyperparameters(tmp_path):
-    cells = {c.name: c for c in grid.expand("paper", root=tmp_path, data_root="/real", checkpoints="Salesforce")}
+    cells = {c.name: c for c in grid_cells.expand("paper", root=tmp_path, data_root="/real", checkpoints="Salesforce")}
     llama = cells["peft_llama_scienceqa_qf-lora_all"].configs()[0]
     assert (llama.batch_size, llama.grad_accum, llama.max_epochs, llama.patience) == (8, 2, 15, 3)
     assert llama.model == "Salesforce/instructblip-vicuna-7b"
@@ -262,27 +193,27 @@ def test_paper_profile_without_data_says_how_to_supply_it(tmp_path, monkeypatch)
     monkeypatch.delenv("QFP_DATA_ROOT", raising=False)
     monkeypatch.delenv("QFP_CHECKPOINTS", raising=False)
     with pytest.raises(grid.GridError, match="--data-root DIR or set QFP_DATA_ROOT"):
-        grid.expand("paper", root=tmp_path)
+        grid_cells.expand("paper", root=tmp_path)
     with pytest.raises(grid.GridError, match="--checkpoints DIR"):
-        grid.expand("paper", root=tmp_path, data_root=str(tmp_path))
+        grid_cells.expand("paper", root=tmp_path, data_root=str(tmp_path))
     monkeypatch.setenv("QFP_DATA_ROOT", str(tmp_path / "real"))
     monkeypatch.setenv("QFP_CHECKPOINTS", str(tmp_path / "ckpt"))
-    cfg = grid.expand("paper", root=tmp_path)[1].configs()[0]
+    cfg = grid_cells.expand("paper", root=tmp_path)[1].configs()[0]
     assert cfg.data_root.startswith(str(tmp_path / "real")) and cfg.model.startswith(str(tmp_path / "ckpt"))
 
 
 def test_only_keeps_matching_experiments_and_the_environment_and_report(tmp_path):
-    cells = grid.select(grid.expand("smoke", root=tmp_path), "adalora_t5_(vizwiz|flickr)")
+    cells = schedule.select(grid_cells.expand("smoke", root=tmp_path), "adalora_t5_(vizwiz|flickr)")
     assert [c.name for c in cells] == ["environment", "adalora_t5_flickr30k", "adalora_t5_vizwiz", "open_seeds",
                                        "report"]
     with pytest.raises(grid.GridError, match="not a valid regular expression"):
-        grid.select(cells, "(")
+        schedule.select(cells, "(")
 
 
 def test_exit_status_counts_failures_capped():
-    outcomes = [grid.Outcome(f"c{i}", "failed") for i in range(300)] + [grid.Outcome("ok", "done")]
-    assert grid.GridResult(outcomes).exit_status == grid.MAX_EXIT_STATUS
-    assert grid.GridResult(outcomes[:3] + outcomes[-1:]).exit_status == 3
+    outcomes = [execute.Outcome(f"c{i}", "failed") for i in range(300)] + [execute.Outcome("ok", "done")]
+    assert schedule.GridResult(outcomes).exit_status == schedule.MAX_EXIT_STATUS
+    assert schedule.GridResult(outcomes[:3] + outcomes[-1:]).exit_status == 3
 
 
 # --- executing cells -------------------------------------------------------------------------------------
@@ -294,11 +225,11 @@ def fake_cell(tmp_path, label, *, ranks=(1, 2), **extra):
               "executions_log": str(tmp_path / "executions.log"), **extra}
     # distinct benchmarks keep the cells' runs apart
     params["benchmark"] = {"a": "iconqa", "b": "scienceqa", "c": "vizwiz"}.get(label[-1], "iconqa")
-    return grid.Cell(label, "fake_experiment.ipynb", params)
+    return grid_cells.Cell(label, "fake_experiment.ipynb", params)
 
 
 def report_cell(tmp_path):
-    return grid.Cell("report", grid.REPORT, {"runs_dir": str(tmp_path / "runs"), "notebooks_dir": str(tmp_path / "nb"),
+    return grid_cells.Cell("report", grid_cells.REPORT, {"runs_dir": str(tmp_path / "runs"), "notebooks_dir": str(tmp_path / "nb"),
                                              "executions_log": str(tmp_path / "executions.log")})
 
 
@@ -308,9 +239,10 @@ def executions(tmp_path):
 
 
 def run(cells, tmp_path, **kw):
-    return grid.run_grid(cells, out_dir=tmp_path / "nb", notebooks_dir=FIXTURES, log=lambda m: None, **kw)
+    return schedule.run_grid(cells, out_dir=tmp_path / "nb", notebooks_dir=FIXTURES, log=lambda m: None, **kw)
 
 
+@pytest.mark.slow
 def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
     cells = [fake_cell(tmp_path, "cell_a"), fake_cell(tmp_path, "cell_b", fail=True), fake_cell(tmp_path, "cell_c"),
              report_cell(tmp_path)]
@@ -344,88 +276,27 @@ def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
     assert sorted(executions(tmp_path)) == ["cell_a", "cell_b", "cell_b", "cell_c", "report", "report"]
 
 
+@pytest.mark.slow
 def test_a_cell_that_reads_another_starts_after_it_and_analysis_runs_last(tmp_path):
     started_b = tmp_path / "b_started.log"                   # the reader writes it when it starts
-    reader = grid.Cell("cell_b", "fake_experiment.ipynb",
+    reader = grid_cells.Cell("cell_b", "fake_experiment.ipynb",
                        fake_cell(tmp_path, "cell_b", executions_log=str(started_b)).parameters, after=("cell_a",))
     slow = fake_cell(tmp_path, "cell_a", sleep_s=1.0)
-    analysis = grid.Cell("open_seeds", grid.SEEDS, {"runs_dir": str(tmp_path / "runs")})
+    analysis = grid_cells.Cell("open_seeds", grid_cells.SEEDS, {"runs_dir": str(tmp_path / "runs")})
     assert analysis.kind == "analysis" and analysis.configs() == []
     # listed first and free to start with two workers, the reader still waits for cell_a to finish
     assert run([reader, slow], tmp_path, jobs=2).exit_status == 0
     assert started_b.stat().st_mtime_ns >= (tmp_path / "nb" / "cell_a.done.json").stat().st_mtime_ns
-    assert grid.FINAL_KINDS == ("analysis", "report")
-    cells = grid.expand("smoke", root=tmp_path)
+    assert schedule.FINAL_KINDS == ("analysis", "report")
+    cells = grid_cells.expand("smoke", root=tmp_path)
     assert [c.kind for c in cells][-2:] == ["analysis", "report"]
-
-
-def test_cells_start_once_their_base_model_is_built_on_the_cores_the_builds_free(tmp_path):
-    """study.Builds gates the grid: a cell reading a model still being built waits for it, and each running build
-    keeps one of the `jobs` workers free, so with 2 jobs and one build the other cells run one at a time."""
-    import threading
-    from concurrent.futures import Future
-
-    from qformer_peft import study
-
-    building, built = tmp_path / "model-building", tmp_path / "model-present"
-    for m in (building, built):
-        m.mkdir()
-    started = {n: tmp_path / f"{n}.started" for n in ("cell_a", "cell_b", "cell_c")}
-    cell = lambda n, m: fake_cell(tmp_path, n, model=str(m), executions_log=str(started[n]), sleep_s=0.4)
-    cells = [cell("cell_a", building), cell("cell_b", built), cell("cell_c", built), report_cell(tmp_path)]
-    build = Future()
-    build.set_running_or_notify_cancel()
-    ended = []
-    timer = threading.Timer(1.5, lambda: (ended.append(time.time_ns()), build.set_result("built")))
-    timer.start()
-    builds = study.Builds({building.resolve(): build})
-    assert builds.cores() == 1 and builds.blocks(cells[0]) and not builds.blocks(cells[1])
-    assert run(cells, tmp_path, jobs=2, builds=builds).exit_status == 0
-    timer.join()
-    mtime = lambda p: p.stat().st_mtime_ns
-    assert mtime(started["cell_a"]) >= ended[0]                                   # waited for its model
-    done_b, done_c = mtime(tmp_path / "nb" / "cell_b.done.json"), mtime(tmp_path / "nb" / "cell_c.done.json")
-    first, second = sorted([("cell_b", done_b), ("cell_c", done_c)], key=lambda x: x[1])
-    assert mtime(started[second[0]]) >= first[1]                                  # one free worker, one at a time
-    assert not builds.cores() and not builds.blocks(cells[0])
-    running = {tmp_path / f"m{i}": Future() for i in range(4)}                  # 4 builds, 2 at a time
-    for f in running.values():
-        f.set_running_or_notify_cancel()
-    assert study.Builds(running, workers=2).cores() == 2
-
-
-def test_a_build_that_starts_from_another_waits_for_it_without_holding_a_core(tmp_path):
-    """study._submit_after: the LLaMA build (its Q-Former starts from T5's) is submitted once T5's has ended; till
-    then it holds no core (Builds.cores), so the cells reading T5 run beside it; a failed source fails it unrun."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from qformer_peft import study
-
-    release, ran = threading.Event(), []
-    with ThreadPoolExecutor(2) as pool:
-        source = pool.submit(lambda: release.wait(5) and "t5 built")
-        after = study._submit_after(pool, [source], lambda name: ran.append(name) or f"{name} built", "llama")
-        builds = study.Builds({tmp_path / "t5": source, tmp_path / "llama": after}, workers=2)
-        time.sleep(0.1)
-        assert not after.running() and not after.done() and ran == [] and builds.cores() == 1
-        env = types.SimpleNamespace(kind="environment")
-        assert builds.blocks(env)  # the environment notebook lists every checkpoint: it waits for both
-        release.set()
-        assert after.result(5) == "llama built" and ran == ["llama"] and builds.cores() == 0
-        assert not builds.blocks(env)
-        failed = pool.submit(lambda: 1 / 0)
-        orphan = study._submit_after(pool, [failed], lambda: ran.append("never"))
-        with pytest.raises(RuntimeError, match="whose build failed.*ZeroDivisionError"):
-            orphan.result(5)
-    assert ran == ["llama"]
 
 
 def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_alignments(tmp_path):
     three = (("t5", "iconqa", "claims"), ("t5", "scienceqa", "claims"), ("t5", "iconqa", "budgets"))
-    cells = grid.expand(dataclasses.replace(grid.PROFILES["mini"], connector_cells=three), root=tmp_path)
-    order = grid.start_order(cells)
-    connectors = [c for c in cells if c.notebook == grid.CONNECTORS]
+    cells = grid_cells.expand(dataclasses.replace(grid.PROFILES["mini"], connector_cells=three), root=tmp_path)
+    order = schedule.start_order(cells)
+    connectors = [c for c in cells if c.notebook == grid_cells.CONNECTORS]
     assert len(connectors) == 3 and order[:3] == connectors and order[3:] == [c for c in cells if c not in connectors]
     by_name = {c.name: c for c in connectors}
     # the two claim notebooks align the same connectors: the second starts once the first has finished
@@ -433,12 +304,13 @@ def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_a
     assert by_name["connectors_t5_iconqa_claims"].after == () and by_name["connectors_t5_iconqa_budgets"].after == ()
 
 
+@pytest.mark.slow
 def test_cell_with_all_runs_done_is_skipped_and_changed_parameters_rerun(tmp_path):
     cell = fake_cell(tmp_path, "cell_a")
     for cfg in cell.configs():                                 # runs finished outside the grid
         r = runs.RunDir.open(tmp_path / "runs", cfg.to_dict(), prefix=cfg.run_name)
         r.mark_done({"test_score": 1.0})
-    assert not grid.is_finished(cell, tmp_path / "nb")        # no executed notebook yet: run it
+    assert not execute.is_finished(cell, tmp_path / "nb")        # no executed notebook yet: run it
     (tmp_path / "nb").mkdir()
     (tmp_path / "nb" / "cell_a.ipynb").write_text("{}")       # its notebook kept, its marker lost
     assert run([cell], tmp_path).count("skipped") == 1 and executions(tmp_path) == []
@@ -461,13 +333,14 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_grid import fake_cell, FIXTURES
-from qformer_peft import grid
+from qformer_peft import schedule
 tmp = Path({tmp!r})
 cells = [fake_cell(tmp, f"cell_{{x}}", sleep_s=0.3) for x in "abc"]
-sys.exit(grid.run_grid(cells, out_dir=tmp / "nb", notebooks_dir=FIXTURES).exit_status)
+sys.exit(schedule.run_grid(cells, out_dir=tmp / "nb", notebooks_dir=FIXTURES).exit_status)
 """
 
 
+@pytest.mark.slow
 def test_killed_grid_reruns_only_what_is_missing(tmp_path):
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], start_new_session=True,
@@ -494,7 +367,7 @@ def test_submitit_backend_with_its_local_executor(tmp_path):
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
     outcomes = []
     cells = [fake_cell(tmp_path, "cell_a"), fake_cell(tmp_path, "cell_b", fail=True)]
-    grid._run_submitit(cells, notebooks_dir=FIXTURES, out_dir=tmp_path / "nb", kernel="python3", env={},
+    schedule.run_submitit(cells, notebooks_dir=FIXTURES, out_dir=tmp_path / "nb", kernel="python3", env={},
                        timeout=None, record=outcomes.append, run_final=lambda: False, executor=executor)
     assert {o.cell: o.state for o in outcomes} == {"cell_a": "done", "cell_b": "failed"}
 
@@ -507,8 +380,8 @@ def test_submitit_missing_gives_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["smoke", "mini"])
 def test_null_adalora_cells_repeat_a_real_cell_with_shuffled_answers(name, tmp_path):
-    cells = {c.name: c for c in grid.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))}
-    nulls = [c for c in cells.values() if grid.NULL_TAG in c.parameters.get("tags", [])]
+    cells = {c.name: c for c in grid_cells.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))}
+    nulls = [c for c in cells.values() if grid_cells.NULL_TAG in c.parameters.get("tags", [])]
     profile = grid.PROFILES[name]
     assert len(nulls) == len(profile.adalora_null_cells) >= 1
     for c in nulls:

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from qformer_peft import cli, ledger as ledger_module
-from qformer_peft.ledger import KEYS, ledger
+from qformer_peft import cli, params
+from qformer_peft.params import KEYS, parameter_ledger
 
 # PROTOCOL §2 (derived). The Q-Former figure there, 185,659,392, is BERT-base with 30,522 word
 # embeddings; LAVIS adds the "[DEC]" token and resizes to 30,523 (transformers' conversion does the
@@ -25,7 +25,7 @@ def t5_rows():
     grid = [run("baseline")] + [run("qf-lora", s, None, 1) for s in QF_PER_R] + [
         run("qf-fft+llm-lora", None, t, 1) for t in ("attn", "ffn")] + [
         run("qf-lora", "all", None, 8), run("qf-lora+llm-lora", "all", "all", 8)]
-    return ledger("flan-t5-xl", grid)
+    return parameter_ledger("flan-t5-xl", grid)
 
 
 def test_flan_t5_xl_figures_equal_the_protocol(t5_rows):
@@ -51,13 +51,13 @@ def test_flan_t5_xl_figures_equal_the_protocol(t5_rows):
 
 
 def test_vicuna_7b_figures_equal_the_protocol():
-    rows = ledger("vicuna-7b", [run("qf-fft+llm-lora", None, t, 1) for t in ("attn", "ffn")])
+    rows = parameter_ledger("vicuna-7b", [run("qf-fft+llm-lora", None, t, 1) for t in ("attn", "ffn")])
     assert [r["llm_lora"] for r in rows] == [LLM_PER_R["vicuna-7b"]["attn"], LLM_PER_R["vicuna-7b"]["ffn"]]
     assert rows[0]["extras"] == QUERY_TOKENS + PROJECTION["vicuna-7b"] + VIT_LAYERNORM
 
 
 def test_params_command_prints_one_json_list_and_a_table(monkeypatch, capsys):
-    monkeypatch.setattr(ledger_module, "paper_grid", lambda: [run("baseline"), run("qf-lora", "self_attn", None, 2)])
+    monkeypatch.setattr(params, "paper_grid", lambda: [run("baseline"), run("qf-lora", "self_attn", None, 2)])
     assert cli.main(["params", "--llm", "flan-t5-xl", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [list(r) for r in rows] == [list(KEYS)] * 2
@@ -70,9 +70,9 @@ def test_params_command_prints_one_json_list_and_a_table(monkeypatch, capsys):
 
 def test_rank_scaling_equals_a_direct_count_at_rank_8():
     # The ledger counts rank 1 and scales; peft at rank 8 must agree for every adapted group.
-    from qformer_peft.ledger import count_run, ledger
+    from qformer_peft.params import count_run, parameter_ledger
 
     run = dict(setup="qf-lora+llm-lora", qf_sublayers="all", llm_targets="all", rank=8)
-    (row,) = ledger("vicuna-7b", grid=[run])
+    (row,) = parameter_ledger("vicuna-7b", grid=[run])
     direct = count_run("vicuna-7b", **run)
     assert (row["qformer_lora"], row["llm_lora"]) == (direct["qformer_lora"], direct["llm_lora"])

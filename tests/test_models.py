@@ -123,13 +123,13 @@ def test_token_ids_are_cached_per_tokenizer_and_equal_a_fresh_tokenization(token
 
     tok = Counting()
     texts = ["Question: what colour is the ball ?", "red", "Question: what colour is the ball ?"]
-    first = inputs._ids(tok, texts)
+    first = inputs.token_ids(tok, texts)
     assert first == qf(texts, add_special_tokens=False)["input_ids"]
     assert calls == [texts[:2]]                       # each distinct text once
-    assert inputs._ids(tok, ["red", texts[0], "blue"]) == qf(["red", texts[0], "blue"],
+    assert inputs.token_ids(tok, ["red", texts[0], "blue"]) == qf(["red", texts[0], "blue"],
                                                                add_special_tokens=False)["input_ids"]
     assert calls[1:] == [["blue"]]                    # only the new text
-    assert inputs._ids(Counting(), ["red"]) == qf(["red"], add_special_tokens=False)["input_ids"]
+    assert inputs.token_ids(Counting(), ["red"]) == qf(["red"], add_special_tokens=False)["input_ids"]
     assert len(calls) == 3                            # another tokenizer object has its own cache
 
 

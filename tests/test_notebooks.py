@@ -9,11 +9,11 @@ import papermill as pm
 import pytest
 from fixtures.study_runs import write_study
 
-from qformer_peft import claims, grid, report
+from qformer_peft import grid_cells, claims, config, grid, paper, report
 from qformer_peft import open_questions as oq
 
-NOTEBOOKS = sorted(grid.NOTEBOOKS_DIR.glob("*.ipynb"))
-# the shape of qformer_peft.ledger's rows: tests seed the report's cache with these instead of building
+NOTEBOOKS = sorted(grid_cells.NOTEBOOKS_DIR.glob("*.ipynb"))
+# the shape of params.parameter_ledger's rows: tests seed the report's cache with these instead of building
 # the full-size models on the meta device (the ledger has its own tests)
 FAKE_FULL_SIZE = {n: [{"llm": n, "setup": s, "qf_sublayers": "all", "llm_targets": t, "rank": 8, "qformer_lora": 1,
                        "llm_lora": 0, "total": 10, "pct_of_baseline": p, "pct_of_qformer": p}
@@ -33,10 +33,10 @@ def parameters_of(nb):
 
 def test_the_grids_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
-    assert {grid.ENVIRONMENT, grid.PEFT, grid.ADALORA, grid.REPORT, grid.MULTITASK, grid.SCALING,
-            grid.RANK_SENSITIVITY, grid.SEEDS} <= names
+    assert {grid_cells.ENVIRONMENT, grid_cells.PEFT, grid_cells.ADALORA, grid_cells.REPORT, grid_cells.MULTITASK, grid_cells.SCALING,
+            grid_cells.RANK_SENSITIVITY, grid_cells.SEEDS} <= names
     for profile in grid.PROFILES:
-        assert {c.notebook for c in grid.expand(profile, root="/r", data_root="/d", checkpoints="/c")} <= names
+        assert {c.notebook for c in grid_cells.expand(profile, root="/r", data_root="/d", checkpoints="/c")} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -59,35 +59,36 @@ def test_notebook_opens_with_its_question_then_parameters_and_holds_no_logic(pat
 @pytest.mark.parametrize("profile", sorted(grid.PROFILES))
 def test_every_injected_parameter_is_declared_by_its_notebook(profile, tmp_path):
     declared = {p.name: set(parameters_of(nbformat.read(str(p), as_version=4))) for p in NOTEBOOKS}
-    for cell in grid.expand(profile, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path)):
+    for cell in grid_cells.expand(profile, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path)):
         extra = set(cell.parameters) - declared[cell.notebook]
         assert not extra, f"{cell.name}: {cell.notebook} does not declare {extra}"
 
 
-@pytest.mark.parametrize("name", [grid.PEFT, grid.ADALORA])
+@pytest.mark.parametrize("name", [grid_cells.PEFT, grid_cells.ADALORA])
 def test_default_parameters_build_valid_smoke_sized_configs(name):
-    p = parameters_of(nbformat.read(str(grid.NOTEBOOKS_DIR / name), as_version=4))
+    p = parameters_of(nbformat.read(str(grid_cells.NOTEBOOKS_DIR / name), as_version=4))
     keys = ("benchmark", "llm", "model", "data_dir", "setup", "qf_sublayers", "llm_targets", "method", "ranks",
             "seeds", "hparams", "tags")
-    configs = grid.experiment_configs(**{k: p[k] for k in keys if k in p})
+    configs = config.experiment_configs(**{k: p[k] for k in keys if k in p})
     assert configs and all(c.model == "tiny" and c.train_limit <= 64 and c.max_epochs <= 2 for c in configs)
     assert p["data_size"] == "smoke"
 
 
-@pytest.mark.parametrize("name", sorted(grid.OPEN_QUESTION_OF))
+@pytest.mark.parametrize("name", sorted(grid_cells.OPEN_QUESTION_OF))
 def test_open_question_defaults_are_smoke_sized(name):
-    p = parameters_of(nbformat.read(str(grid.NOTEBOOKS_DIR / name), as_version=4))
-    plan = oq.plan(grid.OPEN_QUESTION_OF[name], **p)
+    p = parameters_of(nbformat.read(str(grid_cells.NOTEBOOKS_DIR / name), as_version=4))
+    plan = oq.plan(grid_cells.OPEN_QUESTION_OF[name], **p)
     assert plan.own and plan.reference and p["data_size"] == "smoke"
     assert all(c.model == "tiny" and c.train_limit <= 64 and c.max_epochs <= 2 for c in plan.all)
 
 
+@pytest.mark.slow
 def test_seeds_notebook_reads_run_folders(tmp_path):
-    runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43, 44), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+    runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43, 44), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=())
     out = tmp_path / "43_seeds.ipynb"
-    pm.execute_notebook(str(grid.NOTEBOOKS_DIR / grid.SEEDS), str(out), kernel_name="python3", progress_bar=False,
-                        cwd=str(grid.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir)})
+    pm.execute_notebook(str(grid_cells.NOTEBOOKS_DIR / grid_cells.SEEDS), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(grid_cells.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir)})
     outputs = [o for c in nbformat.read(str(out), as_version=4).cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/svg+xml" in o.get("data", {}) for o in outputs) == 2          # spread, orderings
@@ -95,15 +96,16 @@ def test_seeds_notebook_reads_run_folders(tmp_path):
     assert "<td>SD-setups</td>" in html and "<td>SD-best-rank</td>" in html and "qf-lora+llm-lora r=8" in html
 
 
+@pytest.mark.slow
 def test_report_notebook_runs_on_run_folders(tmp_path):
-    runs_dir = write_study(tmp_path, ranks=(2,), seeds=(42, 43), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+    runs_dir = write_study(tmp_path, ranks=(2,), seeds=(42, 43), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=("iconqa",))
     from qformer_peft import runs
 
     runs.write_json(claims.full_size_cache_file(tmp_path / "cache"), FAKE_FULL_SIZE)
     out = tmp_path / "90_report.ipynb"
-    pm.execute_notebook(str(grid.NOTEBOOKS_DIR / grid.REPORT), str(out), kernel_name="python3", progress_bar=False,
-                        cwd=str(grid.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir),
+    pm.execute_notebook(str(grid_cells.NOTEBOOKS_DIR / grid_cells.REPORT), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(grid_cells.NOTEBOOKS_DIR), parameters={"runs_dir": str(runs_dir),
                                                                  "notebooks_dir": str(tmp_path / "nb"),
                                                                  "cache_dir": str(tmp_path / "cache")})
     nb = nbformat.read(str(out), as_version=4)
@@ -116,45 +118,3 @@ def test_report_notebook_runs_on_run_folders(tmp_path):
                    for o in outputs)
 
 
-@pytest.mark.slow
-def test_smoke_profile_end_to_end(tmp_path):
-    pytest.importorskip("qformer_peft.engine", reason="the engine (issue 4) is not built yet")
-    from qformer_peft import runs, study
-
-    runs.write_json(claims.full_size_cache_file(tmp_path / "cache"), FAKE_FULL_SIZE)
-    lines = []
-    assert study.run_study("smoke", root=tmp_path, jobs=2, log=lines.append) == 0, "\n".join(lines)
-    cells = grid.expand("smoke", root=tmp_path)
-    expected = {cfg.hash for c in cells for cfg in c.configs()}
-    done = {runs.config_hash(r.config) for r in runs.iter_runs(tmp_path / "runs" / "smoke") if r.is_done()}
-    assert expected <= done
-    index = tmp_path / "reports" / "index.html"
-    page = index.read_text()
-    assert "id='chart-figure2'" in page and "id='chart-heatmaps'" in page and "Failed notebooks" not in page
-    for c in cells:
-        section = tmp_path / "reports" / "sections" / f"{c.name}.html"
-        assert section.exists() and f"sections/{c.name}.html" in page
-    for p in [index, *(tmp_path / "reports" / "sections").glob("*.html")]:
-        text = p.read_text()
-        assert report.external_references(text) == [], p
-        assert "IProgress not found" not in text and "Loading weights" not in text, f"{p}: library noise"
-    assert any(line.startswith("[study] wall time by stage") for line in lines)
-    stored, table = claims.read_results(tmp_path / "reports")           # the machine-readable results
-    ids = [c["id"] for c in stored["claims"]]
-    assert len(set(ids)) == len(ids) and len(table) >= 1
-    assert all(any(i == c or i.startswith(f"{c}-") for i in ids) for c in claims.CLAIMS)  # params: per denominator
-    assert all((tmp_path / p).is_dir() for row in table["runs"] for p in row.split(";"))
-    # the learning-rate pilot: the profile's rate and the pilot's, compared on validation, in claims.json and the page
-    pilot = stored["rate_pilot"]
-    assert {(r["rate_class"], r["profile_rate"]) for r in pilot} == {("full", True), ("full", False),
-                                                                      ("peft", True), ("peft", False)}
-    assert all(r["chosen"] == (r["val_acc"] == max(q["val_acc"] for q in pilot if q["rate_class"] == r["rate_class"]))
-               for r in pilot)
-    assert "id='rates'" in page
-    # the README's results block is generated from these files
-    summary = (tmp_path / "reports" / "summary.md").read_text()
-    assert summary == report.results_markdown(tmp_path / "reports") and "Verdicts:" in summary
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{report.README_BLOCK[0]}\nold\n{report.README_BLOCK[1]}\nafter\n")
-    assert report.write_readme_results(readme, tmp_path / "reports")
-    assert readme.read_text() == f"# x\n{report.README_BLOCK[0]}\n{summary}{report.README_BLOCK[1]}\nafter\n"

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qformer_peft import claim_ledger
 from qformer_peft import claims as C
-from qformer_peft import grid, open_charts
+from qformer_peft import grid, grid_cells, config, open_charts, paper, workbook
 from qformer_peft import open_questions as oq
 from qformer_peft import report_charts as rc
 from qformer_peft.config import ConfigError, ExperimentConfig
@@ -17,7 +18,7 @@ SEEDS = (42, 43, 44)
 # --- multi-task in the engine ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory):
-    return grid.ensure_data(tmp_path_factory.mktemp("data"), "smoke", 0)
+    return workbook.ensure_data(tmp_path_factory.mktemp("data"), "smoke", 0)
 
 
 def test_joint_benchmark_validation_names_the_fix(tmp_path):
@@ -26,22 +27,22 @@ def test_joint_benchmark_validation_names_the_fix(tmp_path):
     for bad in ("scienceqa+vizwiz", "iconqa+iconqa", "scienceqa+"):
         with pytest.raises(ConfigError, match="joins distinct multiple-choice benchmarks"):
             ExperimentConfig(benchmark=bad)
-    [c] = grid.experiment_configs(benchmark="scienceqa+iconqa", llm="t5", model="tiny", data_dir=str(tmp_path),
+    [c] = config.experiment_configs(benchmark="scienceqa+iconqa", llm="t5", model="tiny", data_dir=str(tmp_path),
                                   method="adalora")
     assert c.data_root == str(tmp_path)                       # one root per task there
-    from qformer_peft import engine
+    from qformer_peft import run_inputs
 
     with pytest.raises(ConfigError, match="needs one root per task"):
-        engine.load_examples(c)
+        run_inputs.load_examples(c)
 
 
 def test_joint_run_loads_both_tasks_and_scores_each(smoke_data, tmp_path):
-    from qformer_peft import engine, runs
+    from qformer_peft import engine, run_inputs, runs
 
     hp = {"max_epochs": 1, "patience": 1, "batch_size": 8, "train_limit": 8, "val_limit": 4, "test_limit": 6}
-    [cfg] = grid.experiment_configs(benchmark="scienceqa+iconqa", llm="t5", model="tiny", data_dir=str(smoke_data),
+    [cfg] = config.experiment_configs(benchmark="scienceqa+iconqa", llm="t5", model="tiny", data_dir=str(smoke_data),
                                     method="adalora", hparams=hp)
-    splits = engine.load_examples(cfg)
+    splits = run_inputs.load_examples(cfg)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [16, 8, 12]      # each task cut to its limit
     assert {e.meta["task"] for e in splits["train"]} == {"scienceqa", "iconqa"}
     assert all(e.id.startswith(e.meta["task"] + "/") for e in splits["test"])
@@ -61,21 +62,21 @@ def test_joint_run_loads_both_tasks_and_scores_each(smoke_data, tmp_path):
 
 # --- plans ------------------------------------------------------------------------------------------------
 def test_open_question_cells_reuse_the_paper_grid_runs_and_tag_their_own(tmp_path):
-    cells = grid.expand("mini", root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ck"))
-    paper = {cfg.hash for c in cells if c.notebook in (grid.PEFT, grid.ADALORA) for cfg in c.configs()}
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ck"))
+    paper = {cfg.hash for c in cells if c.notebook in (grid_cells.PEFT, grid_cells.ADALORA) for cfg in c.configs()}
     names = {c.name for c in cells}
-    opened = [c for c in cells if c.notebook in grid.OPEN_QUESTION_OF]
-    assert {c.notebook for c in opened} == {grid.MULTITASK, grid.SCALING, grid.RANK_SENSITIVITY}
+    opened = [c for c in cells if c.notebook in grid_cells.OPEN_QUESTION_OF]
+    assert {c.notebook for c in opened} == {grid_cells.MULTITASK, grid_cells.SCALING, grid_cells.RANK_SENSITIVITY}
     for c in opened:
-        p = oq.plan(grid.OPEN_QUESTION_OF[c.notebook], **c.parameters)
+        p = oq.plan(grid_cells.OPEN_QUESTION_OF[c.notebook], **c.parameters)
         assert p.reference and {cfg.hash for cfg in p.reference} <= paper, c.name   # same configs: same folders
         assert p.own and not {cfg.hash for cfg in p.own} & paper
-        assert all(f"study:{grid.OPEN_QUESTION_OF[c.notebook]}" in cfg.tags for cfg in p.own)
+        assert all(f"study:{grid_cells.OPEN_QUESTION_OF[c.notebook]}" in cfg.tags for cfg in p.own)
         assert c.after and set(c.after) <= names
-    ranks = next(c for c in opened if c.notebook == grid.RANK_SENSITIVITY).configs()
+    ranks = next(c for c in opened if c.notebook == grid_cells.RANK_SENSITIVITY).configs()
     assert sorted({cfg.rank for cfg in ranks}) == sorted(grid.PROFILES["mini"].extra_ranks)
     assert {cfg.seed for cfg in ranks} == set(SEEDS)
-    sizes = next(c for c in opened if c.notebook == grid.SCALING).configs()
+    sizes = next(c for c in opened if c.notebook == grid_cells.SCALING).configs()
     assert sorted({cfg.train_limit for cfg in sizes}) == sorted(grid.PROFILES["mini"].train_limits)
     assert [c.name for c in cells if c.kind == "analysis"] == ["open_seeds"]
 
@@ -87,10 +88,10 @@ def test_model_size_axis_tags_each_larger_model(tmp_path):
     assert sizes == {("/ck/xxl", "baseline"): "+1", ("/ck/xxl", "qf-lora"): "+1",
                      ("/ck/xxxl", "baseline"): "+2", ("/ck/xxxl", "qf-lora"): "+2"}
     assert {cfg.model for cfg in p.reference} == {"/ck/xl"} and {cfg.train_limit for cfg in p.own} == {100}
-    cells = {c.name: c for c in grid.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck")}
+    cells = {c.name: c for c in grid_cells.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck")}
     assert cells["open_scaling_model_t5_iconqa"].parameters["models"] == ["/ck/instructblip-flan-t5-xxl"]
-    assert "open_scaling_model_t5_iconqa" not in {c.name for c in grid.expand("mini", root=tmp_path)}
-    scaled = {c.name: c for c in grid.expand("mini", root=tmp_path, checkpoints="/ck", model_scaling=True)}
+    assert "open_scaling_model_t5_iconqa" not in {c.name for c in grid_cells.expand("mini", root=tmp_path)}
+    scaled = {c.name: c for c in grid_cells.expand("mini", root=tmp_path, checkpoints="/ck", model_scaling=True)}
     assert scaled["open_scaling_model_t5_iconqa"].parameters["models"] == ["/ck/mini-deep-t5", "/ck/mini-wide-t5"]
 
 
@@ -249,7 +250,7 @@ def test_ordering_formulas():
 def seeds_df(effects, rank_effect=0.3, spread=0.2):
     rows = []
     for s in SEEDS:
-        for setup, qf, lt in grid.CLAIM_ROWS:
+        for setup, qf, lt in paper.CLAIM_ROWS:
             for r in ((None,) if setup == "baseline" else (2, 8)):
                 acc = 60 + effects(setup, s) + (rank_effect * (r or 0)) + noise(s * 7 + (r or 0), spread)
                 rows.append({"setup": setup, "qf_sublayers": qf, "llm_targets": lt, "rank": r, "seed": s, "acc": acc})
@@ -280,7 +281,7 @@ def test_seed_claims_flip_and_the_spread_table():
 
 def test_every_open_claim_is_in_the_ledger_and_paper_claims_ignore_open_runs():
     df = pd.concat([seeds_df(lambda setup, s: 0.0), rank_df(lambda r: 0.0)], ignore_index=True)
-    ids = [c.id for c in C.ledger(df, pd.DataFrame(), full_size={})]
+    ids = [c.id for c in claim_ledger.ledger(df, pd.DataFrame(), full_size={})]
     assert ids[-len(oq.OPEN_CLAIMS):] == list(oq.OPEN_CLAIMS)
     t = rc.table1(df)
     assert set(t["rank"].dropna().astype(int)) <= {1, 2, 4, 8}                 # r = 16, 32 stay out of Table 1

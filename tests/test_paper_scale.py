@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fixtures.paper_world import T5_NAME, VICUNA_NAME, paper_world
-from qformer_peft import grid, runs, study
+from qformer_peft import grid_cells, execute, grid, runs, schedule, study
 from qformer_peft.config import ConfigError, ExperimentConfig
 from qformer_peft.engine import run_experiment
 from qformer_peft.models.build import CheckpointError, load_bundle
@@ -157,22 +157,22 @@ def test_the_grid_lists_every_missing_input_before_anything_runs(world, tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     empty = tmp_path / "empty"
     empty.mkdir()
-    cells = grid.expand("paper", root=tmp_path, data_root=str(empty), checkpoints=str(tmp_path / "none"))
+    cells = grid_cells.expand("paper", root=tmp_path, data_root=str(empty), checkpoints=str(tmp_path / "none"))
     with pytest.raises(grid.GridError) as err:
-        grid.check_inputs(cells)
+        execute.check_inputs(cells)
     msg = str(err.value)
     for piece in (T5_NAME, VICUNA_NAME, "scienceqa/", "iconqa/", "vizwiz/", "flickr30k/", "huggingface-cli download"):
         assert piece in msg, piece
     assert "flan-t5-xxl" not in msg  # the model-size axis is optional
-    grid.check_inputs(grid.expand("paper", root=tmp_path, data_root=str(world["data"]),
+    execute.check_inputs(grid_cells.expand("paper", root=tmp_path, data_root=str(world["data"]),
                                   checkpoints=str(world["checkpoints"])))  # all there: no error
 
 
 # 6. a paper study without the larger checkpoints: those cells are 'not run', the rest exits 0 ---------------------
 def test_model_size_cells_without_their_checkpoints_are_not_run_and_do_not_fail(world, tmp_path):
-    cells = grid.expand("paper", root=tmp_path, data_root=str(world["data"]), checkpoints=str(world["checkpoints"]))
+    cells = grid_cells.expand("paper", root=tmp_path, data_root=str(world["data"]), checkpoints=str(world["checkpoints"]))
     cell = next(c for c in cells if c.name == "open_scaling_model_t5_iconqa")
-    result = grid.run_grid([cell], out_dir=tmp_path / "nb", log=lambda m: None)
+    result = schedule.run_grid([cell], out_dir=tmp_path / "nb", log=lambda m: None)
     assert result.exit_status == 0 and result.outcomes[0].state == "not run"
     error = result.outcomes[0].error
     assert error.startswith("not run: needs") and "Salesforce/instructblip-flan-t5-xxl" in error
@@ -233,7 +233,7 @@ def test_export_reproduces_the_runs_predictions_and_report_keeps_the_cwd_clean(w
     from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
     from qformer_peft import cli
-    from qformer_peft.engine import load_examples
+    from qformer_peft.run_inputs import load_examples
     from qformer_peft.evaluate import evaluate
     from qformer_peft.features import ImageEncoder
     from qformer_peft.models.build import Bundle, ImageProcessor
@@ -285,7 +285,7 @@ def test_the_paper_profile_runs_end_to_end_on_a_cpu_with_allow_cpu(world, tmp_pa
 
 
 def test_size_caps_only_ever_lower_a_runs_size(world, tmp_path):
-    cells = grid.expand("paper", root=tmp_path, data_root=str(world["data"]), checkpoints=str(world["checkpoints"]))
+    cells = grid_cells.expand("paper", root=tmp_path, data_root=str(world["data"]), checkpoints=str(world["checkpoints"]))
     capped = {c.name: c for c in study.with_limits(cells, {"max_epochs": 10, "train_limit": 8})}
     assert capped["adalora_t5_vizwiz"].parameters["hparams"]["max_epochs"] == 5  # the profile's 5 stays
     assert capped["peft_t5_iconqa_qf-lora_ffn"].parameters["hparams"]["max_epochs"] == 10  # below the default 15

@@ -5,9 +5,8 @@ from PIL import Image
 
 from qformer_peft.models import build_model, encode_images, forward, make_batch, unwrap
 from qformer_peft.models.build import default_tokenizers
-from qformer_peft.peft_setup import (
-    GROUPS, QF_SUBLAYERS, SETUPS, apply_peft, lora_module_names, paper_grid, target_module_names, trainable_parameters,
-)
+from qformer_peft.paper import QF_SUBLAYERS, SETUPS, paper_grid
+from qformer_peft.peft_setup import GROUPS, apply_peft, lora_module_names, target_module_names, trainable_parameters
 
 TOKENIZERS = default_tokenizers(["Question: what colour is the ball ? Options: (a) red (b) blue"])
 PROMPTS = ["Question: what colour is the ball ?", "Options: (a) red (b) blue"]

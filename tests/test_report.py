@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from fixtures.study_runs import PAPER_PATTERN, SETUP_EFFECT, write_open_questions, write_study
 
-from qformer_peft import claims, grid, report, runs
+from qformer_peft import claim_ledger, claims, paper, report, runs
 from qformer_peft import open_questions as oq
 from qformer_peft import report_charts as rc
 
-FULL_SIZE = {"flan-t5-xl": [  # the shape of qformer_peft.ledger's rows, with the PROTOCOL §2 figures
+FULL_SIZE = {"flan-t5-xl": [  # the shape of params.parameter_ledger's rows, with the PROTOCOL §2 figures
     {"llm": "flan-t5-xl", "setup": "qf-lora", "qf_sublayers": "all", "llm_targets": None, "rank": 8,
      "qformer_lora": 2_125_824, "llm_lora": 0, "total": 3_728_128, "pct_of_baseline": 1.99, "pct_of_qformer": 1.15},
     {"llm": "flan-t5-xl", "setup": "qf-lora+llm-lora", "qf_sublayers": "all", "llm_targets": "all", "rank": 8,
@@ -30,7 +30,7 @@ def study(tmp_path, name="s", **kw):
 
 def by_id(df, ranks):
     out = {}
-    for c in claims.ledger(df, ranks, full_size=FULL_SIZE):
+    for c in claim_ledger.ledger(df, ranks, full_size=FULL_SIZE):
         if c.scale != "full size (derived)":
             out.setdefault(c.id, c.verdict)
     return out
@@ -83,7 +83,7 @@ def test_table1_marks_the_best_rank_of_each_row_and_the_best_of_each_setup(tmp_p
 
 # --- claim verdicts --------------------------------------------------------------------------------------
 def test_headline_claims_flip_with_the_data(tmp_path):
-    kw = dict(adalora=(), rows=grid.CLAIM_ROWS, benchmarks=("iconqa",))
+    kw = dict(adalora=(), rows=paper.CLAIM_ROWS, benchmarks=("iconqa",))
     better = {**SETUP_EFFECT, "qf-lora": 2.0, "qf-lora+llm-lora": 8.0}
     df, ranks = study(tmp_path, "paper_like", effects=better, **kw)
     v = by_id(df, ranks)
@@ -105,8 +105,8 @@ def test_headline_claims_flip_with_the_data(tmp_path):
 
 
 def test_parameter_claims_show_both_denominators(tmp_path):
-    df, ranks = study(tmp_path, adalora=(), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS)
-    rows = claims.ledger(df, ranks, full_size=FULL_SIZE)
+    df, ranks = study(tmp_path, adalora=(), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS)
+    rows = claim_ledger.ledger(df, ranks, full_size=FULL_SIZE)
     params = [c for c in rows if c.id.startswith("H1-params")]
     assert len(params) == 4 and {c.scale for c in params} == {"embedded", "full size (derived)"}
     assert len({c.id for c in rows}) == len(rows)              # claims.json's ids are unique
@@ -126,6 +126,7 @@ def swapped(pattern, bench, a, b):
     return p
 
 
+@pytest.mark.slow
 def test_adalora_claims_hold_on_the_papers_pattern_and_flip_when_it_changes(tmp_path):
     kw = dict(benchmarks=(), ranks=())
     v = by_id(*study(tmp_path, "paper", **kw))
@@ -143,7 +144,7 @@ def test_adalora_claims_hold_on_the_papers_pattern_and_flip_when_it_changes(tmp_
 
     v = by_id(*study(tmp_path, "missing", benchmarks=(), ranks=(), adalora=("iconqa",)))
     assert v["C1"] == claims.HOLDS and v["C5"] == claims.INCONCLUSIVE
-    assert "no AdaLoRA runs on flickr30k" in next(c.evidence for c in claims.ledger(
+    assert "no AdaLoRA runs on flickr30k" in next(c.evidence for c in claim_ledger.ledger(
         *study(tmp_path, "missing2", benchmarks=(), ranks=(), adalora=("iconqa",)), full_size={}) if c.id == "C5")
 
 
@@ -169,6 +170,7 @@ def executed_notebook(path, svg):
     nbformat.write(nb, str(path))
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
     runs_dir = write_study(tmp_path, ranks=(2, 8), seeds=(42, 43), benchmarks=("iconqa",))
     nb_dir = tmp_path / "notebooks"
@@ -203,10 +205,11 @@ def test_report_is_self_contained_with_its_charts_ledger_and_sections(tmp_path):
 
 
 @pytest.mark.parametrize("models", [(), ("/ck/mini-deep-t5", "/ck/mini-wide-t5")], ids=["one-size", "model-scaling"])
+@pytest.mark.slow
 def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_path, models):
     """Without the model-size axis SC-model is "not measured"; with it (the mini profile's --model-scaling runs)
     the report draws a model chart pair beside the training-set-size pair and SC-model gets a verdict."""
-    runs_dir = write_study(tmp_path, ranks=(2, 8), benchmarks=("iconqa",), rows=grid.CLAIM_ROWS,
+    runs_dir = write_study(tmp_path, ranks=(2, 8), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS,
                            adalora=("iconqa", "scienceqa"))
     write_open_questions(tmp_path, rank=8, models=models)
     page = report.build_report(runs_dir, out=tmp_path / "reports", full_size=FULL_SIZE, log=lambda m: None).read_text()
@@ -233,7 +236,7 @@ def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_p
     t1 = page[page.index("id='table1'"):page.index("id='figure2'")]
     assert "r=16" not in t1 and "r=32" not in t1
     assert "scienceqa+iconqa" not in page[page.index("id='adalora'"):page.index("id='oq-multitask'")]
-    v = {c.id: c.verdict for c in claims.ledger(rc.runs_frame(runs_dir), rc.ranks_frame(rc.runs_frame(runs_dir)),
+    v = {c.id: c.verdict for c in claim_ledger.ledger(rc.runs_frame(runs_dir), rc.ranks_frame(rc.runs_frame(runs_dir)),
                                                 full_size=FULL_SIZE)}
     assert (v["MT-acc"], v["MT-alloc"], v["SC-data"], v["RK-qf"]) == (claims.HOLDS,) * 4
     assert v["SC-model"] == (claims.HOLDS if models else claims.INCONCLUSIVE)
@@ -261,7 +264,7 @@ def test_report_command_says_when_there_is_nothing_to_report(tmp_path, capsys):
 
 
 def test_table1_csv_cells_can_be_recomputed_from_the_run_folders_it_names(tmp_path):
-    runs_dir = write_study(tmp_path, benchmarks=("iconqa",), rows=grid.CLAIM_ROWS, ranks=(2, 8), seeds=(42, 43),
+    runs_dir = write_study(tmp_path, benchmarks=("iconqa",), rows=paper.CLAIM_ROWS, ranks=(2, 8), seeds=(42, 43),
                            adalora=("iconqa",))
     report.summary_html(runs_dir, full_size=FULL_SIZE, results_dir=tmp_path / "reports")
     stored, t1 = claims.read_results(tmp_path / "reports")

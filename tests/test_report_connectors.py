@@ -4,7 +4,7 @@ import re
 
 from fixtures.study_runs import CONNECTOR_EFFECT, write_connector_study, write_heldin_runs, write_study
 
-from qformer_peft import claims, report
+from qformer_peft import claim_ledger, claims, report
 from qformer_peft import connector_study as cs
 from qformer_peft import report_charts as rc
 from test_report import FULL_SIZE
@@ -48,13 +48,13 @@ def test_the_index_has_a_connector_section_and_ledger_rows_for_the_connector_cla
 def test_connector_claims_are_ledger_claims_whose_verdict_follows_the_runs(tmp_path):
     write_connector_study(tmp_path, effects={**CONNECTOR_EFFECT, "pool16": -4.0, "bottleneck": -5.0})
     df = rc.runs_frame(tmp_path / "runs")
-    rows = {c.id: c for c in claims.ledger(df, rc.ranks_frame(df), full_size=FULL_SIZE) if c.id in cs.CLAIMS}
+    rows = {c.id: c for c in claim_ledger.ledger(df, rc.ranks_frame(df), full_size=FULL_SIZE) if c.id in cs.CLAIMS}
     assert set(rows) == set(cs.CLAIMS) and all(isinstance(c, claims.Claim) for c in rows.values())
     assert rows["DeCo-acc"].verdict == rows["BA-linear"].verdict == claims.FAILS
     assert rows["BA-projector"].verdict == claims.HOLDS and rows["DeCo-conv"].verdict == claims.HOLDS
     c = rows["DeCo-acc"]
     assert c.statement == cs.CLAIMS["DeCo-acc"][0] and c.scale == "embedded"
-    assert c.source.startswith("DeCo (seeds/003)") and "not a claim of the paper" in c.source
+    assert c.source.startswith("DeCo (arXiv 2405.20985)") and "not a claim of the paper" in c.source
     assert "pool16 55.9 vs qformer16-scratch 59.9, difference -3.95 pt [-4.07, -3.83] (n=3)" in c.evidence
 
 

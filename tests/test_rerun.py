@@ -1,4 +1,4 @@
-"""The paper's rerun rule (grid.RerunRule): which runs of a grid row are trained again at the lowered rate, what a
+"""The paper's rerun rule (reruns.RerunRule): which runs of a grid row are trained again at the lowered rate, what a
 rerun records, and which run of a configuration counts (runs.counted)."""
 import json
 
@@ -6,10 +6,11 @@ import nbformat
 import papermill as pm
 import pytest
 
-from qformer_peft import grid, runs
+from qformer_peft import grid_cells, config, execute, grid, reruns, runs
 from qformer_peft import report_charts as rc
 from qformer_peft.config import ConfigError
-from qformer_peft.grid import RerunRule, plan_reruns, run_configs
+from qformer_peft.reruns import RerunRule, plan_reruns
+from qformer_peft.workbook import run_configs
 from test_engine import write_iconqa
 
 LONG = {"max_epochs": 15, "patience": 3}
@@ -17,7 +18,7 @@ LONG = {"max_epochs": 15, "patience": 3}
 
 def row(data_dir, setup="qf-lora", ranks=(1, 2, 4, 8), seeds=(42,), hparams=LONG):
     qf = "all" if setup == "qf-lora" else None
-    return grid.experiment_configs(benchmark="iconqa", llm="t5", model="tiny", data_dir=data_dir, setup=setup,
+    return config.experiment_configs(benchmark="iconqa", llm="t5", model="tiny", data_dir=data_dir, setup=setup,
                                    qf_sublayers=qf, ranks=ranks, seeds=seeds, hparams=hparams,
                                    tags=["profile:test", "scale:embedded"])
 
@@ -93,12 +94,12 @@ def test_a_rerun_config_names_its_original_its_reason_and_its_rate(tmp_path):
 def test_only_the_paper_profile_has_the_rule_and_a_profile_without_it_never_reruns(tmp_path):
     assert grid.PROFILES["paper"].rerun_rule == RerunRule(min_epochs=8, gap=10.0, lr_qformer_full=1e-5, lr_peft=1e-4)
     assert grid.PROFILES["smoke"].rerun_rule is None and grid.PROFILES["mini"].rerun_rule is None
-    paper = grid.expand("paper", root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ck"))
-    peft = [c for c in paper if c.notebook == grid.PEFT]
+    paper = grid_cells.expand("paper", root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ck"))
+    peft = [c for c in paper if c.notebook == grid_cells.PEFT]
     assert peft and all(c.parameters["rerun_rule"]["min_epochs"] == 8 for c in peft)
-    assert not any("rerun_rule" in c.parameters for c in paper if c.notebook != grid.PEFT)
+    assert not any("rerun_rule" in c.parameters for c in paper if c.notebook != grid_cells.PEFT)
     for name in ("smoke", "mini"):  # their cells' parameters (hence their finished markers) are unchanged
-        assert not any("rerun_rule" in c.parameters for c in grid.expand(name, root=tmp_path))
+        assert not any("rerun_rule" in c.parameters for c in grid_cells.expand(name, root=tmp_path))
 
     configs = row(tmp_path / "data", ranks=(1, 2))
     plant(tmp_path / "runs", configs[0], val=10, epochs=2, stopped_early=True)
@@ -112,7 +113,7 @@ def test_a_finished_rerun_replaces_its_original_in_table1_and_a_cell_waits_for_i
     configs = row(tmp_path / "data", ranks=(2, 4))
     plant(tmp_path / "runs", configs[0], val=40, test=41, epochs=4, stopped_early=True)
     plant(tmp_path / "runs", configs[1], val=70, test=70)
-    cell = grid.Cell("peft_t5_iconqa_qf-lora_all", grid.PEFT, {
+    cell = grid_cells.Cell("peft_t5_iconqa_qf-lora_all", grid_cells.PEFT, {
         "benchmark": "iconqa", "llm": "t5", "model": "tiny", "data_dir": str(tmp_path / "data"), "setup": "qf-lora",
         "qf_sublayers": "all", "llm_targets": None, "ranks": [2, 4], "seeds": [42], "hparams": LONG,
         "tags": ["profile:test", "scale:embedded"], "runs_dir": str(tmp_path / "runs"),
@@ -120,11 +121,11 @@ def test_a_finished_rerun_replaces_its_original_in_table1_and_a_cell_waits_for_i
     assert [c.hash for c in cell.configs()] == [c.hash for c in configs]
     (tmp_path / "nb").mkdir()
     (tmp_path / "nb" / f"{cell.name}.ipynb").write_text("{}")
-    assert not grid.is_finished(cell, tmp_path / "nb")                           # its rerun is still missing
+    assert not execute.is_finished(cell, tmp_path / "nb")                           # its rerun is still missing
 
     (rerun,) = plan_reruns(configs, tmp_path / "runs", RerunRule())
     plant(tmp_path / "runs", rerun.config, val=66, test=67)
-    assert grid.is_finished(cell, tmp_path / "nb")
+    assert execute.is_finished(cell, tmp_path / "nb")
     df = rc.runs_frame(tmp_path / "runs")
     assert df.set_index("config_hash")["superseded"].to_dict() == {
         configs[0].hash: True, configs[1].hash: False, rerun.config.hash: False}
@@ -165,8 +166,8 @@ def test_the_peft_notebook_applies_a_rule_papermill_injects_and_shows_the_rerun(
     original = plant(tmp_path / "runs", configs[0], val=60, epochs=1, stopped_early=True)
     plant(tmp_path / "runs", configs[1], val=60, epochs=2)
     out = tmp_path / "10.ipynb"
-    pm.execute_notebook(str(grid.NOTEBOOKS_DIR / grid.PEFT), str(out), kernel_name="python3", progress_bar=False,
-                        cwd=str(grid.NOTEBOOKS_DIR), parameters={
+    pm.execute_notebook(str(grid_cells.NOTEBOOKS_DIR / grid_cells.PEFT), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(grid_cells.NOTEBOOKS_DIR), parameters={
                             "benchmark": "iconqa", "llm": "t5", "model": "tiny", "setup": "qf-lora",
                             "qf_sublayers": "all", "llm_targets": None, "ranks": [2, 4], "seeds": [42],
                             "hparams": hparams, "tags": ["profile:test", "scale:embedded"], "data_dir": str(data),

@@ -33,17 +33,11 @@ from typing import Any
 
 import torch
 
-from .bench_cuda import median_time
+from .bench_cuda import bf16_peak, largest_config, median_time
 
-SETUPS = {  # setup -> apply_peft arguments (rank 8, 'all' targets: the paper's largest PEFT configurations)
-    "baseline": dict(qf_sublayers=None, llm_targets=None, rank=None),
-    "qf-fft+llm-lora": dict(qf_sublayers=None, llm_targets="all", rank=8),
-    "qf-lora": dict(qf_sublayers="all", llm_targets=None, rank=8),
-    "qf-lora+llm-lora": dict(qf_sublayers="all", llm_targets="all", rank=8),
-}
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by device-name substring.
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
-                    "A10G": 70.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
+from .paper import SETUPS as PAPER_SETUPS
+
+SETUPS = {setup: largest_config(setup) for setup in PAPER_SETUPS}  # setup -> apply_peft arguments
 
 
 def _peak_rss_mb() -> float:
@@ -58,7 +52,7 @@ def _peak_rss_mb() -> float:
 def _mini_examples(folder: Path, preset: str = "mini", size: str = "smoke"):
     from .config import ExperimentConfig
     from .data import synthetic
-    from .engine import load_examples
+    from .run_inputs import load_examples
 
     synthetic.synthesize(folder, size=size, seed=0)
     cfg = ExperimentConfig(benchmark="iconqa", data_root=str(folder / "iconqa"), model=preset)
@@ -68,7 +62,7 @@ def _mini_examples(folder: Path, preset: str = "mini", size: str = "smoke"):
 def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_questions: int = 32,
               llm: str = "t5", progress: bool = True) -> dict[str, Any]:
     from . import features, peft_setup
-    from .engine import resolve_bundle
+    from .run_inputs import resolve_bundle
     from .evaluate import candidate_nll, candidate_nll_loop
     from .features import FeatureCache, ImageEncoder
     from .models.inputs import encode_images
@@ -158,7 +152,7 @@ def _product(n: int):
     return lambda: torch.mm(x, y)
 
 
-def _interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int,
+def interleaved(arms: dict[str, tuple[Any, Any]], warmup: int, rounds: int,
                  clock=time.thread_time) -> dict[str, float]:
     """Median seconds of each arm's run(), the arms taking turns (in a rotating order) round after round, so that
     all see the same machine load; arms: name -> (prepare, run), prepare() untimed before each run().
@@ -227,7 +221,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                      data_size: str = "smoke", progress: bool = True) -> dict[str, Any]:
     """Per LLM and setup, the real training step (train.backward_step on cached ViT features + AdamW) on
     `threads` torch threads: FLOPs counted by torch's FlopCounterMode (forward + backward; AdamW's
-    elementwise update is not counted), median ms a step (on one thread its CPU time, see _interleaved),
+    elementwise update is not counted), median ms a step (on one thread its CPU time, see interleaved),
     achieved GFLOP/s and their share of the fp32 matmul peak (the median 1024^3 product, timed between the
     steps on the same threads, so both see the same load), and the time split of a torch.profiler profile.
     Where the setup has LoRA modules, the same step with peft's own LoRA forward takes turns with it
@@ -239,7 +233,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
     from torch.utils.flop_counter import FlopCounterMode
 
     from . import features, peft_setup
-    from .engine import resolve_bundle
+    from .run_inputs import resolve_bundle
     from .features import FeatureCache, ImageEncoder
     from .train import adamw, backward_step, fuse_lora, param_groups, seed_everything
 
@@ -282,7 +276,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
                     arms = {"step": (lambda: fuse_lora(model, True), step), "matmul": (lambda: None, product)}
                     if fused:
                         arms["peft"] = (lambda: fuse_lora(model, False), step)
-                    medians = _interleaved(arms, warmup, steps,
+                    medians = interleaved(arms, warmup, steps,
                                            clock=time.thread_time if threads == 1 else time.perf_counter)
                     fuse_lora(model, True)
                     seconds, peft_seconds = medians["step"], medians.get("peft")
@@ -339,7 +333,7 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
     device = torch.device(device)
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
-    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    peak = bf16_peak(name)
     config = build_config(preset) if config is None else config
     out: dict[str, Any] = {"device": name, "bf16_peak_tflops": peak, "preset": preset,
                            "batch_size": batch_size, "prompt_tokens": prompt_tokens, "target_tokens": target_tokens,

@@ -22,19 +22,25 @@ from typing import Any, Callable
 
 import torch
 
+from .config import setup_defaults
+from .paper import RANKS
+
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets; the longest name that
 # the device name contains wins (so "H100 PCIe" is not read as an SXM "H100").
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0,
-                    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
+                    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
 # One case per line: (preset, setup, precision, micro-batch). The paper: T5 batch 16; Vicuna 8 x 2 accumulated.
 CASES = (("flan-t5-xl", "qf-lora", "bf16", 16), ("flan-t5-xl", "qf-lora+llm-lora", "bf16", 16),
          ("vicuna-7b", "qf-lora", "bf16", 8), ("vicuna-7b", "qf-lora+llm-lora", "bf16", 8),
          ("vicuna-7b", "qf-lora", "fp16", 8), ("vicuna-7b", "qf-lora+llm-lora", "fp16", 8))
-SETUPS = {"qf-lora": dict(qf_sublayers="all", llm_targets=None, rank=8),
-          "qf-lora+llm-lora": dict(qf_sublayers="all", llm_targets="all", rank=8)}
 PROMPT_TOKENS = 64   # an instruction with options (ScienceQA's with context run longer; capped at 128)
 TARGET_TOKENS = 4    # "(a)" and the end token
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def largest_config(setup: str) -> dict[str, Any]:
+    """apply_peft arguments of `setup`'s largest configuration in the paper's grid: 'all' targets, the top rank."""
+    return {**setup_defaults(setup), "rank": None if setup == "baseline" else max(RANKS)}
 
 
 def median_time(step: Callable[[], Any], warmup: int, steps: int, sync: Callable[[], Any] = lambda: None) -> float:
@@ -92,7 +98,7 @@ def build(config, device: torch.device, dtype: torch.dtype, setup: str):
     torch.manual_seed(0)
     with torch.device(device), _default_dtype(dtype):
         model = InstructBlipForConditionalGeneration(config)
-    model = peft_setup.apply_peft(model, setup, **SETUPS[setup])
+    model = peft_setup.apply_peft(model, setup, **largest_config(setup))
     keep_trainable_fp32(model)
     return model
 

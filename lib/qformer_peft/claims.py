@@ -18,8 +18,7 @@ then the connector study's (connector_study.CLAIMS) and the open questions' (ope
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .report_charts import SUBLAYERS, final_ranks, null_runs, paper_runs, ranks_frame, sublayer_means
+from .claim import Claim, Verdict, heatmap_shares, rank_maps, relative_path, scale_of, share_distance
+from .report_charts import SUBLAYERS, null_runs, paper_runs, ranks_frame
 from .verdicts import (COMPARABLE_TOL, CORRECTION, FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, NOT_RESOLVABLE,
-                       Judged, Scores, claim_mde, combine, headline, paired, paired_bootstrap, scores_from_predictions,
+                       Judged, Scores, combine, headline, paired, paired_bootstrap, scores_from_predictions,
                        VERDICTS, welch_interval)
 
 LLM_FULL_SIZE = {"t5": "flan-t5-xl", "llama": "vicuna-7b"}
@@ -56,63 +56,6 @@ RESOLVE_HINT = {
            "same test items: the paper scale, or the embedded scale with more training",
     "alloc": "AdaLoRA runs that move from their base (beat its zero-shot score), with null runs to compare",
 }
-
-
-@dataclass
-class Verdict:
-    verdict: str
-    evidence: str
-    parts: list = field(default_factory=list)          # Judged parts (verdicts.Judged)
-    runs: list = field(default_factory=list)           # run folders read (absolute)
-    resolve: str = ""                                  # what would resolve it (not resolvable only)
-    unit: str = ""
-
-
-@dataclass
-class Claim:
-    id: str
-    statement: str
-    source: str
-    scale: str
-    verdict: str
-    evidence: str
-    parts: list = field(default_factory=list)
-    runs: list = field(default_factory=list)
-    resolve: str = ""
-    unit: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {k: getattr(self, k) for k in ("id", "statement", "source", "scale", "verdict", "evidence")}
-
-    @property
-    def headline(self) -> Judged | None:
-        return headline(self.parts)
-
-    @property
-    def is_figure(self) -> bool:
-        return self.verdict == NOT_COMPARABLE
-
-    def record(self, root: str | Path | None = None) -> dict[str, Any]:
-        """The claim as claims.json holds it: enough to re-judge it (run folders relative to root)."""
-        h = self.headline
-        num = (lambda x: round(float(x), 6) if x is not None and math.isfinite(x) else None)
-        rel = sorted({_relative(p, root) for p in self.runs})
-        judged = [p for p in self.parts if isinstance(p, Judged) and math.isfinite(p.lo)]
-        return {"id": self.id, "statement": self.statement, "source": self.source, "scale": self.scale,
-                "verdict": self.verdict, "unit": self.unit, "runs": rel,
-                "estimate": num(h.estimate) if h else None, "ci95": [num(h.lo), num(h.hi)] if h else [None, None],
-                "margin": h.margin if h else None, "mde": num(claim_mde(self.parts)),
-                "n_seeds": min((p.n_seeds for p in self.parts if isinstance(p, Judged) and p.n_seeds), default=0),
-                "n_items": min((p.n_items for p in self.parts if isinstance(p, Judged) and p.n_items), default=None),
-                "correction": f"{CORRECTION} over {len(judged)} parts" if len(judged) > 1 else None,
-                "resolve": self.resolve or None, "parts": [p.as_dict() for p in self.parts if isinstance(p, Judged)],
-                "evidence": self.evidence}
-
-
-def _relative(path: str | Path, root: str | Path | None) -> str:
-    import os
-
-    return str(path) if root is None else os.path.relpath(Path(path).resolve(), Path(root).resolve())
 
 
 # --- predictions -> scores ---------------------------------------------------------------------------------
@@ -341,20 +284,8 @@ def params_claim_full_size(ledger_rows: Sequence[Mapping[str, Any]], setup: str,
 
 
 # --- AdaLoRA claims: each statistic against null runs ---------------------------------------------------------
-MAP_COLUMNS = ["llm", "benchmark", "seed", "run_id", "layer", "sublayer", "mean_rank"]
 C3_SCOPE = ("scienceqa", "iconqa")   # the paper states claim 3 for these two
 C5_SCOPE = ("t5",)                   # and shows claim 5 with Flan-T5 only
-
-
-def _maps(ranks: pd.DataFrame, *, query_ffn: bool = False) -> pd.DataFrame:
-    """Per-run heatmap values (llm, benchmark, seed, layer, sublayer, mean_rank); query_ffn: the FFN cells
-    from the query branch only (the text branch of the last layer never receives a task gradient)."""
-    if ranks is None or ranks.empty:
-        return pd.DataFrame(columns=MAP_COLUMNS)
-    final = final_ranks(ranks)
-    if query_ffn and "branch" in final:
-        final = final[(final["sublayer"] != "ffn") | (final["branch"] == "query")]
-    return sublayer_means(final)
 
 
 def _sublayer_totals(maps: pd.DataFrame) -> pd.DataFrame:
@@ -409,22 +340,14 @@ def _stats4(m: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def _distance(a: pd.DataFrame, b: pd.DataFrame) -> float:
-    """Mean absolute difference of two heatmaps, each normalised to its total rank (shape, not scale)."""
-    ka = a.set_index(["layer", "sublayer"])["mean_rank"]
-    kb = b.set_index(["layer", "sublayer"])["mean_rank"]
-    ka, kb = ka / ka.sum(), kb / kb.sum()
-    j = pd.concat([ka, kb], axis=1, join="inner")
-    return float((j.iloc[:, 0] - j.iloc[:, 1]).abs().mean())
-
-
 def _stats5(m: pd.DataFrame) -> dict[str, dict]:
     def per_seed(x: str, near: str, far: str) -> dict:
         out = {}
         for seed in sorted(set(m["seed"])):
             g = {b: m[(m["benchmark"] == b) & (m["seed"] == seed)] for b in (x, near, far)}
             if all(len(v) for v in g.values()):
-                out[seed] = 100 * (_distance(g[x], g[far]) - _distance(g[x], g[near]))
+                out[seed] = 100 * (share_distance(heatmap_shares(g[x]), heatmap_shares(g[far]))
+                               - share_distance(heatmap_shares(g[x]), heatmap_shares(g[near])))
         return out
 
     return {"d(Flickr30k, ScienceQA) − d(Flickr30k, IconQA) ×100": per_seed("flickr30k", "iconqa", "scienceqa"),
@@ -507,26 +430,16 @@ def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, s
 
 
 # --- the ledger -----------------------------------------------------------------------------------------
-def scale_of(df: pd.DataFrame) -> str:
-    scales = sorted(set(df["scale"].dropna())) if "scale" in df and not df.empty else []
-    return ", ".join(scales) or "unknown"
-
-
-def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
-           full_size: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-           cache_dir: str | Path | None = None) -> list[Claim]:
-    """Every claim with its evidence and verdict: the paper's, then the connector study's
-    (connector_study.ledger_claims, on its runs: tagged study:connectors), then the open questions'.
+def paper_claims(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
+                 full_size: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                 cache_dir: str | Path | None = None) -> list[Claim]:
+    """The paper's claims with their evidence and verdicts (claim_ledger.ledger adds the other studies').
 
     df: runs_frame(...) of the LoRA and AdaLoRA runs; ranks: ranks_frame(df) (the null runs' ranks are read
-    from df); full_size: the full-size parameter ledger rows per LLM (qformer_peft.ledger), or None to
+    from df); full_size: the full-size parameter ledger rows per LLM (params.parameter_ledger), or None to
     compute them here (cached in cache_dir when given: building the full-size models on the meta device
     takes a while).
     """
-    from .connector_study import ledger_claims as connector_claims  # both build on this module
-    from .open_questions import open_claims
-
-    every, every_ranks = df, ranks
     nulls = null_runs(df)
     df = paper_runs(df)
     if ranks is not None and not ranks.empty:
@@ -535,8 +448,8 @@ def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
     scale = scale_of(df)
     lora = df[df["method"] == "lora"] if not df.empty else df
     refs = pd.concat([df, nulls]) if len(nulls) else df
-    maps, null_maps = _maps(ranks), _maps(null_ranks)
-    qmaps, null_qmaps = _maps(ranks, query_ffn=True), _maps(null_ranks, query_ffn=True)
+    maps, null_maps = rank_maps(ranks), rank_maps(null_ranks)
+    qmaps, null_qmaps = rank_maps(ranks, query_ffn=True), rank_maps(null_ranks, query_ffn=True)
     if full_size is None:
         full_size = full_size_ledger(sorted(set(df["llm"])) if not df.empty else [], cache_dir)
     rows = [r for rs in full_size.values() for r in rs]
@@ -566,25 +479,22 @@ def ledger(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
     add("C4", allocation_claim(refs, qmaps, null_qmaps, _stats4, []))
     add("C5", allocation_claim(refs, maps, null_maps, _stats5, ["flickr30k", "iconqa", "scienceqa", "vizwiz"],
                                llms=list(C5_SCOPE), explore=[l for l in LLM_FULL_SIZE if l not in C5_SCOPE]))
-    return out + connector_claims(every) + open_claims(every, every_ranks)
+    return out
 
 
 def full_size_ledger(llms: Sequence[str], cache_dir: str | Path | None = None) -> dict[str, list[dict]]:
-    """The full-size parameter ledger rows of each LLM ({} when the ledger module is not built).
+    """The full-size parameter ledger rows of each LLM (params.parameter_ledger).
 
     Cached under cache_dir (full_size_cache_file), keyed by the source of the modules that determine
     the counts: building the full-size models on the meta device takes a while.
     """
-    try:
-        from . import ledger as ledger_mod
-    except ImportError:
-        return {}
+    from . import params  # torch and transformers: only when the ledger has no cached counts
     names = [LLM_FULL_SIZE[llm] for llm in llms if llm in LLM_FULL_SIZE]
     cache = full_size_cache_file(cache_dir) if cache_dir is not None else None
     stored = runs.read_json(cache) if cache is not None and cache.exists() else {}
     if all(n in stored for n in names):
         return {n: stored[n] for n in names}
-    out = {n: [dict(r) for r in ledger_mod.ledger(n)] for n in names}
+    out = {n: [dict(r) for r in params.parameter_ledger(n)] for n in names}
     if cache is not None:
         runs.write_json(cache, {**stored, **out})
     return out
@@ -592,7 +502,7 @@ def full_size_ledger(llms: Sequence[str], cache_dir: str | Path | None = None) -
 
 def full_size_cache_file(cache_dir: str | Path) -> Path:
     pkg = Path(__file__).parent
-    sources = [pkg / "ledger.py", pkg / "peft_setup.py", *sorted((pkg / "models").glob("*.py"))]
+    sources = [pkg / "params.py", pkg / "paper.py", pkg / "peft_setup.py", *sorted((pkg / "models").glob("*.py"))]
     key = runs.config_hash({str(p.relative_to(pkg)): p.read_text() for p in sources if p.exists()})
     return Path(cache_dir) / f"full-size-ledger-{key}.json"
 
@@ -654,7 +564,7 @@ def table1_rows(df: pd.DataFrame, root: str | Path | None = None) -> pd.DataFram
                          if ch is not None else None,
                          "moved": moved, "val_mean": round(float(_val(g).mean()), 4),
                          "chosen_on_val": set(g["run_id"]) <= chosen.get(key[0], set()),
-                         "runs": ";".join(sorted(_relative(p, root) for p in g["path"]))})
+                         "runs": ";".join(sorted(relative_path(p, root) for p in g["path"]))})
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS).astype({"rank": "Int64", "n_seeds": int, "n_test_items": int})
 
 
@@ -686,7 +596,7 @@ def rate_pilot(df: pd.DataFrame, root: str | Path | None = None) -> pd.DataFrame
             rows.append({"llm": llm, "benchmark": bench, "rate_class": "full" if setup in ("baseline", "qf-fft+llm-lora")
                          else "peft", "setup": setup, "seed": int(seed), "learning_rate": float(r.lr_tried),
                          "val_acc": round(float(r.val_tried), 4), "profile_rate": bool(r.own_rate),
-                         "chosen": bool(r.val_tried == best), "run": _relative(r.path, root)})
+                         "chosen": bool(r.val_tried == best), "run": relative_path(r.path, root)})
     return pd.DataFrame(rows, columns=RATE_PILOT_COLUMNS)
 
 
@@ -706,7 +616,7 @@ def write_results(claims: Sequence[Claim], table: pd.DataFrame, out: str | Path,
     records = [c.record(root) for c in claims]
     paths = {"claims": out / "claims.json", "table1": out / "table1.csv"}
     pilot_rows = [] if pilot is None else pilot.to_dict(orient="records")
-    runs.write_json(paths["claims"], {"paths_relative_to": _relative(root, out), "counts": counts(records),
+    runs.write_json(paths["claims"], {"paths_relative_to": relative_path(root, out), "counts": counts(records),
                                       "level": 0.95, "correction": CORRECTION, "claims": records,
                                       "rate_pilot": pilot_rows})
     runs.atomic_write(paths["table1"], table.to_csv(index=False))

@@ -1,7 +1,7 @@
 """The `qformer-peft` command line: one sub-command per library stage.
 
 Each stage module registers its own sub-command through `add_parser(subparsers)`, so this file
-only lists them. A stage whose module is not built yet still shows in --help and says so.
+only lists them.
 """
 from __future__ import annotations
 
@@ -9,41 +9,25 @@ import argparse
 import importlib
 import sys
 
-# sub-command -> (module that registers it, what it does)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("qformer_peft.data.cli", "write, load and check the benchmarks"),
-    "params": ("qformer_peft.ledger", "trainable-parameter ledger of the paper's grid at full size"),
-    "base": ("qformer_peft.models.base", "build the embedded base models"),
-    "run": ("qformer_peft.engine", "run one experiment from a config"),
-    "bench": ("qformer_peft.bench", "measure the feature cache, batched ranking and full-size speed"),
-    "grid": ("qformer_peft.grid", "execute a profile's notebooks with papermill"),
-    "export": ("qformer_peft.export", "a finished run as a standalone InstructBLIP checkpoint (LoRA merged)"),
-    "report": ("qformer_peft.report", "render run folders into reports/index.html"),
-    "study": ("qformer_peft.study", "a profile end to end: data, base models, grid, report"),
+# sub-command -> the module that registers it (what it does)
+COMMANDS: dict[str, str] = {
+    "data": "qformer_peft.data.cli",         # write, load and check the benchmarks
+    "params": "qformer_peft.params",         # trainable-parameter ledger of the paper's grid at full size
+    "base": "qformer_peft.pretrain.cli",     # build the embedded base models
+    "run": "qformer_peft.engine_cli",        # run one experiment from a config
+    "bench": "qformer_peft.bench",           # measure the feature cache, batched ranking and full-size speed
+    "grid": "qformer_peft.schedule",         # execute a profile's notebooks with papermill
+    "export": "qformer_peft.export",         # a finished run as a standalone InstructBLIP checkpoint (LoRA merged)
+    "report": "qformer_peft.report",         # render run folders into reports/index.html
+    "study": "qformer_peft.study",           # a profile end to end: data, base models, grid, report
 }
-
-
-def _not_built(name: str, why: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"qformer-peft {name}: not built yet ({why})", file=sys.stderr)
-        return 2
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qformer-peft", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # a real missing dependency, not a stage still to build
-                raise
-            p = sub.add_parser(name, help=f"{help_text} [not built yet]", add_help=False)
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(func=_not_built(name, f"{module} is missing"))
-            continue
-        mod.add_parser(sub)
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

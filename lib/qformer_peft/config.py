@@ -11,16 +11,17 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import runs
+from . import paper, runs
 
 BENCHMARKS = ("scienceqa", "iconqa", "vizwiz", "flickr30k")
-SETUPS = ("baseline", "qf-fft+llm-lora", "qf-lora", "qf-lora+llm-lora")
-QF_SUBLAYERS = ("self_attn", "cross_attn", "ffn", "all")
-LLM_TARGETS = ("attn", "ffn", "all")
+SETUPS = tuple(paper.SETUPS)
+QF_SUBLAYERS = tuple(paper.QF_SUBLAYERS)
+LLM_TARGETS = tuple(paper.LLM_TARGETS["t5"])
 METHODS = ("lora", "adalora")
-# A joint benchmark "scienceqa+iconqa" trains one model on several tasks (issue 7, multi-task AdaLoRA);
+# A joint benchmark "scienceqa+iconqa" trains one model on several tasks (the multi-task AdaLoRA open question);
 # only multiple-choice tasks, so that one validation accuracy (the mean over tasks) can pick the epoch.
 MULTITASK_SEP = "+"
 MULTITASK_BENCHMARKS = ("scienceqa", "iconqa")
@@ -31,7 +32,7 @@ CONNECTORS = ("qformer", "pool", "projector", "bottleneck")  # models/connectors
 HASH_NEUTRAL_DEFAULTS = {"heldin_limit": 0, "test_split": "auto", "rerun_of": None, "rerun_reason": None,
                          "shuffle_answers": False, "lr_full": None, "lr_peft": None}
 TEST_SPLITS = ("auto", "test", "val")
-# Why a run was rerun at a lowered rate (the paper's rerun rule, grid.RerunRule): it stopped early before the rule's
+# Why a run was rerun at a lowered rate (the paper's rerun rule, reruns.RerunRule): it stopped early before the rule's
 # epoch, or its validation score lies too far below its neighbours in r. Both: "stopped_early+below_neighbours".
 RERUN_REASONS = ("stopped_early", "below_neighbours")
 
@@ -52,7 +53,7 @@ def adalora_total_steps(steps: int) -> int:
     return max(steps, 2)
 
 
-# PROTOCOL §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
+# docs/protocol.md §4: 2e-5 whenever the Q-Former is fully fine-tuned, 5e-4 otherwise.
 LR_QFORMER_FULL = 2e-5
 LR_PEFT = 5e-4
 
@@ -87,7 +88,7 @@ class ExperimentConfig:
     adalora_tfinal: float = 0.2          # fraction of the steps at the end trained on the final budget
     adalora_delta_t: int = 10            # steps between two budget reallocations
     adalora_orth_reg: float = 0.5        # orthogonality penalty weight (peft's default)
-    # --- how it is trained (PROTOCOL §4) -------------------------------------------------------
+    # --- how it is trained (docs/protocol.md §4) -------------------------------------------------------
     lr: float | None = None              # None: the protocol's rule, lr_full / lr_peft by setup
     lr_full: float | None = None         # the rule's rate when the Q-Former is fully fine-tuned (None: LR_QFORMER_FULL)
     lr_peft: float | None = None         # the rule's rate otherwise (None: LR_PEFT); a profile sets both for its scale
@@ -109,7 +110,7 @@ class ExperimentConfig:
     precision: str = "auto"              # 'auto' | 'fp32' | 'bf16' | 'fp16'
     device: str = "auto"                 # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
     seed: int = 42
-    heldin_limit: int = 0                # > 0: after the test, held-in VQA exact match (base_quality.heldin_score) of
+    heldin_limit: int = 0                # > 0: after the test, held-in VQA exact match (pretrain.quality.heldin_score) of
                                          # the adapted model and with its LoRA switched off, on the first N held-in
                                          # val task lines (3 per picture: a caption and 2 VQA) of the synthetic world
                                          # the benchmark root lies in (DATA/heldin); 0 or no DATA/heldin: not measured
@@ -120,7 +121,7 @@ class ExperimentConfig:
                                          # run has the same schedule and gradients but no task signal; val/test keep
                                          # the true answers (the AdaLoRA allocations' null reference)
     tags: tuple[str, ...] = field(default=())  # free labels for the report (e.g. the grid cell)
-    rerun_of: str | None = None          # config hash of the run this one reruns at a lowered lr (grid.RerunRule)
+    rerun_of: str | None = None          # config hash of the run this one reruns at a lowered lr (reruns.RerunRule)
     rerun_reason: str | None = None      # why: RERUN_REASONS joined by '+'
 
     def __post_init__(self) -> None:
@@ -137,8 +138,8 @@ class ExperimentConfig:
             _check_choice("qf_sublayers", self.qf_sublayers, QF_SUBLAYERS)
         if self.llm_targets is not None:
             _check_choice("llm_targets", self.llm_targets, LLM_TARGETS)
-        qf_lora = self.setup in ("qf-lora", "qf-lora+llm-lora")
-        llm_lora = self.setup in ("qf-fft+llm-lora", "qf-lora+llm-lora")
+        qf_lora = paper.SETUPS[self.setup].qformer == "lora"
+        llm_lora = paper.SETUPS[self.setup].llm == "lora"
         if self.method == "adalora":
             if self.setup != "qf-lora" or self.qf_sublayers != "all":
                 raise ConfigError("method='adalora' adapts all Q-Former targets: use setup='qf-lora', "
@@ -284,6 +285,29 @@ class ExperimentConfig:
         return "_".join(p for p in parts if p).replace("+", "-")
 
 
+def experiment_configs(*, benchmark: str, llm: str, model: str, data_dir: str, setup: str = "qf-lora",
+                       qf_sublayers: str | None = "all", llm_targets: str | None = None, method: str = "lora",
+                       ranks: Sequence[int | None] = paper.RANKS, seeds: Sequence[int] = (42,),
+                       hparams: Mapping[str, Any] | None = None,
+                       tags: Sequence[str] = ()) -> list[ExperimentConfig]:
+    """The validated configs of one notebook: every rank x seed of one grid row (AdaLoRA: every seed).
+
+    data_dir holds one root per benchmark (as `data synth` writes it); the config gets data_dir/benchmark,
+    or data_dir itself for a joint benchmark ('scienceqa+iconqa': one root per task there).
+    hparams are further ExperimentConfig fields (max_epochs, train_limit, lr, ...).
+    """
+    joint = MULTITASK_SEP in benchmark
+    base = {"benchmark": benchmark, "llm": llm, "model": str(model),
+            "data_root": str(Path(data_dir) if joint else Path(data_dir) / benchmark), "setup": setup, "method": method,
+            "qf_sublayers": qf_sublayers, "llm_targets": llm_targets, "tags": list(tags), **dict(hparams or {})}
+    if method == "adalora":       # AdaLoRA's ranks are adalora_init_r / adalora_target_r, not a sweep
+        ranks = (None,)
+    elif setup == "baseline":     # no LoRA: one run per seed
+        ranks = (None,)
+    return [ExperimentConfig.from_dict(heldin_on_first_seed({**base, "rank": r, "seed": s}, seeds))
+            for r in ranks for s in seeds]
+
+
 def setup_defaults(setup: str) -> dict[str, Any]:
     """The setup-dependent fields that make `setup` valid with the study's usual choices (the CLI fills
     them in when not given): LoRA targets 'all' where a part is adapted, no rank for the baseline."""
@@ -299,8 +323,6 @@ def setup_defaults(setup: str) -> dict[str, Any]:
 def _resolve_paths(cfg: ExperimentConfig) -> None:
     """Local paths made absolute (the same files always give the same config, hence the same run folder), and
     `llm` filled in: a preset's default, or the checkpoint's own kind, which a given `llm` must match."""
-    from pathlib import Path
-
     from .models.presets import PRESETS
 
     if cfg.data_root:

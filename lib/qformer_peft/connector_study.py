@@ -1,11 +1,11 @@
-"""The connector study (issue 7 §1): the same frozen ViT and LLM, joined by a Q-Former, DeCo's adaptive pooling,
+"""The connector study: the same frozen ViT and LLM, joined by a Q-Former, DeCo's adaptive pooling,
 a LLaVA projector or the Bottleneck Adapter; every connector aligned on the held-in tasks for the same number
 of steps, then trained on one benchmark with the same protocol. Configs, tidy tables, charts and claims.
 
     configs = connector_configs(benchmark="iconqa", llm="t5", model=..., data_dir=..., connectors=STUDY)
     frame = connector_frame(runs_frame(runs_dir))    # one row per run: accuracy, tokens, cost, parameters
     connector_claims(runs_frame(runs_dir))           # DeCo and Bottleneck Adapter claims (dicts, notebook 30)
-    ledger_claims(runs_frame(runs_dir))              # the same as claims.Claim rows of the index's claim ledger
+    ledger_claims(runs_frame(runs_dir))              # the same as claim.Claim rows of the index's claim ledger
 
 Symmetry: the non-Q-Former connectors have no pretrained weights, so the study's Q-Former starts from scratch
 too (connector_init='scratch'): every connector begins random and gets the same alignment budget; the base
@@ -22,9 +22,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .claims import Claim
+from .claim import Claim
 from .verdicts import COMPARABLE_TOL, INCONCLUSIVE, VERDICTS, combine, judge
-from .verdicts import fmt as _fmt
+from .verdicts import fmt as format_samples  # `fmt` is a parameter name below
 from .config import ExperimentConfig, heldin_on_first_seed
 
 STUDY_TAG = "study:connectors"
@@ -258,20 +258,20 @@ def cost_chart(frame: pd.DataFrame) -> alt.FacetChart:
 
 CLAIMS = {
     "DeCo-acc": ("Adaptive average pooling matches or beats the Q-Former at equal image tokens (test accuracy at "
-                 f"most {COMPARABLE_TOL:g} point below)", "DeCo (seeds/003), PROTOCOL §7"),
+                 f"most {COMPARABLE_TOL:g} point below)", "DeCo (arXiv 2405.20985), docs/protocol.md §7"),
     "DeCo-conv": ("... and converges faster from scratch: lower held-in validation loss along the same alignment "
-                  "budget (mean over its checkpoints)", "DeCo (seeds/003)"),
+                  "budget (mean over its checkpoints)", "DeCo (arXiv 2405.20985)"),
     "DeCo-conv-task": ("... and on the benchmark: higher validation accuracy over the fine-tuning epochs (mean over "
-                       "the epochs both runs trained)", "DeCo (seeds/003)"),
+                       "the epochs both runs trained)", "DeCo (arXiv 2405.20985)"),
     "BA-linear": ("A linear bottleneck adapter without non-linearity is enough (test accuracy at most "
-                  f"{COMPARABLE_TOL:g} point below the same adapter with a GELU)", "Bottleneck Adapter (seeds/002)"),
+                  f"{COMPARABLE_TOL:g} point below the same adapter with a GELU)", "Bottleneck Adapter (arXiv 2407.17813)"),
     "BA-linear-align": ("... also on the held-in tasks (held-in loss after the same alignment at most "
-                        f"{LOSS_TOL:g} above the GELU variant's)", "Bottleneck Adapter (seeds/002)"),
+                        f"{LOSS_TOL:g} above the GELU variant's)", "Bottleneck Adapter (arXiv 2407.17813)"),
     "BA-projector": ("... and so is a linear projector on every patch (at most "
-                     f"{COMPARABLE_TOL:g} point below LLaVA's 2-layer MLP projector)", "Bottleneck Adapter (seeds/002) / "
+                     f"{COMPARABLE_TOL:g} point below LLaVA's 2-layer MLP projector)", "Bottleneck Adapter (arXiv 2407.17813) / "
                      "DeCo's LLaVA projector"),
     "BA-projector-align": (f"... also on the held-in tasks (held-in loss at most {LOSS_TOL:g} above the MLP "
-                           "projector's)", "Bottleneck Adapter (seeds/002) / DeCo's LLaVA projector"),
+                           "projector's)", "Bottleneck Adapter (arXiv 2407.17813) / DeCo's LLaVA projector"),
 }
 
 
@@ -304,7 +304,7 @@ def _pair(frame: pd.DataFrame, a: str, b: str, col: str, keys: Sequence[str], *,
         values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         where = "/".join(str(v) for k, v in values.items() if k != "align_steps")
         where += f" ({values['align_steps']} alignment steps)" if "align_steps" in values else ""
-        parts.append(f"{where}: {a} {fmt(x)} vs {b} {fmt(y)}, difference {_fmt(diff, 1, unit)} → {v}{note}")
+        parts.append(f"{where}: {a} {fmt(x)} vs {b} {fmt(y)}, difference {format_samples(diff, 1, unit)} → {v}{note}")
     return parts, verdicts
 
 
@@ -312,7 +312,7 @@ def _curve_mean(digits: int):
     return lambda curves: f"{np.mean([np.mean(c) for c in curves]):.{digits}f}"
 
 
-def _mean_gap(a: Sequence[float], b: Sequence[float]) -> float:
+def mean_gap(a: Sequence[float], b: Sequence[float]) -> float:
     """mean(a) - mean(b) over the first min(len) points: the area between two curves."""
     n = min(len(a), len(b))
     return float(np.mean(a[:n]) - np.mean(b[:n])) if n else float("nan")
@@ -353,9 +353,9 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
                              # benchmark: one comparison per LLM. Fine-tuning curves are compared over the epochs
                              # both runs have (early stopping can end one sooner).
                              (conv, _pair(aligned[aligned["connector"].isin([a, b])], b, a,
-                                          "align_curve", ["llm", "align_steps"], stat=_mean_gap, tol=0.0,
+                                          "align_curve", ["llm", "align_steps"], stat=mean_gap, tol=0.0,
                                           fmt=_curve_mean(3), unit="")),
-                             (task, _pair(sub, a, b, "curve", keys, stat=_mean_gap, tol=0.0, fmt=_curve_mean(1),
+                             (task, _pair(sub, a, b, "curve", keys, stat=mean_gap, tol=0.0, fmt=_curve_mean(1),
                                           above_chance=True))):
             part[0].extend(f"{tokens} tokens, {s}" for s in p)
             part[1].extend(v)
@@ -373,7 +373,7 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
     return out
 
 
-SOURCE_NOTE = "issue 7 §1 (connector study); not a claim of the paper"
+SOURCE_NOTE = "the connector study; not a claim of the paper"
 
 
 def as_claim(d: Mapping[str, str]) -> Claim:

@@ -16,31 +16,27 @@ post-ViT LayerNorm, the whole Q-Former where it is fine-tuned, another connector
 aligned.safetensors when the run began with an alignment stage), result.json.
 
 Connectors (models/connectors.py): config.connector and its connector_* fields are attached by
-resolve_bundle; align_steps > 0 first aligns the connector on the held-in tasks (models/alignment.py,
+run_inputs.resolve_bundle; align_steps > 0 first aligns the connector on the held-in tasks (pretrain/alignment.py,
 cached under CACHE_DIR/connectors, shared by every run of the same base, connector, seed and data).
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import functools
-import json
-import random
 import sys
 import time
-import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
 from . import runs
-from .config import ConfigError, ExperimentConfig, setup_defaults
-from .evaluate import MULTIPLE_CHOICE, PRIMARY, Example, evaluate
+from .config import ExperimentConfig
+from .evaluate import MULTIPLE_CHOICE, PRIMARY, evaluate
 from .features import FeatureCache, ImageEncoder
-from .models.alignment import ALIGNED_FILE, align_connector, load_aligned, trained_state
 from .models.connectors import image_token_count, spec_of
 from .models.inputs import unwrap
+from .pretrain.alignment import ALIGNED_FILE, align_connector, load_aligned, trained_state
+from .run_inputs import (benchmark_root, evaluate_tasks, load_examples, records_zero_shot, resolve_bundle,
+                         scored_split)
 from .train import (adalora_tuner, autocast_for, fit, resolve_device, resolve_precision, seed_everything,
                     steps_per_epoch)
 
@@ -60,164 +56,6 @@ lacks the tensors of `trainable.safetensors`. To get the run's model:
   `qformer-peft export <run folder> --out DIR`, then `InstructBlipForConditionalGeneration.from_pretrained(DIR)`
   and `InstructBlipProcessor.from_pretrained(DIR)`.
 """
-
-
-# --- model and data -------------------------------------------------------------------------------
-
-def resolve_bundle(config: ExperimentConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """The base model of a run, unadapted: the ONE place that turns `config.model` into a Bundle.
-
-    A preset name builds a randomly initialised model (seeded by config.seed) whose word-level
-    tokenizers come from the synthetic world's vocabulary: DATA/vocab.txt beside the benchmark roots
-    (`data synth` writes it), else data.synthetic.vocabulary(). Anything else is a checkpoint
-    directory or hub id, read with load_bundle (a local directory never touches the network).
-    The config's connector is attached, freshly initialised from config.seed (not yet aligned).
-    """
-    from .models import build, connectors
-    from .models.presets import PRESETS
-
-    if config.model in PRESETS:
-        qformer_tokenizer, llm_tokenizer = build.default_tokenizers(_vocabulary(config))
-        bundle = build.build_model(config.model, config.llm, qformer_tokenizer=qformer_tokenizer,
-                                   llm_tokenizer=llm_tokenizer, seed=config.seed, device=device)
-    else:
-        bundle = build.load_bundle(config.model, device=device, llm=config.llm, dtype=dtype)
-    connectors.attach(bundle.model, connectors.spec_of(config), seed=config.seed)
-    return bundle
-
-
-def benchmark_root(config: ExperimentConfig, benchmark: str | None = None) -> Path:
-    """The root of `benchmark` (default: the config's; a joint benchmark's first task): data_root itself, or
-    data_root/<benchmark> when data_root is the folder `qformer-peft data synth` wrote (it holds synth.json
-    and one root per benchmark). A joint benchmark's data_root always holds one root per task."""
-    benchmark = benchmark or config.tasks[0]
-    root = Path(config.data_root)
-    if ((root / "synth.json").is_file() or len(config.tasks) > 1) and (root / benchmark).is_dir():
-        return root / benchmark
-    return root
-
-
-def _vocabulary(config: ExperimentConfig) -> list[str]:
-    if config.data_root:
-        vocab = benchmark_root(config).resolve().parent / "vocab.txt"
-        if vocab.is_file():
-            return [w for w in vocab.read_text(encoding="utf-8").splitlines() if w]
-    from .data import synthetic
-
-    return list(synthetic.vocabulary())
-
-
-def examples_of(records, *, train: bool) -> list[Example]:
-    """Records -> Examples through the paper's templates. Flickr30k trains on every caption as its own
-    sample (as the paper's code did) and is scored against all of them."""
-    from . import templates
-
-    out = []
-    for r in records:
-        if r.image is None:
-            raise ValueError(f"{r.dataset} {r.id}: no image; the study uses image problems only (img_only=True)")
-        base = dict(id=r.id, image=r.image, prompt=templates.prompt(r), answers=tuple(r.answers), meta=dict(r.meta))
-        if r.choices:
-            out.append(Example(target=templates.target(r), candidates=tuple(templates.candidates(r)), answer=r.answer,
-                               **base))
-        elif r.dataset == "flickr30k" and train:
-            out += [Example(**{**base, "id": f"{r.id}#{k}"}, target=c) for k, c in enumerate(r.answers)]
-        else:
-            if not r.answers:
-                raise ValueError(f"{r.dataset} {r.id} ({r.split}): no answers to train on or score against; the "
-                                 "official VizWiz test split has none: score val (test_split='val' or 'auto')")
-            out.append(Example(target=templates.target(r), **base))
-    return out
-
-
-def scored_split(config: ExperimentConfig, task: str | None = None) -> str:
-    """The split scored as the test: config.test_split, or for 'auto' the test split when it has answers, else
-    val (the official VizWiz test annotations have none; LAVIS scores VizWiz on val). Training uses train."""
-    if config.test_split != "auto":
-        return config.test_split
-    task = task or config.tasks[0]
-    return "test" if _test_split_answered(task, str(benchmark_root(config, task))) else "val"
-
-
-@functools.lru_cache(maxsize=None)
-def _test_split_answered(task: str, root: str) -> bool:
-    """Whether a benchmark's test split has answers (or is empty): read once a process, not once a call."""
-    from . import data
-
-    records = data.load(task, root, "test").records
-    return not records or any(r.answers or r.choices for r in records)
-
-
-def load_examples(config: ExperimentConfig) -> dict[str, list[Example]]:
-    """train / val / test Examples of the config's benchmark, each cut to its limit (first N records).
-
-    A joint benchmark ('scienceqa+iconqa') concatenates its tasks, each cut to the limit, with ids made
-    unique ('<task>/<id>') and meta['task'] set, which evaluate_tasks splits by.
-    """
-    from . import data
-
-    if not config.data_root:
-        raise ConfigError(f"data_root is empty: point it at the {config.benchmark} root (e.g. DATA/{config.benchmark} "
-                          "as `qformer-peft data synth --out DATA` writes it)")
-    joint = len(config.tasks) > 1
-    out: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
-    for task in config.tasks:
-        root = benchmark_root(config, task)
-        if joint and root == Path(config.data_root):
-            raise ConfigError(f"data_root {config.data_root}: the joint benchmark {config.benchmark!r} needs one root "
-                              f"per task there ({', '.join(config.tasks)}), as `qformer-peft data synth` writes them")
-        for split, limit in (("train", config.train_limit), ("val", config.val_limit), ("test", config.test_limit)):
-            source = scored_split(config, task) if split == "test" else split
-            records = data.load(task, root, source).records[:limit]
-            if not records:
-                raise ValueError(f"{root}: the {split} split of {task} is empty")
-            examples = examples_of(records, train=split == "train")
-            if joint:
-                examples = [dataclasses.replace(e, id=f"{task}/{e.id}", meta={**e.meta, "task": task})
-                            for e in examples]
-            out[split] += examples
-    if config.shuffle_answers:
-        out["train"] = shuffled_answers(out["train"], config.seed)
-    return out
-
-
-def shuffled_answers(examples: list[Example], seed: int) -> list[Example]:
-    """A null run's training set: each multiple-choice item's answer drawn uniformly from its candidates,
-    open-ended targets permuted across items; a function of the seed only. Images and prompts stay."""
-    rng = random.Random(seed)
-    open_targets = [e.target for e in examples if not e.candidates]
-    rng.shuffle(open_targets)
-    targets = iter(open_targets)
-    out = []
-    for e in examples:
-        if e.candidates:
-            k = rng.randrange(len(e.candidates))
-            out.append(dataclasses.replace(e, answer=k, target=e.candidates[k]))
-        else:
-            out.append(dataclasses.replace(e, target=next(targets)))
-    return out
-
-
-def records_zero_shot(config: ExperimentConfig) -> bool:
-    """Reference runs (the baseline, null runs) also score the test items before training: the base model's
-    zero-shot score on the same items, which says whether a cell moved from its base."""
-    return config.setup == "baseline" or config.shuffle_answers
-
-
-def evaluate_tasks(bundle, examples: list[Example], config: ExperimentConfig, embeds_of, **kwargs):
-    """evaluate() on the config's benchmark; a joint benchmark scores each task alone and reports
-    {"accuracy": the mean over tasks (each task counts equally), "n", "tasks": {task: its metrics}}."""
-    if len(config.tasks) == 1:
-        return evaluate(bundle, examples, config.benchmark, embeds_of, **kwargs)
-    desc = kwargs.pop("desc", "eval")
-    per_task, predictions = {}, []
-    for task in config.tasks:
-        part = [e for e in examples if e.meta.get("task") == task]
-        per_task[task], preds = evaluate(bundle, part, task, embeds_of, desc=f"{desc} {task}", **kwargs)
-        predictions += [{**p, "task": task} for p in preds]
-    accs = [m["accuracy"] for m in per_task.values() if m.get("accuracy") is not None]
-    mean = sum(accs) / len(accs) if len(accs) == len(per_task) else None
-    return {"accuracy": mean, "n": sum(m["n"] for m in per_task.values()), "tasks": per_task}, predictions
 
 
 def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -490,7 +328,7 @@ def heldin_dir(config: ExperimentConfig) -> Path | None:
 
 
 def heldin_cost(config: ExperimentConfig, bundle, model, images, *, autocast=None) -> dict[str, float | None] | None:
-    """What adapting costs on the held-in tasks (issue 5): held-in val VQA exact match (%) of the trained model
+    """What adapting costs on the held-in tasks: held-in val VQA exact match (%) of the trained model
     ('adapted') and, for a peft model, of the same model with its LoRA switched off ('adapter_off': what every
     setup trains besides LoRA, query tokens, projection, post-ViT LayerNorm, connector, stays adapted), on the
     first config.heldin_limit held-in val task lines. None when heldin_limit is 0 or there is no DATA/heldin.
@@ -501,7 +339,7 @@ def heldin_cost(config: ExperimentConfig, bundle, model, images, *, autocast=Non
 
     from peft import PeftModel
 
-    from .models.base_quality import heldin_score
+    from .pretrain.quality import heldin_score
 
     data_dir = heldin_dir(config) if config.heldin_limit else None
     if data_dir is None:
@@ -545,97 +383,3 @@ def _epoch_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"split": "val", **{k: v for k, v in h.items() if k != "val"}, **h["val"]} for h in history]
 
 
-# --- command line ---------------------------------------------------------------------------------
-
-ALIASES = {"dataset": "benchmark", "preset": "model"}
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("run", help="run one experiment from a config",
-                              description="Train and test one experiment into a run folder under --out. Every config "
-                              "field is a flag (--rank 4, --qf-sublayers all, --llm-targets none); --config FILE.json "
-                              "gives a base config, --set key=value (JSON values) overrides anything.")
-    p.add_argument("--config", type=Path, help="JSON file with config fields (flags and --set override it)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)")
-    p.add_argument("--out", type=Path, required=True, help="root folder of the run folders")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: OUT/.feature-cache)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="tqdm progress bars (default: only on a terminal)")
-    hints = typing.get_type_hints(ExperimentConfig)
-    for f in dataclasses.fields(ExperimentConfig):
-        flags = [f"--{f.name.replace('_', '-')}"] + [f"--{a}" for a, target in ALIASES.items() if target == f.name]
-        p.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar=_metavar(hints[f.name]),
-                       help=f"(default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})")
-    p.set_defaults(func=_cli_run)
-
-
-def _metavar(tp) -> str:
-    if typing.get_origin(tp) is tuple:
-        return "A,B,..."
-    names = [getattr(a, "__name__", str(a)) for a in typing.get_args(tp)] or [getattr(tp, "__name__", str(tp))]
-    return "|".join("none" if n == "NoneType" else n for n in names).upper()
-
-
-def _parse_value(name: str, text: str, tp) -> Any:
-    """A flag's text as the field's type: 'none' for None, true/false for bools, commas for tuples."""
-    args = typing.get_args(tp)
-    if text.lower() in ("none", "null") and type(None) in args:
-        return None
-    base = next((a for a in args if a is not type(None)), tp) if args else tp
-    if typing.get_origin(base) is tuple or base is tuple:
-        return tuple(t for t in text.split(",") if t)
-    try:
-        if base is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if base is int:
-            return int(text)
-        if base is float:
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"--{name.replace('_', '-')} {text!r}: expected {_metavar(tp).lower()}") from None
-    return text
-
-
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    values: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            values.update(json.loads(args.config.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"--config {args.config}: cannot read a JSON object ({err})") from None
-    hints = typing.get_type_hints(ExperimentConfig)
-    given = {f.name: _parse_value(f.name, getattr(args, f"cfg_{f.name}"), hints[f.name])
-             for f in dataclasses.fields(ExperimentConfig) if getattr(args, f"cfg_{f.name}") is not None}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        key = ALIASES.get(key, key).replace("-", "_")
-        try:
-            given[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            given[key] = raw  # a bare word is a string
-    if "setup" in given:  # a setup flag brings the fields it needs unless they are given too
-        values.update({k: v for k, v in setup_defaults(given["setup"]).items() if k not in given})
-    if given.get("method") == "adalora" and "rank" not in given:
-        values["rank"] = None  # AdaLoRA's ranks are adalora_init_r / adalora_target_r
-    values.update(given)
-    return ExperimentConfig.from_dict(values)
-
-
-def _cli_run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args)
-    except ConfigError as err:
-        print(f"qformer-peft run: {err}", file=sys.stderr)
-        return 2
-    result = run_experiment(config, out=args.out, cache_dir=args.cache_dir, progress=args.progress)
-    run_id = runs.RunDir.open(args.out, config.to_dict(), prefix=config.run_name).path
-    print(f"run folder: {run_id}")
-    score = result.get("test_score")
-    print(f"test {result['metric']}: {score:.2f}" if score is not None else f"test {result['metric']}: n/a")
-    print(f"best epoch {result['best_epoch']} of {result['epochs']}, trainable parameters: "
-          f"{result['trainable_params']}")
-    return 0

@@ -1,4 +1,4 @@
-"""Evaluation: candidate ranking, generation, and the benchmarks' metrics (PROTOCOL §5).
+"""Evaluation: candidate ranking, generation, and the benchmarks' metrics (docs/protocol.md §5).
 
 Multiple choice is scored by ranking, not generation: each candidate "(<letter>) <choice>" gets the
 LLM's summed token NLL given image and prompt, and the lowest wins. Ranking is batched per question:

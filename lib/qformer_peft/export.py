@@ -37,7 +37,7 @@ def export_run(run_path: str | Path, out: str | Path) -> Path:
     out = bundle.save(out)
     runs.write_json(out / "exported_from.json", {"run": str(run.path), "config": run.config,
                                                  "test_score": run.result.get("test_score"),
-                                                 "exported": runs._now()})
+                                                 "exported": runs.now()})
     return out
 
 

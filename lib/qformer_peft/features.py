@@ -12,7 +12,7 @@ A cached vector is keyed by everything that determines it:
   what            the last hidden state, or the CLS token of chosen layers (a bottleneck connector)
 so a different checkpoint, resolution, precision or connector can never be served a stale entry.
 
-Augmentation (PROTOCOL §4: RandomResizedCrop(scale 0.5-1) + horizontal flip, as the paper's code
+Augmentation (docs/protocol.md §4: RandomResizedCrop(scale 0.5-1) + horizontal flip, as the paper's code
 trained) changes the pixels every epoch, so it bypasses the cache; written here on PIL, without
 torchvision (which does not import beside the CPU torch build).
 """

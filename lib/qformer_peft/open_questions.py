@@ -1,4 +1,4 @@
-"""The paper's open questions (issue 7 §2): which runs each needs, the tables they reduce to, their claims.
+"""The paper's open questions: which runs each needs, the tables they reduce to, their claims.
 
 One notebook per question (notebooks/40-43), executed by the grid:
   multitask  one AdaLoRA budget over ScienceQA + IconQA trained jointly, against each task alone:
@@ -24,11 +24,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import claims as C
+from . import claim as C
 from . import runs
 from . import verdicts as V
-from .config import MULTITASK_SEP, ExperimentConfig
-from .report_charts import final_ranks, sublayer_means, tag_value
+from .config import MULTITASK_SEP, ExperimentConfig, experiment_configs
+from .report_charts import final_ranks, tag_value
 
 QUESTIONS = ("multitask", "scaling", "ranks", "seeds")
 MULTITASK_TASKS = ("scienceqa", "iconqa")
@@ -71,20 +71,14 @@ class Plan:
         return out
 
 
-def _configs(**kw: Any) -> list[ExperimentConfig]:
-    from .grid import experiment_configs  # grid imports this module lazily: no cycle at import time
-
-    return experiment_configs(**kw)
-
-
 def multitask_plan(*, llm: str, model: str, data_dir: str, tasks: Sequence[str] = MULTITASK_TASKS,
                    seeds: Sequence[int] = (42,), hparams: Mapping[str, Any] | None = None,
                    tags: Sequence[str] = ()) -> Plan:
     """Joint AdaLoRA on the tasks (same init/target rank, so the same total budget as one task alone) and
     the single-task AdaLoRA runs of the paper's analysis."""
     common = dict(llm=llm, model=model, data_dir=data_dir, method="adalora", seeds=seeds, hparams=hparams)
-    own = _configs(benchmark=MULTITASK_SEP.join(tasks), tags=[*tags, "study:multitask"], **common)
-    return Plan(own, [c for t in tasks for c in _configs(benchmark=t, tags=list(tags), **common)])
+    own = experiment_configs(benchmark=MULTITASK_SEP.join(tasks), tags=[*tags, "study:multitask"], **common)
+    return Plan(own, [c for t in tasks for c in experiment_configs(benchmark=t, tags=list(tags), **common)])
 
 
 def scaling_plan(*, llm: str, benchmark: str, model: str, data_dir: str, rank: int,
@@ -96,7 +90,7 @@ def scaling_plan(*, llm: str, benchmark: str, model: str, data_dir: str, rank: i
     default = hparams.get("train_limit")
 
     def cells(m: str, limit: int | None, extra_tags: Sequence[str]) -> list[ExperimentConfig]:
-        return [c for setup, qf, lt in SCALING_ROWS for c in _configs(
+        return [c for setup, qf, lt in SCALING_ROWS for c in experiment_configs(
             benchmark=benchmark, llm=llm, model=m, data_dir=data_dir, setup=setup, qf_sublayers=qf, llm_targets=lt,
             ranks=[rank], seeds=seeds, hparams={**hparams, "train_limit": limit}, tags=[*tags, *extra_tags])]
 
@@ -114,8 +108,8 @@ def ranks_plan(*, llm: str, benchmark: str, model: str, data_dir: str, ranks: Se
     own, ref = [], []
     for setup, qf, lt in RANK_ROWS:
         row = dict(setup=setup, qf_sublayers=qf, llm_targets=lt, **common)
-        ref += _configs(ranks=list(ranks), tags=list(tags), **row)
-        own += _configs(ranks=[r for r in extra_ranks if r not in ranks], tags=[*tags, "study:ranks"], **row)
+        ref += experiment_configs(ranks=list(ranks), tags=list(tags), **row)
+        own += experiment_configs(ranks=[r for r in extra_ranks if r not in ranks], tags=[*tags, "study:ranks"], **row)
     return Plan(own, ref)
 
 
@@ -144,11 +138,6 @@ def _row(df: pd.DataFrame, setup: str, qf: str | None, llm_t: str | None) -> pd.
     for col, v in (("qf_sublayers", qf), ("llm_targets", llm_t)):
         m &= df[col].isna() if v is None else (df[col] == v)
     return df[m]
-
-
-def _by_seed(d: pd.DataFrame, col: str = "acc") -> dict[int, float]:
-    d = d[d[col].notna()]
-    return {int(s): float(v) for s, v in d.groupby("seed")[col].mean().items()}
 
 
 def multitask_accuracy(df: pd.DataFrame) -> pd.DataFrame:
@@ -207,7 +196,7 @@ def allocation_difference(ranks: pd.DataFrame) -> pd.DataFrame:
 
 
 def _maps(ranks: pd.DataFrame) -> pd.DataFrame:
-    m = sublayer_means(final_ranks(ranks))
+    m = C.rank_maps(ranks)
     return m.assign(benchmark=m["benchmark"].map(joint_label)) if len(m) else m
 
 
@@ -312,7 +301,7 @@ def _seed_map(df: pd.DataFrame) -> dict[tuple, dict[int, float]]:
         return out
     d = d.assign(rank=d["rank"].astype("Float64"))
     for key, g in d.groupby(["llm", "benchmark", "setup", "targets", "rank"], dropna=False):
-        s = _by_seed(g)
+        s = C.by_seed(g)
         if len(s) >= 2:
             out[tuple(None if pd.isna(k) else k for k in key)] = s
     return out
@@ -356,7 +345,7 @@ def orderings(df: pd.DataFrame) -> pd.DataFrame:
 
 # --- claims ---------------------------------------------------------------------------------------------
 def _claim(cid: str, v: C.Verdict, scale: str) -> C.Claim:
-    return C.Claim(cid, OPEN_CLAIMS[cid][0], f"issue 7 §2 ({OPEN_CLAIMS[cid][1]}); not a claim of the paper",
+    return C.Claim(cid, OPEN_CLAIMS[cid][0], f"open question ({OPEN_CLAIMS[cid][1]}); not a claim of the paper",
                    scale, v.verdict, v.evidence, v.parts, v.runs, v.resolve, v.unit)
 
 
@@ -369,24 +358,12 @@ def multitask_acc_claim(df: pd.DataFrame) -> C.Verdict:
     acc = multitask_accuracy(df)
     parts, verdicts = [], []
     for (llm, task), g in acc.groupby(["llm", "task"]):
-        joint, alone = _by_seed(g[g["mode"] == "joint"]), _by_seed(g[g["mode"] == "alone"])
+        joint, alone = C.by_seed(g[g["mode"] == "joint"]), C.by_seed(g[g["mode"] == "alone"])
         diff = V.paired(joint, alone)
         v = V.judge(diff, margin=-V.COMPARABLE_TOL)
         verdicts.append(v)
         parts.append(f"{llm}/{task}: joint − alone {V.fmt(diff, 1, ' pt')} → {v}")
     return _verdict(parts, verdicts, "no joint AdaLoRA runs")
-
-
-def _normalised(m: pd.DataFrame) -> pd.Series:
-    """A heatmap as shares of its total (shape, not scale), indexed by (layer, sublayer)."""
-    s = m.set_index(["layer", "sublayer"])["mean_rank"]
-    return s / s.sum()
-
-
-def _distance(a: pd.Series, b: pd.Series) -> float:
-    """Mean absolute difference of two normalised heatmaps (the ledger's C5 distance)."""
-    j = pd.concat([a, b], axis=1, join="inner")
-    return float((j.iloc[:, 0] - j.iloc[:, 1]).abs().mean())
 
 
 def multitask_alloc_claim(ranks: pd.DataFrame) -> C.Verdict:
@@ -397,12 +374,12 @@ def multitask_alloc_claim(ranks: pd.DataFrame) -> C.Verdict:
             continue
         stat, near = [], []
         for seed, g in m.groupby("seed"):
-            h = {b: _normalised(x) for b, x in g.groupby("benchmark")}
+            h = {b: C.heatmap_shares(x) for b, x in g.groupby("benchmark")}
             if not {"joint", *MULTITASK_TASKS} <= set(h):
                 continue
             sqa, icon, joint = (h[t] for t in (*MULTITASK_TASKS, "joint"))
-            stat.append(_distance(sqa, icon) - _distance(joint, (sqa + icon) / 2))
-            near.append(_distance(joint, icon) - _distance(joint, sqa))   # > 0: nearer ScienceQA's
+            stat.append(C.share_distance(sqa, icon) - C.share_distance(joint, (sqa + icon) / 2))
+            near.append(C.share_distance(joint, icon) - C.share_distance(joint, sqa))   # > 0: nearer ScienceQA's
         if not stat:
             parts.append(f"{llm}: no seed with joint and both single-task runs")
             verdicts.append(V.INCONCLUSIVE)
@@ -422,7 +399,7 @@ def scaling_data_claim(df: pd.DataFrame) -> C.Verdict:
         sizes = sorted(g["train_n"].unique())
         if len(sizes) < 2:
             continue
-        small, large = (_by_seed(g[g["train_n"] == n], "gap") for n in (sizes[0], sizes[-1]))
+        small, large = (C.by_seed(g[g["train_n"] == n], "gap") for n in (sizes[0], sizes[-1]))
         diff = V.paired(small, large)
         v = V.judge(diff)
         verdicts.append(v)
@@ -439,7 +416,7 @@ def scaling_model_claim(df: pd.DataFrame) -> C.Verdict:
             continue
         sizes = sorted(g["model_size"].unique())
         name = {s: g[g["model_size"] == s]["model"].iloc[0] for s in sizes}
-        big, small = (_by_seed(g[g["model_size"] == s], "gap") for s in (sizes[-1], sizes[0]))
+        big, small = (C.by_seed(g[g["model_size"] == s], "gap") for s in (sizes[-1], sizes[0]))
         diff = V.paired(big, small)
         v = V.judge(diff)
         verdicts.append(v)
@@ -478,9 +455,9 @@ def rank_claim(df: pd.DataFrame, setup: str) -> C.Verdict:
             verdicts.append(V.INCONCLUSIVE)
             continue
         ref = int(paper["rank"].max())
-        base = _by_seed(g[g["rank"] == ref])
+        base = C.by_seed(g[g["rank"] == ref])
         for r in extra:
-            above = V.paired(_by_seed(g[g["rank"] == r]), base)
+            above = V.paired(C.by_seed(g[g["rank"] == r]), base)
             v = V.judge([V.COMPARABLE_TOL - x for x in above])
             verdicts.append(v)
             parts.append(f"{llm}/{bench}: r={r} − r={ref} {V.fmt(above, 1, ' pt')} → {v}")

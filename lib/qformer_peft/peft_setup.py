@@ -1,10 +1,4 @@
-"""What is trained in each setup of the paper (PROTOCOL §2), as data, and applying it with peft.
-
-SETUPS        the four setups of Table 1 / Figure 2 (how the Q-Former and the LLM are trained)
-QF_SUBLAYERS  Q-Former LoRA targets per sublayer set, as module-name suffixes inside qformer.encoder.layer.{i}
-LLM_TARGETS   LLM LoRA targets per LLM kind and target set, as module-name suffixes inside language_model
-RANKS, LORA_ALPHA, LORA_DROPOUT, ADALORA   the paper's LoRA / AdaLoRA hyperparameters
-paper_grid()  the 33 (setup, sublayers, LLM targets, rank) runs per LLM of the paper's code
+"""Applying the paper's setups (paper.py: setups, targets, ranks as data) to a model with peft.
 
 `apply_peft` wraps the model with peft LoRA / AdaLoRA on explicit full module names, then sets the
 trainable flags: query tokens, the LLM projection and the post-ViT LayerNorm are trainable in every
@@ -18,72 +12,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 
 from .models.connectors import ADAPTER_ATTR, connector_of
 from .models.inputs import unwrap
-
-
-@dataclass(frozen=True)
-class Setup:
-    qformer: str  # "full" (fine-tuned) | "lora"
-    llm: str  # "frozen" | "lora"
-    label: str
-
-
-SETUPS: dict[str, Setup] = {
-    "baseline": Setup("full", "frozen", "InstructBLIP: Q-Former fine-tuned, LLM frozen"),
-    # The code's "LLM LoRA" runs never froze the Q-Former: label them for what they trained.
-    "qf-fft+llm-lora": Setup("full", "lora", "Q-Former fine-tuned + LLM LoRA"),
-    "qf-lora": Setup("lora", "frozen", "Q-Former LoRA, LLM frozen"),
-    "qf-lora+llm-lora": Setup("lora", "lora", "Q-Former LoRA + LLM LoRA (same r, LLM targets all)"),
-}
-
-# Inside qformer.encoder.layer.{i}; cross-attention exists only where i % cross_attention_frequency == 0.
-QF_SUBLAYERS: dict[str, tuple[str, ...]] = {
-    "self_attn": ("attention.attention.query", "attention.attention.value"),  # never key or output
-    "cross_attn": ("crossattention.attention.query", "crossattention.attention.key",
-                   "crossattention.attention.value", "crossattention.output.dense"),
-    # both FFN branches: text tokens (intermediate/output) and query tokens (intermediate_query/output_query)
-    "ffn": ("intermediate.dense", "output.dense", "intermediate_query.dense", "output_query.dense"),
-}
-QF_SUBLAYERS["all"] = QF_SUBLAYERS["self_attn"] + QF_SUBLAYERS["cross_attn"] + QF_SUBLAYERS["ffn"]
-
-# Inside language_model; matched as the end of a module name.
-LLM_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
-    # q and v of encoder self-, decoder self- and decoder cross-attention (the code's ['q', 'v'])
-    "t5": {"attn": ("SelfAttention.q", "SelfAttention.v", "EncDecAttention.q", "EncDecAttention.v"),
-           # Flan-T5's gated FFN; "wi" is the ungated T5's single input matrix (absent in Flan-T5)
-           "ffn": ("DenseReluDense.wi_0", "DenseReluDense.wi_1", "DenseReluDense.wi", "DenseReluDense.wo")},
-    "llama": {"attn": ("self_attn.q_proj", "self_attn.v_proj"),
-              "ffn": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")},
-}
-for _targets in LLM_TARGETS.values():
-    _targets["all"] = _targets["attn"] + _targets["ffn"]
-
-RANKS = (1, 2, 4, 8)
-LORA_ALPHA = 8  # scaling alpha / r = 8 / r
-LORA_DROPOUT = 0.0
-ADALORA = {"init_r": 12, "target_r": 8}  # on QF_SUBLAYERS["all"]; peft also needs total_step
+from .paper import ADALORA, LLM_TARGETS, LORA_ALPHA, LORA_DROPOUT, QF_SUBLAYERS, RANKS, SETUPS, Setup
 
 GROUPS = ("qformer_full", "qformer_lora", "llm_lora", "query_tokens", "projection", "vit_layernorm", "connector",
           "llm_adapter", "other")
 _LAYER = re.compile(r"^qformer\.encoder\.layer\.(\d+)\.(.+)$")
-
-
-def paper_grid() -> list[dict]:
-    """The code's 33 runs per LLM and benchmark: baseline; LLM LoRA {ffn, attn, all} x r (Q-Former
-    fine-tuned); QF LoRA {ffn, self_attn, cross_attn, all} x r; QF + LLM LoRA {all} x r."""
-    grid = [dict(setup="baseline", qf_sublayers=None, llm_targets=None, rank=None)]
-    grid += [dict(setup="qf-fft+llm-lora", qf_sublayers=None, llm_targets=t, rank=r)
-             for t in ("ffn", "attn", "all") for r in RANKS]
-    grid += [dict(setup="qf-lora", qf_sublayers=s, llm_targets=None, rank=r)
-             for s in ("ffn", "self_attn", "cross_attn", "all") for r in RANKS]
-    grid += [dict(setup="qf-lora+llm-lora", qf_sublayers="all", llm_targets="all", rank=r) for r in RANKS]
-    return grid
 
 
 def _llm_kind(model) -> str:

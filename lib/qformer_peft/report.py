@@ -3,9 +3,9 @@
     qformer-peft report [--runs DIR] [--notebooks DIR] [--out reports/]
 
 index.html carries the summary, built from run folders only: the scale statement, the claim ledger,
-Table 1, Figure 2 and the AdaLoRA heatmaps, what adapting costs on held-in VQA (issue 5; when runs measured
-it), the connector study (issue 7 §1: Q-Former, DeCo's pooling, projector, Bottleneck Adapter) and a section per
-open question (issue 7 §2: multi-task AdaLoRA, scaling, rank sensitivity, seeds), each with its charts and
+Table 1, Figure 2 and the AdaLoRA heatmaps, what adapting costs on held-in VQA (when runs measured
+it), the connector study (Q-Former, DeCo's pooling, projector, Bottleneck Adapter) and a section per
+open question (multi-task AdaLoRA, scaling, rank sensitivity, seeds), each with its charts and
 claims, then links to the notebook sections and the grid's failures.
 Everything is self-contained and offline: charts are inline SVG (vl-convert), sections come from
 nbconvert's lab template with its CDN scripts (require.js, MathJax, mermaid) removed, and no page
@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import claim_ledger
 from . import claims as claims_mod
+from .paper import CLAIM_ROWS
 from . import runs
 from .verdicts import VERDICTS
 
@@ -207,7 +209,7 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
     if df.empty:
         return f"<p class='empty'>No run folders in {html.escape(str(runs_dir))}.</p>"
     all_ranks = rc.ranks_frame(df)
-    ledger = claims_mod.ledger(df, all_ranks, full_size, cache_dir)
+    ledger = claim_ledger.ledger(df, all_ranks, full_size, cache_dir)
     ranks = rc.ranks_frame(rc.paper_runs(df))
     records, href = [c.record() for c in ledger], ""
     if results_dir is not None:
@@ -257,7 +259,7 @@ def _frame_html(frame: Any) -> str:
 
 
 def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim]) -> str:
-    """One section per open question (issue 7 §2): what was run, its charts, its claims."""
+    """One section per open question: what was run, its charts, its claims."""
     from . import open_charts as oc
     from . import open_questions as oq
 
@@ -331,7 +333,7 @@ def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim])
 
 
 def connectors_html(df: Any, ledger: Sequence[claims_mod.Claim]) -> str:
-    """The connector study (issue 7 §1, notebook 30): what was run, its charts, its claims; a plain line when
+    """The connector study (notebook 30): what was run, its charts, its claims; a plain line when
     this profile did not run it."""
     from . import connector_study as cs
 
@@ -388,7 +390,7 @@ def _connector_table(t: Any) -> Any:
 
 
 def heldin_cost_html(df: Any) -> str:
-    """What adapting costs on held-in VQA (issue 5), per setup: only when some run measured it (heldin_limit)."""
+    """What adapting costs on held-in VQA, per setup: only when some run measured it (heldin_limit)."""
     from . import report_charts as rc
 
     t = rc.heldin_cost_table(df)
@@ -500,7 +502,7 @@ def results_markdown(reports_dir: str | Path) -> str:
     lines = ["Verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ". By claim: "
              + "; ".join(f"{k}: " + ", ".join(c["id"] for c in data["claims"] if c["verdict"] == k)
                          for k in counts if counts[k] and k not in (claims_mod.NOT_COMPARABLE,)) + "."]
-    rows = table[table["setup"].isin([r[0] for r in _claim_rows()]) & (table["n_seeds"] > 1)]
+    rows = table[table["setup"].isin([r[0] for r in CLAIM_ROWS]) & (table["n_seeds"] > 1)]
     if not rows.empty:
         lines += ["", "| LLM | benchmark | setup | seeds × items | test accuracy [95% CI] | zero-shot | moved |",
                   "|---|---|---|---|---|---|---|"]
@@ -522,12 +524,6 @@ def results_markdown(reports_dir: str | Path) -> str:
                   + ", ".join(f"{k} {v / 60:.1f}" for k, v in t["stages_s"].items()) + " min), profile "
                   f"{t['profile']}, {t['jobs']} workers; the machine's calibration is in docs/performance.md."]
     return "\n".join(lines) + "\n"
-
-
-def _claim_rows() -> tuple:
-    from .grid import CLAIM_ROWS
-
-    return CLAIM_ROWS
 
 
 def write_readme_results(readme: str | Path, reports_dir: str | Path) -> bool:
@@ -559,7 +555,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .grid import Layout
+    from .grid_cells import Layout
 
     layout = Layout(Path(args.root).resolve())
     runs_dir = Path(args.runs) if args.runs else layout.runs(args.profile)

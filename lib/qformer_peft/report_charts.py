@@ -137,7 +137,7 @@ def _guess_scale(model: Any) -> str:
 
 def run_summary(df: pd.DataFrame) -> pd.DataFrame:
     """One line per run: rank, seed, state, test score, accuracy, parameters, epochs, time; where a run was
-    rerun at a lowered rate (grid.RerunRule), its rate, why, and which runs a rerun replaces."""
+    rerun at a lowered rate (reruns.RerunRule), its rate, why, and which runs a rerun replaces."""
     cols = ["run_id", "rank", "seed", "state", "result.metric", "score", "acc", "trainable", "result.best_epoch",
             "result.epochs", "result.train_time_s", "result.splits.test"]  # splits.test: the split scored
     if "rerun_of" in df and df["rerun_of"].notna().any():

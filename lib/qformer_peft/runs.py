@@ -11,7 +11,7 @@ A run folder holds everything the report needs, so the report never reaches back
       predictions.jsonl    test predictions, one object per item
       zero_shot_predictions.jsonl  the same test items scored before training (reference runs: baseline, null)
       adalora_ranks.jsonl  AdaLoRA rank history (tidy rows), only for AdaLoRA runs
-      rerun.json           why this run reruns another at a lowered rate (grid.RerunRule), only for reruns
+      rerun.json           why this run reruns another at a lowered rate (reruns.RerunRule), only for reruns
       adapter/             adapter weights in peft format
       checkpoint.pt        last completed epoch, for resuming (deleted when the run is done)
 
@@ -147,7 +147,7 @@ def _git_revision() -> str | None:
         return None
 
 
-def _now() -> str:
+def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -187,17 +187,17 @@ class RunDir:
 
     def mark_running(self) -> None:
         write_json(self.path / "env.json", environment())
-        write_json(self.path / "status.json", {"state": "running", "updated": _now()})
+        write_json(self.path / "status.json", {"state": "running", "updated": now()})
 
     def mark_done(self, result: Mapping[str, Any]) -> None:
         write_json(self.path / "result.json", dict(result))
-        write_json(self.path / "status.json", {"state": "done", "updated": _now()})
+        write_json(self.path / "status.json", {"state": "done", "updated": now()})
         (self.path / "checkpoint.pt").unlink(missing_ok=True)
 
     def mark_failed(self, exc: BaseException) -> None:
         tb = "".join(_tb.format_exception(type(exc), exc, exc.__traceback__))
         write_json(self.path / "status.json",
-                   {"state": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": tb, "updated": _now()})
+                   {"state": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": tb, "updated": now()})
 
     # --- records ------------------------------------------------------------------------------
     @property

@@ -6,8 +6,8 @@
 This is what ./run_all.sh runs. Each stage reuses what is already there (data with its completion
 marker, base models, finished notebooks and runs), so a rerun after an interruption only does what is
 missing. With several workers the grid starts while the base models are still building (each cell once the
-models it reads are built, on the cores the builds have freed). A stage whose module is not built yet says so
-and the others go on; the wall time of every stage is printed at the end and kept in
+models it reads are built, on the cores the builds have freed). A stage that fails is reported and the others
+go on; the wall time of every stage is printed at the end and kept in
 reports/study_timings.json.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib
 import sys
 import threading
 import time
@@ -24,8 +23,12 @@ from concurrent.futures import Future, wait
 from typing import Any, Callable
 
 from . import runs
-from .grid import (PROFILES, GridError, Layout, Profile, add_common_arguments, auto_jobs, check_inputs, ensure_data,
-                   expand, resolve_profile, run_grid, select)
+from .grid_cells import Layout, expand
+from .execute import check_inputs
+from .grid import PROFILES, GridError, Profile, resolve_profile
+from .pretrain import base
+from .schedule import add_common_arguments, auto_jobs, run_grid, select
+from .workbook import ensure_data
 
 # size caps a study may put on every run (the paper profile on a CPU, to try the whole path on a few items)
 LIMITS = ("train_limit", "val_limit", "test_limit", "max_epochs")
@@ -59,24 +62,11 @@ def with_limits(cells: list, limits: dict[str, int]) -> list:
             if limits and "hparams" in c.parameters else c for c in cells]
 
 
-class NotBuilt(Exception):
-    """A stage whose library module does not exist yet."""
-
-
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            raise NotBuilt(f"{module} is missing") from None
-        raise
-
-
 class Builds:
     """Base models being built in background processes while the grid runs (run_grid's `builds`): each running
-    build holds a core until it ends, and a cell starts once the models it reads are built. Before, the grid
-    waited for every build: in the mini study T5's finished 100 s before LLaMA's, one core idle meanwhile.
-    A build waiting for another (models.base.dependencies) is not running yet and holds no core."""
+    build holds a core until it ends, and a cell starts once the models it reads are built, so no core idles
+    while the slower build finishes.
+    A build waiting for another (pretrain.base.dependencies) is not running yet and holds no core."""
 
     def __init__(self, futures: "dict[Path, Future[str]]", workers: int = 1):
         self.futures, self.workers = futures, workers  # workers: builds at a time (the pool's processes)
@@ -95,7 +85,7 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
                       jobs: int = 1, alongside: "Callable[[Builds], int] | None" = None,
                       timings: dict[str, float] | None = None) -> int:
     """Build the profile's embedded base models into CHECKPOINTS/<preset>-<llm>, where its notebooks
-    look for them (models.base.ensure_base reuses a build whose key is current); returns the failures.
+    look for them (pretrain.base.ensure_base reuses a build whose key is current); returns the failures.
     With jobs > 1 the builds run side by side in processes: each is single-threaded but stage 1, and the stage
     they share (the vision encoder, shared by both LLMs and by every model size) is trained by whichever gets
     its lock first and read by the others (the README has the times); a build that starts from another's
@@ -107,7 +97,6 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
     profile_name = profile.name
     start = time.time()
     todo = _base_models_to_build(profile, checkpoints)
-    base = _require("qformer_peft.models.base") if todo else None
     if not todo:
         log(f"[study] base models: none needed (profile {profile_name} uses {sorted(set(profile.models.values()))})")
     if jobs <= 1 or not todo:
@@ -141,7 +130,7 @@ def build_base_models(profile: "Profile | str", *, data_dir: Path, checkpoints: 
         futures, by_model = {}, {}
         for preset, llm, expected in todo:  # dependencies first (_base_models_to_build)
             after = [by_model[d] for d in base.dependencies(preset, llm) if d in by_model]
-            f = _submit_after(pool, after, _build_one, preset, llm, expected, data_dir, checkpoints, profile_name,
+            f = submit_after(pool, after, _build_one, preset, llm, expected, data_dir, checkpoints, profile_name,
                               print)
             futures[expected.resolve()] = by_model[preset, llm] = f
             f.add_done_callback(functools.partial(done, f"{preset}-{llm}"))
@@ -157,7 +146,6 @@ def _base_models_to_build(profile: Profile, checkpoints: str) -> list[tuple[str,
     """(preset, llm, the path its notebooks read) for each base model the profile builds."""
     if not profile.base_models:
         return []
-    base = _require("qformer_peft.models.base")
     # where the notebooks read each model: the profile's models and its larger ones (scaling_models)
     read = [Path(m.format(checkpoints=checkpoints))
             for m in [*profile.models.values(), *(m for ms in profile.scaling_models.values() for m in ms)]]
@@ -177,7 +165,7 @@ def _source_failed(reason: str) -> RuntimeError:
     return RuntimeError(f"not built: it starts from a base model whose build failed ({reason})")
 
 
-def _submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str], *args: Any) -> "Future[str]":
+def submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str], *args: Any) -> "Future[str]":
     """pool.submit(fn, *args) once every future in `after` has succeeded (at once when there are none). The
     future returned is running only from then on (Builds.cores counts running builds), and fails without
     running fn when one of `after` fails."""
@@ -203,8 +191,6 @@ def _submit_after(pool: Any, after: "list[Future[str]]", fn: Callable[..., str],
 def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoints: str, profile_name: str,
                log: Callable[[str], None]) -> str:
     """One base model (in this process or a pool's); the line that says where it is and how long it took."""
-    from .models import base
-
     start = time.time()
     path = base.ensure_base(preset, llm, base.DEFAULT_SEED, data_dir, checkpoints, log=log)
     if Path(path).resolve() != expected.resolve():
@@ -239,8 +225,6 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
         start = time.time()
         try:
             failures += fn()
-        except NotBuilt as err:
-            log(f"[study] {name}: not built yet ({err})")
         except Exception as err:  # noqa: BLE001 - one stage failing must not hide the others' results
             failures += 1
             log(f"[study] {name}: FAILED: {type(err).__name__}: {err}")
@@ -253,15 +237,12 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
             log(f"[study] data: real benchmarks in {data_dir}" + (f"; missing: {', '.join(missing)}" if missing else ""))
             return 0
         fresh = not (data_dir / ".complete").exists()
-        if fresh:
-            _require("qformer_peft.data.synthetic")
         ensure_data(data_dir, prof.data_size, prof.data_seed)
         log(f"[study] data: synthetic '{prof.data_size}' benchmarks {'written to' if fresh else 'present in'} {data_dir}")
         return 0
 
     def grid_stage(builds: Builds | None = None) -> int:
         start = time.time()
-        _require("qformer_peft.engine")
         result = run_grid(cells, out_dir=layout.notebooks_out, jobs=jobs, builds=builds, log=log)
         timings["grid"] = round(time.time() - start, 1)
         log(f"[study] grid: {result.count('done')} executed, {result.count('skipped')} already finished, "
@@ -304,7 +285,7 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
                                                             "full_grid": full_grid, "jobs": jobs,
                                                             "stages_s": timings, "total_s": total,
                                                             "grid_alongside_base_models": overlap,
-                                                            "failures": failures, "finished": runs._now()})
+                                                            "failures": failures, "finished": runs.now()})
     if (layout.reports / "claims.json").is_file():  # the README's results block is generated from this file
         from .report import results_markdown
 

@@ -1,4 +1,4 @@
-"""The paper's instruction templates (PROTOCOL §3), option lettering, targets, cleaning and left truncation.
+"""The paper's instruction templates (docs/protocol.md §3), option lettering, targets, cleaning and left truncation.
 
 The exact strings follow the paper's public code (its dataset classes), which produced the published numbers:
   ScienceQA  Context: {<hint> <lecture>} Question: {<question>} Options: {<options>} Answer:

@@ -1,4 +1,4 @@
-"""The training loop of PROTOCOL §4, AdaLoRA's budget updates (§6), and what a resumable epoch needs.
+"""The training loop of docs/protocol.md §4, AdaLoRA's budget updates (docs/protocol.md §6), and what a resumable epoch needs.
 
 AdamW (0.9, 0.999) with weight decay on tensors of >= 2 dims; the learning rate decays linearly to 0
 over max_epochs, stepped once per epoch without warm-up ('linear'), or warms up and follows a cosine
@@ -83,9 +83,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
     """AdamW (0.9, 0.999) over param_groups' groups: torch's fused kernel where it has one (CPU and CUDA
-    tensors), one kernel a step instead of ~10 small ops a tensor. Measured on mini's stage 3 (one CPU thread,
-    batch 16): the optimizer step 9.2 -> 2.5 ms (T5, 0.77M trainable in 147 tensors), 6.3 -> 1.8 ms (LLaMA);
-    the same update up to rounding (tested against the for-loop implementation)."""
+    tensors), one kernel a step instead of ~10 small ops a tensor (docs/performance.md); the same update up to
+    rounding (tested against the for-loop implementation)."""
     params = [p for g in groups for p in g["params"]]
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused or None)
@@ -215,7 +214,7 @@ def adalora_tuner(model):
     return None
 
 
-# Q-Former module path inside a layer -> (sublayer, branch, module) of the rank table (PROTOCOL §1)
+# Q-Former module path inside a layer -> (sublayer, branch, module) of the rank table (docs/protocol.md §1)
 QF_MODULES: dict[str, tuple[str, str | None, str]] = {
     "attention.attention.query": ("self_attn", None, "query"),
     "attention.attention.key": ("self_attn", None, "key"),

@@ -162,11 +162,20 @@ def parquet_image_ref(file: Path, row: int) -> str:
     return f"{file}::{row}"
 
 
+def read_parquet(path: Path, columns: list[str] | None = None):
+    """pandas.read_parquet with a clear error when no parquet engine is installed."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except ImportError as err:
+        raise DataError(Problem(str(path), None, f"cannot read parquet: {err}",
+                                "pip install pyarrow (or use the repository layout with problems.json)")) from err
+
+
 @functools.lru_cache(maxsize=1)
 def _parquet_images(file: str) -> list:
     # One file's image column; kept while consecutive reads hit the same split file.
-    from .scienceqa import read_parquet  # the one place that knows how to read parquet
-
     return list(read_parquet(Path(file), columns=["image"])["image"])
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .records import Collector, DataError, Loaded, Problem, Record, check_choices, check_split, \
-    listed_problems, parquet_image_ref
+from .records import Collector, Loaded, Record, check_choices, check_split, \
+    listed_problems, parquet_image_ref, read_parquet
 
 SUBJECT_CODES = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 PARQUET_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
@@ -67,17 +67,6 @@ def _parquet_files(root: Path, split: str) -> list[Path]:
         if found:
             break
     return found
-
-
-def read_parquet(path: Path, columns: list[str] | None = None):
-    """pandas.read_parquet with a clear error when no parquet engine is installed."""
-    import pandas as pd
-
-    try:
-        return pd.read_parquet(path, columns=columns)
-    except ImportError as err:
-        raise DataError(Problem(str(path), None, f"cannot read parquet: {err}",
-                                "pip install pyarrow (or use the repository layout with problems.json)")) from err
 
 
 def load(root: str | Path, split: str, *, skip_bad: bool = False, img_only: bool = True) -> Loaded:

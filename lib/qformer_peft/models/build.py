@@ -24,7 +24,7 @@ from .sources import (LLM_TOKENIZER_FILES, PAPER_CHECKPOINT_LAYOUT, QFORMER_TOKE
 from .tokenizers import IMAGE_TOKEN, split_words, word_tokenizer
 
 QUERY_TOKEN_STD = 0.02  # BLIP-2 draws the query tokens from N(0, 0.02); transformers starts them at 0
-# The words of the paper's templates (PROTOCOL §3), letters and digits: the vocabulary of the default
+# The words of the paper's templates (docs/protocol.md §3), letters and digits: the vocabulary of the default
 # tokenizers of the tiny/mini presets when the caller brings none (tests; real runs pass their own).
 DEFAULT_TEXT = (
     "Context: {} Question: {} Options: {} Answer: Short answer: A short image description: <Image> "

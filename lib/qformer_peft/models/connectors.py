@@ -1,11 +1,11 @@
-"""Connectors: what joins the frozen vision encoder to the LLM (issue 7). Same ViT, same LLM; swap the bridge.
+"""Connectors: what joins the frozen vision encoder to the LLM. Same ViT, same LLM; swap the bridge.
 
   qformer     InstructBLIP's Q-Former (the model's own `qformer`, `query_tokens`, `language_projection`), with
               a configurable query budget; 'pretrained' keeps the base model's weights, 'scratch' re-draws them.
-  pool        DeCo (seeds/003): patch grid (CLS dropped) -> AdaptiveAvgPool2d to k x k -> 2-layer MLP with GELU
+  pool        DeCo (arXiv 2405.20985): patch grid (CLS dropped) -> AdaptiveAvgPool2d to k x k -> 2-layer MLP with GELU
               to the LLM width. k*k tokens; token compression without semantic abstraction.
   projector   LLaVA: a linear layer or a 2-layer GELU MLP on ALL patch tokens: no compression, the upper bound.
-  bottleneck  Bottleneck Adapter (seeds/002) / LaVIN: the [CLS] token after every k-th ViT layer -> a linear,
+  bottleneck  Bottleneck Adapter (arXiv 2407.17813) / LaVIN: the [CLS] token after every k-th ViT layer -> a linear,
               group-wise, dense-to-sparse projection (dense down-projection, block-diagonal up-projection with
               2 groups, no non-linearity) into the LLM width, plus adapters INSIDE the LLM: before every
               self-attention and every FFN, x + up(down(x)) with down to 8 dims, up grouped (2 groups), no

@@ -8,7 +8,7 @@ or what another connector feeds the LLM, models/connectors.py):
   LLaMA:          <image>xQ <s> prompt target </s>  labels -100 everywhere except target </s>
 The Q image placeholders are where transformers 5 scatters the projected query outputs.
 Prompts are cut from the LEFT to `max_prompt_tokens` (special tokens included) for both tokenizers,
-in training and evaluation alike (PROTOCOL §3). Padding is on the RIGHT: for LLaMA that keeps the
+in training and evaluation alike (docs/protocol.md §3). Padding is on the RIGHT: for LLaMA that keeps the
 position ids of every real token equal to the unpadded ones (transformers numbers positions 0..L-1
 regardless of the mask), so a padded batch gives each sample the loss it has alone; padded label
 positions are -100. Without targets (generation) LLaMA batches are padded on the LEFT instead, so
@@ -35,7 +35,7 @@ def unwrap(model) -> InstructBlipForConditionalGeneration:
 
 def _entry(model):
     # Through peft's tuner (LoraModel / AdaLoraModel) rather than PeftModel.forward: AdaLoraModel.forward
-    # adds the orthogonality penalty to the loss, which PeftModel.forward would skip (PROTOCOL §6).
+    # adds the orthogonality penalty to the loss, which PeftModel.forward would skip (docs/protocol.md §6).
     # An AdaLoRA adapter loaded for inference has no trainable adapter, hence no penalty to add:
     # its tuner's forward would fail looking for one, so go straight to the adapted model.
     if not isinstance(model, PeftModel):
@@ -46,14 +46,15 @@ def _entry(model):
     return tuner
 
 
-# Token ids per tokenizer and text: every epoch, every rank and seed of a notebook, and every evaluation
-# re-tokenized the same prompts (0.8 s of the 1.05 s a 14-s mini ScienceQA run spent building batches); the
-# lists are never mutated (callers slice or concatenate), so the cache hands out the same objects.
+# Token ids per tokenizer and text: every epoch, every rank and seed of a notebook, and every evaluation would
+# re-tokenize the same prompts; the lists are never mutated (callers slice or concatenate), so the cache hands
+# out the same objects.
 _TOKEN_CACHE: "weakref.WeakKeyDictionary[object, dict[str, list[int]]]" = weakref.WeakKeyDictionary()
 _TOKEN_CACHE_MAX = 200_000  # texts per tokenizer; past it the cache is cleared (a mini study stays far below)
 
 
-def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids without special tokens, cached per tokenizer (prompts repeat across epochs)."""
     cache = _TOKEN_CACHE.setdefault(tokenizer, {})
     missing = list(dict.fromkeys(t for t in texts if t not in cache))
     if missing:
@@ -67,14 +68,15 @@ def _left_cut(ids: list[int], keep: int) -> list[int]:
     return ids[-keep:] if keep > 0 else []
 
 
-def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """Token rows padded with `value` to the longest, on the right (or the left), as one tensor."""
     width = max(len(r) for r in rows)
     return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows],
                         dtype=torch.long)
 
 
 def _mask(rows: list[list[int]], left: bool = False) -> torch.Tensor:
-    return _pad([[1] * len(r) for r in rows], 0, left)
+    return pad_rows([[1] * len(r) for r in rows], 0, left)
 
 
 def make_batch(
@@ -103,26 +105,26 @@ def make_batch(
     q_head = [qtok.cls_token_id] if qtok.cls_token_id is not None else []
     q_tail = [qtok.sep_token_id] if qtok.sep_token_id is not None else []
     keep = max_prompt_tokens - len(q_head) - len(q_tail)
-    q_rows = [q_head + _left_cut(ids, keep) + q_tail for ids in _ids(qtok, prompts)]
-    batch = {"qformer_input_ids": _pad(q_rows, qtok.pad_token_id), "qformer_attention_mask": _mask(q_rows)}
+    q_rows = [q_head + _left_cut(ids, keep) + q_tail for ids in token_ids(qtok, prompts)]
+    batch = {"qformer_input_ids": pad_rows(q_rows, qtok.pad_token_id), "qformer_attention_mask": _mask(q_rows)}
 
-    prompt_ids = [_left_cut(ids, max_prompt_tokens - 1) for ids in _ids(ltok, prompts)]  # room for <s> or </s>
-    target_ids = None if targets is None else [ids + [ltok.eos_token_id] for ids in _ids(ltok, targets)]
+    prompt_ids = [_left_cut(ids, max_prompt_tokens - 1) for ids in token_ids(ltok, prompts)]  # room for <s> or </s>
+    target_ids = None if targets is None else [ids + [ltok.eos_token_id] for ids in token_ids(ltok, targets)]
     if bundle.llm_kind == "t5":
         rows = [image + ids + [ltok.eos_token_id] for ids in prompt_ids]
-        batch.update(input_ids=_pad(rows, ltok.pad_token_id), attention_mask=_mask(rows))
+        batch.update(input_ids=pad_rows(rows, ltok.pad_token_id), attention_mask=_mask(rows))
         if target_ids is not None:
-            batch.update(labels=_pad(target_ids, IGNORE), decoder_attention_mask=_mask(target_ids))
+            batch.update(labels=pad_rows(target_ids, IGNORE), decoder_attention_mask=_mask(target_ids))
     elif bundle.llm_kind == "llama":
         bos = [ltok.bos_token_id]
         if target_ids is None:  # generation: left padding so every prompt ends at the last position
             rows = [image + bos + ids for ids in prompt_ids]
-            batch.update(input_ids=_pad(rows, ltok.pad_token_id, left=True), attention_mask=_mask(rows, left=True))
+            batch.update(input_ids=pad_rows(rows, ltok.pad_token_id, left=True), attention_mask=_mask(rows, left=True))
         else:
             rows = [image + bos + p + t for p, t in zip(prompt_ids, target_ids)]
             labels = [[IGNORE] * (len(image) + 1 + len(p)) + t for p, t in zip(prompt_ids, target_ids)]
-            batch.update(input_ids=_pad(rows, ltok.pad_token_id), attention_mask=_mask(rows),
-                         labels=_pad(labels, IGNORE))
+            batch.update(input_ids=pad_rows(rows, ltok.pad_token_id), attention_mask=_mask(rows),
+                         labels=pad_rows(labels, IGNORE))
     else:
         raise ValueError(f"make_batch: unknown llm_kind {bundle.llm_kind!r} (expected 't5' or 'llama')")
     if pixel_values is not None:

@@ -16,7 +16,7 @@ transformers'; the renaming below follows transformers' convert_instructblip_ori
 LoRA factors are read too: the paper's Q-Former LoRA (loralib-style `...query.lora_A`) and peft's LLM
 LoRA (`...q.lora_A.default.weight`) both land on the peft adapter of a model prepared with
 `peft_setup.apply_peft` (their scaling is that of our LoraConfig, alpha 8). A checkpoint written after
-`.eval()` by the paper's Q-Former LoRA has the update merged into the base weights (PROTOCOL §5):
+`.eval()` by the paper's Q-Former LoRA has the update merged into the base weights (docs/protocol.md §5):
 that cannot be detected from the file.
 """
 from __future__ import annotations

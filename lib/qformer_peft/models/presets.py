@@ -58,12 +58,10 @@ PRESETS: dict[str, Preset] = {
         qformer_hidden=64, qformer_layers=2, qformer_heads=4, qformer_intermediate=128, num_query_tokens=8,
         llm_hidden=64, llm_layers=2, llm_heads=4, llm_intermediate=128, qformer_dropout=0.0, llm_dropout=0.0,
     ),
-    # The embedded default, sized by measurement on a 2-core CPU (batch 16, cached ViT features, full
-    # Q-Former fine-tuning, forward + backward + AdamW): about 42 ms (T5) / 50 ms (LLaMA) a step with
-    # 32-token prompts, 55 / 67 ms with 64-token prompts, 83 / 96 ms at the 128-token cap; running the ViT
-    # instead of a feature cache adds ~12 ms. 64 px images in 8 px patches (64 patches + CLS);
-    # a 4-layer Q-Former keeps the paper's structure (cross-attention on layers 0 and 2, both FFN branches)
-    # with 16 queries (32 cost ~18% more); dropout off (it cost +50% per step); a 2-layer LLM.
+    # The embedded default, sized for a CPU study (step times: docs/performance.md): 64 px images in 8 px patches
+    # (64 patches + CLS); a 4-layer Q-Former keeps the paper's structure (cross-attention on layers 0 and 2, both
+    # FFN branches) with 16 queries; dropout off (its random masks are a large share of a small model's step);
+    # a 2-layer LLM.
     "mini": Preset(
         image_size=64, patch_size=8, vision_hidden=128, vision_layers=4, vision_heads=4, vision_intermediate=512,
         qformer_hidden=64, qformer_layers=4, qformer_heads=4, qformer_intermediate=256, num_query_tokens=16,
@@ -85,11 +83,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-# --- model-size axis (issue 7, "Scaling: embedded model width and depth") -------------------------------
+# --- model-size axis (the scaling open question: embedded model width and depth) -------------------------------
 # The embedded presets scaled up in width or in depth, for the open question "does the gap between Q-Former
 # LoRA and full fine-tuning change with model size?" at the embedded scale (the mini profile's opt-in
 # --model-scaling). Only the Q-Former and the LLM change: the vision tower stays exactly the base preset's,
-# so that every size is built on the same frozen stage-1 encoder (models/base.py shares it between presets
+# so that every size is built on the same frozen stage-1 encoder (pretrain/base.py shares it between presets
 # whose vision tower and stage-1 recipe agree) and the comparison varies the adapted parts alone.
 #   width: hidden and intermediate sizes doubled, heads doubled so the head size stays the base's (16)
 #   depth: Q-Former and LLM layers doubled (cross-attention frequency unchanged, so the deeper Q-Former keeps
@@ -186,7 +184,7 @@ def build_config(
     vision = InstructBlipVisionConfig(
         hidden_size=p.vision_hidden, intermediate_size=p.vision_intermediate, num_hidden_layers=p.vision_layers,
         num_attention_heads=p.vision_heads, image_size=p.image_size, patch_size=p.patch_size,
-        # transformers' default 1e-10 makes a vision tower built from scratch output ~0 (PROTOCOL §1)
+        # transformers' default 1e-10 makes a vision tower built from scratch output ~0 (docs/protocol.md §1)
         initializer_range=0.02,
     )
     qformer = InstructBlipQFormerConfig(

@@ -57,7 +57,7 @@ def word_tokenizer(words: Iterable[str], *, role: str) -> PreTrainedTokenizerFas
         **specials,
         additional_special_tokens=extra,
         padding_side="right",
-        truncation_side="left",  # PROTOCOL §3: long prompts lose their start
+        truncation_side="left",  # docs/protocol.md §3: long prompts lose their start
         model_max_length=4096,
         clean_up_tokenization_spaces=False,
     )

@@ -1,17 +1,17 @@
-"""The embedded base models: small InstructBLIPs built in stages the way the real one was (issue 5), cached.
+"""The embedded base models: small InstructBLIPs built in stages the way the real one was, cached (docs/embedded-models.md).
 
     qformer-peft base build --preset mini --llm t5|llama|both [--seed N] [--data DIR] [--cache DIR]
     qformer-peft base list [--cache DIR]        qformer-peft base path --preset mini --llm t5 [--seed N]
 
-    from qformer_peft.models.base import ensure_base
+    from qformer_peft.pretrain.base import ensure_base
     path = ensure_base("mini", "t5", 0, "data/mini", "cache/base")   # builds what is missing; load_bundle(path)
 
-A build runs models/base_stages.py (1: vision encoder on dense labels, then frozen; 2: language model on the
-world's text, optional and off by default (measured not to pay, see base_stages); 3: Q-Former + queries +
+A build runs pretrain/stages.py (1: vision encoder on dense labels, then frozen; 2: language model on the
+world's text, optional and off by default; 3: Q-Former + queries +
 projection, with the LLM, on the held-in tasks from cached encoder features; LLaMA's stage 3 starts from the
 T5 build's Q-Former, which is built first when missing: see LLM_RECIPES), saves the result with its
 tokenizers as an ordinary checkpoint directory (Bundle.save, read by load_bundle), and measures it
-(models/base_quality.py): build_report.json and build_report.md lie beside the weights.
+(pretrain/quality.py, pretrain/adaptability.py): build_report.json and build_report.md lie beside the weights.
 
 Cache layout (default $QFP_CACHE/base, else ~/.cache/qformer-peft/base; outside git):
     <preset>-<llm>[-s<seed>]/     the checkpoint + build_key.json + build_report.{json,md}
@@ -26,124 +26,25 @@ The `tiny` preset on the `smoke` (or `tiny`) synthetic data is the smoke variant
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .. import runs
-from .presets import SCALED_FROM, root_preset, vision_signature
+from ..models.presets import root_preset, vision_signature
+from .build_report import report_markdown
+from .recipe import LLMS, Recipe, recipe_for
 
-BUILD_VERSION = "5"  # bump when a change here or in base_stages changes the weights a recipe builds
+BUILD_VERSION = "5"  # bump when a change here or in stages changes the weights a recipe builds
 DEFAULT_SEED = 0
-LLMS = ("t5", "llama")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How long each stage trains and what the report measures. Part of the cache key."""
-
-    # stage 1: vision encoder on dense labels
-    vision_epochs: int
-    vision_batch: int = 16
-    vision_lr: float = 1e-3
-    vision_flip: bool = True
-    vision_threads: int | None = 1        # torch threads for stage 1 (see threads)
-    # stage 2: language model on text (0 epochs: no text stage; measured on mini, it did not pay: see
-    # base_stages' docstring), T5 prefix LM / LLaMA causal LM
-    text_epochs: int = 0
-    text_batch: int = 32
-    text_lr: float = 1e-3
-    # stage 3: Q-Former between them; stage3_llm 'trained' alongside (the default) or 'frozen' (BLIP-2's
-    # recipe, needs a text stage first)
-    qformer_epochs: int = 1
-    qformer_batch: int = 16
-    qformer_lr: float = 1e-3
-    qformer_warmup: int = 100
-    stage3_llm: str = "trained"
-    qformer_from: str | None = None       # stage 3 starts from this LLM's build's Q-Former + query tokens (same
-                                          # preset, seed, data; built first if missing: qformer_source); None:
-                                          # from scratch
-    mc_fraction: float = 0.25             # share of the questions also asked with lettered options
-    extra_per_picture: int = 1            # base_stages.EXTRA_QUESTIONS asked per held-in picture
-    context_per_picture: int = 0          # base_stages.CONTEXT_QUESTIONS (read a context against the picture)
-    # report
-    eval_limit: int | None = 300          # held-in val task lines scored (3 per picture)
-    zero_shot_limit: int | None = 300     # synthetic IconQA / ScienceQA val items ranked
-    adapt_train: int = 0                  # qf-lora adaptability check on IconQA: training items (0: skip)
-    adapt_epochs: int = 2
-    adapt_lr: float | None = None         # None: the grid's PEFT rate (config.LR_PEFT)
-    adapt_val: int = 200
-    # torch intra-op threads during the build (None: torch's default). Fixed per recipe so that a build does
-    # the same arithmetic on any machine. 1: on this 2-core CPU shared with other work, two threads were
-    # measured 6x (mini ViT step) to 15x (tiny build) slower than one; the models are too small to split.
-    # Stage 1 is the exception on mini (vision_threads 2): it runs alone (other builds wait for its lock), and
-    # on the idle 2-core machine a mini ViT step took 62 ms with two threads against 104 ms with one.
-    threads: int | None = 1
-
-    def __post_init__(self) -> None:
-        if self.stage3_llm not in ("frozen", "trained"):
-            raise ValueError(f"stage3_llm={self.stage3_llm!r}: use 'frozen' or 'trained'")
-        if self.vision_epochs < 1 or self.qformer_epochs < 1 or self.text_epochs < 0:
-            raise ValueError("vision_epochs and qformer_epochs must be >= 1, text_epochs >= 0")
-        if self.qformer_from is not None and self.qformer_from not in LLMS:
-            raise ValueError(f"qformer_from={self.qformer_from!r}: use one of {LLMS} or None")
-        if self.stage3_llm == "frozen" and self.text_epochs == 0:
-            raise ValueError("stage3_llm='frozen' needs a text stage (text_epochs >= 1): a random LLM cannot "
-                             "stay frozen")
-
-    def replace(self, **changes: Any) -> "Recipe":
-        fields = {f.name: f.type for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
-        return dataclasses.replace(self, **changes)
-
-
-RECIPES: dict[str, Recipe] = {
-    # the smoke variant: every code path in seconds on a CPU (tests, CI); its numbers mean nothing
-    "tiny": Recipe(vision_epochs=1, vision_batch=16, qformer_epochs=1, qformer_batch=8, qformer_warmup=2,
-                   eval_limit=24, zero_shot_limit=8, adapt_train=16, adapt_epochs=1, adapt_val=8),
-    # the embedded default, sized by measurement (see the module docstring of base_stages and the report)
-    "mini": Recipe(vision_epochs=8, vision_batch=16, vision_lr=1e-3, vision_threads=2, qformer_epochs=3, qformer_batch=16,
-                   qformer_lr=1e-3, qformer_warmup=100, extra_per_picture=3, eval_limit=300, zero_shot_limit=400,
-                   adapt_train=3000, adapt_epochs=2, adapt_lr=2e-3, adapt_val=300),
-}
-# Per-LLM adjustments (looked up by the root preset, so mini-wide / mini-deep follow mini).
-# LLaMA's stage 3 starts from the T5 build's Q-Former and query tokens, as both of InstructBLIP's Q-Formers start
-# from the one BLIP-2 Q-Former: trained from scratch beside a LLaMA (build versions 1-5, 3 or 4 epochs, a deeper
-# LLaMA too), the Q-Former never learned to read the question: with its text input blanked the LLaMA base answered
-# as well as with it, it bound no colour to a shape (chance in 4-5-object pictures) and qf-lora could not move it
-# (IconQA +0.3 +- 2.4 in the check's 376 steps; -0.5 in 1,500 on version 4). Started from T5's, measured on the
-# ninth study's T5 build (same stage 1 and data), held-in VQA / zero-shot IconQA val / the check's held-out gain /
-# colour-of-a-shape and shape-of-a-colour binding in 4-5-object pictures (chance 32 / 33) / stage-3 time:
-#   from scratch, 3 epochs   50.0 / 43.5 / +0.3 +- 2.4  / 33 / 36 / 475 s
-#   from T5's, 1 epoch       66.5 / 43.3 / +15.7 +- 2.9 /         / 189 s
-#   from T5's, 2 epochs      76.5 / 53.3 / +15.0 +- 2.8 / 96 / 72 / 345 s
-#   (T5 itself, 3 epochs     81.5 / 53.5 / +11.7 +- 3.0 / 95 / 69 / 584 s)
-# Two epochs: the second buys T5's zero-shot level for 156 s, and the LLaMA build now waits for T5's (the study
-# runs T5's grid cells meanwhile, study.Builds). A T5 Q-Former trained 1 epoch instead of 3 was not enough to
-# start from (binding 30 / 44, zero-shot 46.0, +4.0; base_stages' docstring). tiny follows so that the smoke
-# study and the tests take the same path.
-LLM_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
-    ("tiny", "llama"): {"qformer_from": "t5"},
-    ("mini", "llama"): {"qformer_from": "t5", "qformer_epochs": 2},
-}
-# The scaled presets (presets.SCALED_FROM: mini-wide, mini-deep, tiny-wide, tiny-deep) are built with their base
-# preset's recipe, LLM adjustments included (recipe_for looks those up by the root preset): the model-size axis
-# varies the model, not how long or how fast it is trained. Same vision_* fields, so they share the base preset's
-# stage-1 encoder (_vision_dir).
-RECIPES.update({name: RECIPES[src] for name, (src, _) in SCALED_FROM.items() if src in RECIPES})
 
 
 # --- names, keys, paths ---------------------------------------------------------------------------
@@ -232,7 +133,8 @@ def _vision_key(key: dict[str, Any]) -> str:
                              "data": key["data_version"], "recipe": stage1, "build_version": key["build_version"]})
 
 
-def _vision_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
+def vision_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
+    """Where the stage-1 encoder of a build key lives, shared by every build with the same vision recipe."""
     return cache_dir / "vision" / f"{root_preset(key['preset'])}-s{key['seed']}-{_vision_key(key)}"
 
 
@@ -243,14 +145,6 @@ def is_current(path: str | Path, key: dict[str, Any]) -> bool:
         return (path / "model.safetensors").is_file() and runs.read_json(path / "build_key.json") == key
     except (OSError, ValueError):
         return False
-
-
-def recipe_for(preset: str, overrides: dict[str, Any] | None = None, *, llm: str | None = None) -> Recipe:
-    """The preset's recipe, with the LLM's own adjustments (LLM_RECIPES) and then `overrides`."""
-    if preset not in RECIPES:
-        raise ValueError(f"no base-model recipe for preset {preset!r}; embedded presets: {', '.join(RECIPES)}")
-    adjust = LLM_RECIPES.get((preset, llm), LLM_RECIPES.get((root_preset(preset), llm), {}))
-    return RECIPES[preset].replace(**adjust).replace(**(overrides or {}))
 
 
 # --- building ---------------------------------------------------------------------------------------
@@ -311,21 +205,21 @@ def train_base(preset: str, llm: str, seed: int, data_dir: str | Path, cache_dir
 
 
 def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Recipe, log):
-    from . import base_stages
+    from . import stages
     from ..features import FeatureCache, ImageEncoder
-    from .build import build_model, default_tokenizers
+    from ..models.build import build_model, default_tokenizers
 
     key = build_key(preset, llm, seed, data_dir, recipe)
     clock = _Clock()
     report: dict[str, Any] = {"stages": {}, "quality": {},
                               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                           "load_average_start": _loadavg()}}
-    heldin = base_stages.read_heldin(data_dir)
-    qformer_tokenizer, llm_tokenizer = default_tokenizers(_vocabulary(data_dir))
+    heldin = stages.read_heldin(data_dir)
+    qformer_tokenizer, llm_tokenizer = default_tokenizers(heldin_vocabulary(data_dir))
 
     # stage 1: shared by both LLMs (cached under vision/)
     with clock("stage1_vision"):
-        vision_state, report["stages"]["stage1_vision"] = _stage1(_vision_dir(cache_dir, key), preset, heldin,
+        vision_state, report["stages"]["stage1_vision"] = _stage1(vision_dir(cache_dir, key), preset, heldin,
                                                                   recipe, seed, log)
     bundle = build_model(preset, llm, qformer_tokenizer=qformer_tokenizer, llm_tokenizer=llm_tokenizer, seed=seed)
     bundle.model.vision_model.load_state_dict(vision_state)
@@ -335,7 +229,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
     # stage 2: the LLM alone on text
     if recipe.text_epochs:
         with clock("stage2_text"):
-            report["stages"]["stage2_text"] = base_stages.train_language(
+            report["stages"]["stage2_text"] = stages.train_language(
                 bundle.model.language_model, llm_tokenizer, llm, heldin, epochs=recipe.text_epochs,
                 batch_size=recipe.text_batch, lr=recipe.text_lr, seed=seed, mc_fraction=recipe.mc_fraction,
                 extra_per_picture=recipe.extra_per_picture, log=log)
@@ -357,7 +251,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
 
     # stage 3: Q-Former + queries + projection (+ LLM) on the held-in tasks
     with clock("stage3_qformer"):
-        report["stages"]["stage3_qformer"] = base_stages.train_qformer(
+        report["stages"]["stage3_qformer"] = stages.train_qformer(
             bundle, heldin, images, epochs=recipe.qformer_epochs, batch_size=recipe.qformer_batch,
             lr=recipe.qformer_lr, warmup_steps=recipe.qformer_warmup, train_llm=recipe.stage3_llm == "trained",
             mc_fraction=recipe.mc_fraction, extra_per_picture=recipe.extra_per_picture,
@@ -388,7 +282,7 @@ def load_qformer(model, checkpoint: Path) -> dict[str, Any]:
 def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
     from safetensors.torch import load_file, save
 
-    from . import base_stages
+    from . import stages
 
     weights, meta = vision_dir / "vision.safetensors", vision_dir / "stage1.json"
     with runs.file_lock(vision_dir):  # another build (other LLM, other size) may be training it
@@ -396,7 +290,7 @@ def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
             _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
             return load_file(weights), {**runs.read_json(meta), "reused": True}
         with _threads(recipe.vision_threads):
-            state, report = base_stages.train_vision(preset, heldin, epochs=recipe.vision_epochs,
+            state, report = stages.train_vision(preset, heldin, epochs=recipe.vision_epochs,
                                                      batch_size=recipe.vision_batch, lr=recipe.vision_lr,
                                                      flip=recipe.vision_flip, seed=seed, log=log)
             report["threads"] = torch.get_num_threads()
@@ -406,13 +300,13 @@ def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
 
 
 def _measure(bundle, checkpoint: Path, data_dir: Path, cache_dir: Path, images, recipe: Recipe, log) -> dict:
-    from . import base_quality
+    from . import adaptability, quality
 
     q: dict[str, Any] = {}
     limit = recipe.eval_limit
-    q["heldin"] = base_quality.heldin_score(bundle, data_dir, limit, images=images)
-    q["heldin_shuffled"] = base_quality.heldin_score(bundle, data_dir, limit, images=images, shuffle=True)
-    q["heldin_chance"] = base_quality.heldin_chance(data_dir, limit)
+    q["heldin"] = quality.heldin_score(bundle, data_dir, limit, images=images)
+    q["heldin_shuffled"] = quality.heldin_score(bundle, data_dir, limit, images=images, shuffle=True)
+    q["heldin_chance"] = quality.heldin_chance(data_dir, limit)
     three = ("heldin", "heldin_shuffled", "heldin_chance")
     _say(log, "[base] held-in VQA exact match {} (shuffled images {}, blind prior {}); caption CIDEr {} (shuffled {}, "
               "prior {})".format(*(q[k]["vqa_em"] for k in three), *(q[k]["caption_cider"] for k in three)))
@@ -420,7 +314,7 @@ def _measure(bundle, checkpoint: Path, data_dir: Path, cache_dir: Path, images, 
         if not (data_dir / bench).is_dir():
             q[f"zero_shot_{bench}"] = {"skipped": f"{data_dir / bench} absent"}
             continue
-        q[f"zero_shot_{bench}"] = base_quality.zero_shot(bundle, data_dir, bench, limit=recipe.zero_shot_limit,
+        q[f"zero_shot_{bench}"] = adaptability.zero_shot(bundle, data_dir, bench, limit=recipe.zero_shot_limit,
                                                          images=_cached(bundle, cache_dir))
         _say(log, f"[base] zero-shot {bench} val accuracy {q[f'zero_shot_{bench}']['accuracy']} "
                   f"(chance {q[f'zero_shot_{bench}']['chance']})")
@@ -428,7 +322,7 @@ def _measure(bundle, checkpoint: Path, data_dir: Path, cache_dir: Path, images, 
         work = cache_dir / f".adapt-{checkpoint.name}"
         shutil.rmtree(work, ignore_errors=True)
         try:
-            q["adaptability"] = base_quality.adaptability(
+            q["adaptability"] = adaptability.adaptability(
                 checkpoint, data_dir, work, cache_dir=cache_dir / "features", train_limit=recipe.adapt_train,
                 epochs=recipe.adapt_epochs, lr=recipe.adapt_lr, val_limit=recipe.adapt_val,
                 heldin_limit=recipe.eval_limit, log=log)
@@ -444,8 +338,8 @@ def _cached(bundle, cache_dir: Path):
                         cache=FeatureCache(bundle.model, bundle.image_processor, cache_dir / "features"))
 
 
-def _vocabulary(data_dir: Path) -> list[str]:
-    """The synthetic world's closed vocabulary, as engine.resolve_bundle reads it."""
+def heldin_vocabulary(data_dir: Path) -> list[str]:
+    """The synthetic world's closed vocabulary, as run_inputs.resolve_bundle reads it."""
     vocab = data_dir / "vocab.txt"
     if vocab.is_file():
         return [w for w in vocab.read_text(encoding="utf-8").splitlines() if w]
@@ -503,149 +397,3 @@ def _say(log, text: str) -> None:
         log(text)
 
 
-# --- the report ---------------------------------------------------------------------------------------
-
-def report_markdown(report: dict[str, Any]) -> str:
-    """build_report.md: the headline numbers of build_report.json."""
-    s, q = report["stages"], report.get("quality", {})
-    lines = [f"# Base model {report['name']}", "",
-             f"preset {report['key']['preset']}, LLM {report['key']['llm']}, seed {report['key']['seed']}, "
-             f"data version {report['key']['data_version']}, build version {report['key']['build_version']}", ""]
-    v = s["stage1_vision"]
-    lines += ["## Stage 1: vision encoder (dense labels, then frozen)" + (" - reused" if v.get("reused") else ""),
-              "held-out attribute accuracy (majority-class reference in brackets):", ""]
-    for k, val in v["quality"].items():
-        if k != "majority":
-            ref = v["quality"]["majority"].get(k)
-            lines.append(f"- {k}: {val}" + (f" ({ref})" if ref is not None else ""))
-    if "stage2_text" in s:
-        t = s["stage2_text"]
-        lines += ["", f"## Stage 2: language model ({t['objective']}, {t['steps']} steps)",
-                  f"held-out perplexity {t['quality']['perplexity_before']} -> {t['quality']['perplexity']}"]
-    else:
-        lines += ["", "## Stage 2: no text stage (the LLM trains alongside the Q-Former in stage 3)"]
-    t = s["stage3_qformer"]
-    start = f", starting from {s['qformer_source']['from']}'s Q-Former" if "qformer_source" in s else ""
-    lines += ["", f"## Stage 3: Q-Former on held-in tasks ({t['steps']} steps, LLM {t['llm']}{start})",
-              f"val loss by epoch: {[h['val_loss'] for h in t['history']]}"]
-    if q:
-        h, sh, ch = q["heldin"], q["heldin_shuffled"], q["heldin_chance"]
-        lines += ["", "## Quality", "", "| held-in (val) | model | shuffled images | blind prior |",
-                  "|---|---|---|---|",
-                  f"| VQA exact match | {h['vqa_em']} | {sh['vqa_em']} | {ch['vqa_em']} |",
-                  f"| caption CIDEr | {h['caption_cider']} | {sh['caption_cider']} | {ch['caption_cider']} |",
-                  f"| caption BLEU-4 | {h['caption_bleu4']} | {sh['caption_bleu4']} | {ch['caption_bleu4']} |", "",
-                  "VQA exact match by question type: " + ", ".join(f"{k} {v}" for k, v in h["vqa_by_type"].items()), ""]
-        for bench in ("iconqa", "scienceqa"):
-            z = q.get(f"zero_shot_{bench}", {})
-            lines.append(f"- zero-shot {bench} val: " + (f"{z['accuracy']} (chance {z['chance']}, n {z['n']})"
-                                                          if "accuracy" in z else z.get("skipped", "not measured")))
-        a = q.get("adaptability")
-        if a:
-            c = a["heldin_vqa_em"]
-            held_out = (f"; held-out test {a['test_before']} -> {a['test_after']} ({a['test_gain']:+} ± "
-                        f"{a['test_gain_se']} paired SE, n {a['test_n']})" if "test_gain" in a else "")
-            rate = f" at lr {a['lr']:g}" if "lr" in a else ""
-            lines += [f"- adaptability ({a['setup']}, {a['steps']} steps{rate} on {a['train_items']} IconQA items): val "
-                      f"{a['val_before']} -> {a['val_after']} (val picks the epoch; chance {a['chance']}){held_out}",
-                      f"- what adapting costs on held-in VQA: base {c['base']}, adapted {c['adapted']}, adapter "
-                      f"switched off {c.get('adapter_off')}"]
-    lines += ["", "## Time (wall s; CPU s in brackets)", ""]
-    lines += [f"- {k}: {v} ({report['cpu_s'].get(k)})" for k, v in report["time_s"].items()]
-    lines += [f"- load average at start / end: {report['machine']['load_average_start']} / "
-              f"{report['machine'].get('load_average_end')} on {report['machine']['cpus']} CPUs", ""]
-    return "\n".join(lines)
-
-
-# --- command line -------------------------------------------------------------------------------------
-
-def list_bases(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every finished build in the cache: name, path, key and headline numbers."""
-    cache_dir = Path(cache_dir or default_cache_dir())
-    out = []
-    for path in sorted(cache_dir.glob("*/build_key.json")):
-        report_path = path.parent / "build_report.json"
-        report = runs.read_json(report_path) if report_path.is_file() else {}
-        q = report.get("quality", {})
-        out.append({"name": path.parent.name, "path": str(path.parent), "key": runs.read_json(path),
-                    "heldin_vqa_em": q.get("heldin", {}).get("vqa_em"),
-                    "build_s": round(sum(report.get("time_s", {}).values()), 1) if report else None})
-    return out
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("base", help="build the embedded base models", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="base_command", required=True)
-    build = sub.add_parser("build", help="build (or reuse) a base model: stages 1-3 and the build report")
-    build.add_argument("--preset", default="mini", choices=sorted(RECIPES))
-    build.add_argument("--llm", default="both", choices=(*LLMS, "both"))
-    build.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    build.add_argument("--data", type=Path, default=None,
-                       help="synthetic world (default: data/<size> here; written first if absent)")
-    build.add_argument("--cache", type=Path, default=None, help=f"cache folder (default: {default_cache_dir()})")
-    build.add_argument("--force", action="store_true", help="rebuild even if a current build exists")
-    build.add_argument("--no-quality", action="store_true", help="skip the measurements (not for real builds)")
-    build.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="override a recipe field (a JSON value or a bare word), e.g. --set stage3_llm=trained")
-    build.set_defaults(func=_cli_build)
-    listing = sub.add_parser("list", help="list the finished builds in the cache")
-    listing.add_argument("--cache", type=Path, default=None)
-    listing.set_defaults(func=_cli_list)
-    path = sub.add_parser("path", help="print where a base model lives (exit 1 if it is not built)")
-    path.add_argument("--preset", default="mini", choices=sorted(RECIPES))
-    path.add_argument("--llm", required=True, choices=LLMS)
-    path.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    path.add_argument("--cache", type=Path, default=None)
-    path.set_defaults(func=_cli_path)
-
-
-DATA_SIZE = {"tiny": "smoke", "mini": "mini"}  # the synthetic world each preset is built on by default
-DATA_SIZE.update({name: DATA_SIZE[src] for name, (src, _) in SCALED_FROM.items() if src in DATA_SIZE})
-
-
-def _cli_build(args: argparse.Namespace) -> int:
-    overrides = {}
-    for item in args.set:
-        field, sep, raw = item.partition("=")
-        if not sep:
-            print(f"qformer-peft base build: --set {item!r}: expected FIELD=VALUE", file=sys.stderr)
-            return 2
-        try:
-            overrides[field] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[field] = raw
-    llms = LLMS if args.llm == "both" else (args.llm,)
-    try:
-        recipes = {llm: recipe_for(args.preset, overrides, llm=llm) for llm in llms}
-    except (ValueError, TypeError) as err:
-        print(f"qformer-peft base build: {err}", file=sys.stderr)
-        return 2
-    data_dir = args.data or Path("data") / DATA_SIZE[args.preset]
-    if not data_dir.exists():
-        from ..data.synthetic import synthesize
-
-        print(f"[base] {data_dir} does not exist: writing the {DATA_SIZE[args.preset]} synthetic world there")
-        synthesize(data_dir, DATA_SIZE[args.preset], 0)
-    for llm in llms:
-        build = build_base if args.force else ensure_base
-        path = build(args.preset, llm, args.seed, data_dir, args.cache, recipe=recipes[llm],
-                     quality=not args.no_quality)
-        report = path / "build_report.md"
-        print(report.read_text() if report.is_file() else path)
-    return 0
-
-
-def _cli_list(args: argparse.Namespace) -> int:
-    rows = list_bases(args.cache)
-    if not rows:
-        print(f"no base models in {args.cache or default_cache_dir()}")
-    for r in rows:
-        print(f"{r['name']:16s} data {r['key']['data_version']}  held-in VQA {r['heldin_vqa_em']}  "
-              f"built in {r['build_s']} s  {r['path']}")
-    return 0
-
-
-def _cli_path(args: argparse.Namespace) -> int:
-    path = base_path(args.preset, args.llm, args.seed, args.cache)
-    print(path)
-    return 0 if (path / "build_key.json").is_file() else 1

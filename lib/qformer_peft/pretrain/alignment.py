@@ -1,6 +1,6 @@
 """The alignment stage of the connector study: every connector learns to feed the frozen LLM on the held-in
 tasks (captioning, open VQA; DATA/heldin from `data synth`) for the same number of steps, from the same frozen
-ViT and LLM, before the benchmark comparison (issue 7: the embedded base models were pretrained with a
+ViT and LLM, before the benchmark comparison (the embedded base models were pretrained with a
 Q-Former, so the other connectors would otherwise start untrained).
 
     report = align_connector(bundle, "data/mini", steps=300, seed=42, cache_dir="cache/features/connectors")
@@ -9,7 +9,7 @@ What trains is what `peft_setup.apply_peft(model, "baseline")` makes trainable: 
 projection (connector 'qformer'), or the connector (+ the bottleneck's LLM adapters), and the post-ViT
 LayerNorm in every case; the ViT and the LLM stay frozen. The recipe (ALIGN) is base stage 3's: AdamW, lr 5e-4,
 weight decay 0.05 on matrices, batch 16, linear warm-up then cosine. The base model's stage-3 trainer
-(base_stages.train_qformer) counts epochs and keeps the best epoch's weights; a step budget needs one pass
+(stages.train_qformer) counts epochs and keeps the best epoch's weights; a step budget needs one pass
 over fresh examples with checkpoints along the way, so the loop here is its own, built from train.backward_step.
 
 The result is cached like the base models: CACHE/<label>-s<seed>-<key>/aligned.safetensors (the tensors
@@ -102,8 +102,8 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
     """
     from ..features import FeatureCache, ImageEncoder
     from ..peft_setup import apply_peft, trainable_parameters
-    from . import base_stages
-    from .inputs import unwrap
+    from . import stages
+    from ..models.inputs import unwrap
 
     if steps < 1:
         raise ValueError(f"align_connector: steps must be >= 1, got {steps}")
@@ -114,7 +114,7 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
     apply_peft(model, "baseline")  # the connector's (or Q-Former's) parts + post-ViT LayerNorm; nothing else
     trainable = {g: n for g, n in trainable_parameters(model).items() if n}
     # Two notebooks aligning the same connector at once (the mini grid runs the connector claims of both
-    # benchmarks side by side) would both train it: measured 280 s of duplicated work. The second waits here
+    # benchmarks side by side) would both train it. The second waits here
     # for the first's result and reads it.
     with runs.file_lock(folder) if folder is not None else contextlib.nullcontext():
         if folder is not None and (folder / ALIGNED_FILE).is_file() and (folder / REPORT_FILE).is_file():
@@ -124,12 +124,12 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
             return {**runs.read_json(folder / REPORT_FILE), "cached": True}
 
         start = time.perf_counter()
-        heldin = base_stages.read_heldin(root)
+        heldin = stages.read_heldin(root)
         if images is None:
             images = ImageEncoder(model, bundle.image_processor, device=device,
                                   cache=FeatureCache(model, bundle.image_processor, None, device=device))
         train = _schedule(heldin, steps, seed)
-        val = base_stages.heldin_examples(heldin.tasks["val"][:ALIGN["val_limit"]])
+        val = stages.heldin_examples(heldin.tasks["val"][:ALIGN["val_limit"]])
         report = _train(model, bundle, train, val, images=images, steps=steps, seed=seed,
                         device=torch.device(device), log=log, label=label)
         model.requires_grad_(False)
@@ -149,9 +149,9 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
 
 def _schedule(heldin, steps: int, seed: int) -> list:
     """steps x batch held-in training examples: passes over the tasks, each in a fresh seeded order."""
-    from . import base_stages
+    from . import stages
 
-    tasks = base_stages.heldin_examples(heldin.tasks["train"])
+    tasks = stages.heldin_examples(heldin.tasks["train"])
     need, out, rng = steps * ALIGN["batch_size"], [], random.Random(seed)
     while len(out) < need:
         order = list(range(len(tasks)))
@@ -165,7 +165,7 @@ def _train(model, bundle, train: list, val: list, *, images, steps: int, seed: i
     from transformers import get_cosine_schedule_with_warmup
 
     from ..train import adamw, backward_step, param_groups, seed_everything
-    from .inputs import forward, make_batch
+    from ..models.inputs import forward, make_batch
 
     @torch.no_grad()
     def val_loss() -> float:

@@ -1,4 +1,4 @@
-"""The three training stages of an embedded base model, each with its own direct signal (issue 5).
+"""The three training stages of an embedded base model, each with its own direct signal (docs/embedded-models.md).
 
   stage 1  vision encoder (stands in for EVA-CLIP): the preset's InstructBLIP vision tower, alone, on the
            held-in pictures with dense labels from the scenes side file: per patch the shape, colour, size
@@ -11,71 +11,10 @@
   stage 3  Q-Former + query tokens + projection (+ the post-ViT LayerNorm, trainable as in every setup)
            on the held-in tasks (captioning, open VQA) with the ordinary InstructBLIP loss through the
            engine's training loop (train.fit), from cached encoder features; optionally the LLM too. The
-           LLaMA build's Q-Former starts from the T5 build's (models.base, Recipe.qformer_from; why below).
+           LLaMA build's Q-Former starts from the T5 build's (pretrain.base, Recipe.qformer_from; why below).
 Only DATA/heldin and the held-in lines of DATA/scenes.jsonl are read here: never a benchmark.
 
-Choices measured on mini (T5, one stage-1 encoder, 1 CPU thread; held-in val VQA exact match with shuffled
-images in brackets, blind prior 36.0; caption CIDEr, prior 25; zero-shot val accuracy, chance 37.7 IconQA /
-38.0 ScienceQA; IconQA val before -> after 200 qf-lora steps; stage 2 + 3 CPU seconds):
-    text stage, LLM frozen        56.0 (35.3)  CIDEr 266  IconQA 41.5  SQA 37.5  43.0 -> 38.7   56 + 151 s
-    no text stage, LLM trained    59.5 (34.5)  CIDEr 421  IconQA 42.5  SQA 37.0  44.7 -> 44.7        174 s
-    + lettered options, extra questions (the default):
-    text stage, LLM frozen        56.0 (34.8)  CIDEr 306  IconQA 41.0  SQA 39.5  41.3 -> 39.7   85 + 257 s
-    no text stage, LLM trained    59.8 (34.5)  CIDEr 479  IconQA 42.3  SQA 42.8  42.3 -> 46.7        304 s
-    same, 3 epochs                62.0 (34.8)  CIDEr 600  IconQA 44.3  SQA 40.5  44.0 -> 48.3        443 s
-    + two more binding questions (colour of the shape, shape of the colour) among the extra ones:
-                                  61.5 (35.0)  CIDEr 472  IconQA 40.3  SQA 39.3  40.0 -> 41.3  (not kept)
-So the default trains the LLM from scratch alongside the Q-Former (as the issue's trial found: 0.76 vs 0.72):
-on this world's small text a text stage teaches little that stage 3 does not, and freezing its result costs
-held-in accuracy and adaptability; train_language stays for the other choice (Recipe.text_epochs,
-stage3_llm='frozen'). Stage 1 (8 epochs of 6,000 pictures, batch 16) reached on held-out pictures: shape
-0.96, colour 0.99, size 0.85, row 0.93, column 0.95, count 0.95 (batch 32 at the same cost: shape 0.48).
-Stage-3 batches grouped by length (transformers' group_by_length, megabatches of 50) were measured and not
-kept: padding fell (batch fill 0.53 -> 0.94 T5, 0.62 -> 0.98 LLaMA) and a step alone got faster (102 -> 65 ms,
-86 -> 70 ms), but a batch of one length is mostly one kind of question, and the builds lost what they are for:
-T5 held-in VQA 72.5 -> 64.5, CIDEr 500 -> 313, IconQA adaptability +8.0 -> -1.3 points; LLaMA held-in VQA
-52.0 -> 50.5, CIDEr 177 -> 146 (build version 3, side by side). Sorting only inside windows of 4 batches
-(64 items; the batches then shuffled) was no better: T5's stage 3 took 505 s against 602 s run side by side
-with the ordinary build, but held-in VQA 74.0 -> 70.5, CIDEr 476 -> 396, val loss 0.391 -> 0.482, and the
-adaptability check +4.3 -> -0.3 points. Padding is the price of batches that mix the held-in tasks.
-Nor do larger stage-3 batches pay: batch 32 (half the steps) took 489 s against the batch-16 build's 520 s (a
-step is compute, not overhead, at this size), and lost held-in VQA 74.0 -> 65.0 with the learning rate
-doubled (2e-3; CIDEr 534, zero-shot IconQA 45.3, adaptability 44.0 -> 45.7) or 59.5 at 1e-3 (what_color 65).
-
-Build version 5: binding, measured where IconQA asks for it. Build version 4's T5 answered IconQA at 48.7 on
-600 test items, the same with the options hidden (48.2: an open question ranked over the option words), so the
-letters were not the obstacle: it did not know the answers. Asked on held-in val pictures with the options
-IconQA uses, the other objects' values ("What is the shape of the red object?" against the picture's other
-shapes), it bound a shape to a colour at 41% in pictures of 4-5 objects (chance 33%; colour to a shape 81%),
-while its held-in multiple-choice questions had drawn wrong options from the whole pool ("blue" when nothing
-is blue), which presence alone rules out. Its IconQA skills stayed near chance after any short adaptation, and
-qf-lora took ~1,000 steps at 4x the grid's rate to gain 5-7 points. Two changes, on the same stage 1 (T5,
-stage-3 wall time with two builds side by side; binding = shape of a colour / colour of a shape, 4-5 objects;
-IconQA = zero-shot on 600 test items -> after 564 qf-lora steps at 4e-3 on its 3,000 training items):
-    version 4 (2 epochs, pool options)             303 s alone    41 / 81    48.7 -> 55.3 (seed 43: 53.5)
-    + options from the picture (2 epochs)          328 s          55 / 93    49.8 -> 59.2
-    + a third epoch (the default)                  641 s          69 / 95    55.7 -> 67.5
-    4 epochs, pool options                         689 s          91 / 97    52.8 -> 69.3
-The extra questions therefore carry the picture's own wrong answers (_extra_question's distractors), which
-multiple_choice offers as options, and mini's T5 stage 3 runs 3 epochs (LLaMA's, started from T5's Q-Former,
-2: below). A fourth epoch binds better still, at a fourth of stage 3's time more: T5's build alone already
-takes ~4 stage-3 epochs of wall time with 3 (895 s in the ninth study's session, 797 s in the tenth's), within
-the 10-minute budget only as the average of the two builds (tenth study: 1,119 s for both). Measured and not
-kept: stage-3 lr 2e-3 (val loss 0.457 against 0.380 at 1e-3, 2 epochs); batches of captions apart
-from batches of questions (a caption pads every mixed batch's targets to ~24-43 tokens against 1-5), which
-was no faster (216 against 221 s an epoch, side by side). The LLaMA-style base from scratch bound nothing: 3
-or 4 epochs with picture options left both bindings at chance (33-45% against 32-50%), and neither qf-lora
-(376 steps at 2e-3: test 42.8 -> 42.2) nor training its Q-Former and LLM together (750 steps at 1e-4, build
-version 4: 44.0 -> 42.3, training accuracy 39 -> 45) moved IconQA. Its Q-Former never learned to read the
-question: blanking the Q-Former's text at evaluation takes T5's bindings 95 -> 48 and 69 -> 40, LLaMA's not
-at all (33 -> 33, 36 -> 35), and mini-deep (Q-Former 8 layers, LLM 4) bound nothing either. Started from the
-T5 build's Q-Former and queries, the same LLaMA stage 3 reaches val loss 0.220 (0.648 from scratch), bindings
-99 / 95, zero-shot IconQA 57.7, and +8.6 after 376 qf-lora steps: the LLM is not the limit. From a T5
-Q-Former trained 1 epoch it reaches only val loss 0.439, bindings 30 / 44, zero-shot 46.0, +4.0: a Q-Former
-stage shared by both LLMs (BLIP-2's first stage) has to be long. So the LLaMA recipe (models.base.LLM_RECIPES,
-Recipe.qformer_from) starts its stage 3 from the finished T5 build's Q-Former and queries, as both of
-InstructBLIP's Q-Formers start from BLIP-2's, and trains it 2 epochs (345 s): held-in VQA 76.5, bindings
-96 / 72, zero-shot IconQA val 53.3, the check's held-out gain +15.0 +- 2.8 (1 epoch: 66.5, 43.3, +15.7).
+Why each stage and epoch count is what it is, with the measurements: docs/embedded-models.md.
 """
 from __future__ import annotations
 
@@ -93,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.synthetic_world import COLOR_NAMES, SHAPES, SIZE_NAMES, object_coverage, patch_labels
-from .presets import build_config, get_preset
+from ..models.presets import build_config, get_preset
 
 # per-patch classification targets (class 0 = background, k + 1 = the k-th value) and their class counts
 PATCH_ATTRIBUTES = {"shape": len(SHAPES), "color": len(COLOR_NAMES), "size": len(SIZE_NAMES), "row": 3, "col": 3}
@@ -322,7 +261,7 @@ def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, l
     from transformers import InstructBlipVisionModel
 
     from ..train import adamw, param_groups
-    from .build import ImageProcessor
+    from ..models.build import ImageProcessor
 
     start = time.perf_counter()
     p = get_preset(preset)
@@ -415,7 +354,7 @@ def _cut(words: list[str], rng: random.Random) -> tuple[str, str]:
 def lm_batch(tokenizer, llm_kind: str, pairs: list[tuple[str, str]], max_tokens: int = 128) -> dict[str, torch.Tensor]:
     """T5: encoder prefix + </s>, decoder labels = continuation + </s>. LLaMA: <s> prefix continuation </s>,
     loss on every token after <s> (causal LM pretraining has no prompt mask)."""
-    from .inputs import IGNORE, _pad
+    from ..models.inputs import IGNORE, pad_rows
 
     prefixes = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
     targets = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
@@ -423,12 +362,12 @@ def lm_batch(tokenizer, llm_kind: str, pairs: list[tuple[str, str]], max_tokens:
     if llm_kind == "t5":
         enc = [p[-(max_tokens - 1):] + [eos] for p in prefixes]
         dec = [t[:max_tokens - 1] + [eos] for t in targets]
-        return {"input_ids": _pad(enc, pad), "attention_mask": _pad([[1] * len(r) for r in enc], 0),
-                "labels": _pad(dec, IGNORE), "decoder_attention_mask": _pad([[1] * len(r) for r in dec], 0)}
+        return {"input_ids": pad_rows(enc, pad), "attention_mask": pad_rows([[1] * len(r) for r in enc], 0),
+                "labels": pad_rows(dec, IGNORE), "decoder_attention_mask": pad_rows([[1] * len(r) for r in dec], 0)}
     rows = [([tokenizer.bos_token_id] + p + t + [eos])[:max_tokens] for p, t in zip(prefixes, targets)]
     labels = [[IGNORE] + r[1:] for r in rows]
-    return {"input_ids": _pad(rows, pad), "attention_mask": _pad([[1] * len(r) for r in rows], 0),
-            "labels": _pad(labels, IGNORE)}
+    return {"input_ids": pad_rows(rows, pad), "attention_mask": pad_rows([[1] * len(r) for r in rows], 0),
+            "labels": pad_rows(labels, IGNORE)}
 
 
 def _lm_examples(pairs: list[tuple[str, str]], llm_kind: str, rng: random.Random) -> list[tuple[str, str]]:
@@ -509,16 +448,10 @@ def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, 
 
 # --- stage 3: Q-Former between them ---------------------------------------------------------------
 
-# Held-in questions beyond the generator's nine kinds, asked about the held-in pictures in held-in style. The
-# generator's held-in questions never use words such as "shapes", "largest", "smaller than", "farthest" or
-# "closest", so nothing in a build would give them a meaning, while the real InstructBLIP met such words in its
-# held-in sets (VQAv2 and the like) and its LLM knew them. Measured on mini: counting zero-shot on IconQA went
-# from 46% to 74% when its question said "objects" instead of "shapes". These templates reuse the world's
-# vocabulary in sentences of their own (never a benchmark template); pattern questions get nothing here.
-# color_of / shape_of ask again what the generator's what_color / what_shape ask (which object has which
-# colour: binding), in other words and far more often. Measured on mini T5 (same stage 1, 2 epochs): held-in
-# what_color 48 -> 90, what_shape 70 -> 81, held-in VQA 59.8 -> 69.0, zero-shot IconQA "Which color is the
-# ...?" 23 -> 83; three epochs without them left what_color at 48 (binding is a matter of examples, not time).
+# Held-in questions beyond the generator's nine kinds, asked about the held-in pictures in held-in style and in the
+# world's own words (never a benchmark template): the words and bindings the benchmarks ask about that the
+# generator's held-in questions never use, as the real InstructBLIP met them in its held-in sets
+# (docs/embedded-models.md, "The measurements behind the stages").
 EXTRA_QUESTIONS = {
     "color_of": "What is the color of the {shape}?",
     "shape_of": "What is the shape of the {color} object?",
@@ -531,14 +464,8 @@ EXTRA_QUESTIONS = {
 }
 
 
-# Counting always has an answer, the others only in some pictures: weights even out what gets asked.
-# Build version 3 (measured on mini T5, one seed): "than" and "left_of" answer with the words IconQA's options
-# use (bigger / smaller, left / right; they were yes / no, and after 200 qf-lora steps the frozen LLM still gave
-# IconQA's gold "(a) smaller" an NLL of 20, against 2.3 with LLM LoRA: it had never written those words), and the
-# comparison kinds weigh more, asked 3 a picture instead of 2 (Recipe.extra_per_picture). Held-in accuracy of
-# the extra questions on val pictures, before -> after the reweighting: largest 43 -> 84, than 48 -> 68,
-# left_of 72 -> 79, shape_of 65 -> 76, color_of 88 -> 92, extreme 40 -> 44; held-in VQA 70.5 -> 72.5; IconQA
-# val after 200 qf-lora steps 44.0 -> 47.0 (+3.0) before, 40.3 -> 48.3 (+8.0) after; stage 3 +21% time.
+# Counting always has an answer, the others only in some pictures: weights even out what gets asked, and the
+# comparison kinds answer in the words the benchmarks' options use (bigger / smaller, left / right).
 EXTRA_WEIGHTS = {"color_of": 5, "shape_of": 5, "count_shapes": 1, "count_color_shapes": 2, "largest": 5, "than": 5,
                  "extreme": 5, "left_of": 3}
 
@@ -744,7 +671,7 @@ def train_qformer(bundle, heldin: HeldIn, images, *, epochs: int, batch_size: in
     the held-in questions also asked as multiple choice (multiple_choice). Validation each epoch is the mean
     held-in loss of the first `val_limit` val tasks; the best epoch's weights are kept."""
     from ..train import fit, seed_everything
-    from .inputs import forward, make_batch
+    from ..models.inputs import forward, make_batch
 
     start = time.perf_counter()
     model = bundle.model

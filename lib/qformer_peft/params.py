@@ -1,6 +1,6 @@
 """The trainable-parameter ledger of the paper's grid, counted on the full-size models.
 
-For each of the 33 runs per LLM (peft_setup.paper_grid) a full-size InstructBLIP is built on the
+For each of the 33 runs per LLM (paper.paper_grid) a full-size InstructBLIP is built on the
 meta device (no memory, no weights), adapted with `peft_setup.apply_peft` exactly as a real run is,
 and its trainable parameters are counted with `peft_setup.trainable_parameters`. So the ledger is
 what the code trains, not a formula. `qformer-peft params --llm flan-t5-xl|vicuna-7b [--json]`.
@@ -19,7 +19,8 @@ import json
 import sys
 
 from .models.build import build_model
-from .peft_setup import apply_peft, paper_grid, trainable_parameters
+from .paper import paper_grid
+from .peft_setup import apply_peft, trainable_parameters
 
 LLMS = ("flan-t5-xl", "vicuna-7b")
 KEYS = ("llm", "setup", "qf_sublayers", "llm_targets", "rank", "qformer_lora", "llm_lora", "qformer_full",
@@ -47,7 +48,7 @@ def _counts(llm: str, run: dict, at_rank_one: dict) -> dict[str, int]:
     return {g: n * run["rank"] if g in ("qformer_lora", "llm_lora") else n for g, n in one.items()}
 
 
-def ledger(llm: str, grid: list[dict] | None = None) -> list[dict]:
+def parameter_ledger(llm: str, grid: list[dict] | None = None) -> list[dict]:
     """One row per run of `grid` (default: the paper's 33) with the KEYS above."""
     grid = paper_grid() if grid is None else grid
     baseline = count_run(llm, "baseline")
@@ -85,7 +86,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    rows = ledger(args.llm)
+    rows = parameter_ledger(args.llm)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()
