@@ -14,6 +14,7 @@ from qformer_peft.data import synthetic
 from qformer_peft.data.synthetic_world import patch_labels
 from qformer_peft.models import load_bundle, make_batch
 from qformer_peft.pretrain import adaptability, base, build_report, quality, stages
+from qformer_peft.pretrain import heldin as heldin_mod
 from qformer_peft.pretrain import recipe as recipes
 from qformer_peft.pretrain import cli as base_cli
 from qformer_peft.models.build import build_model, default_tokenizers
@@ -175,7 +176,7 @@ def test_recipe_errors_name_the_field():
 # --- the stages' pieces ----------------------------------------------------------------------------------
 
 def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
-    heldin = stages.read_heldin(data)
+    heldin = heldin_mod.read_heldin(data)
     scenes = [sc for _, sc in heldin.scenes["train"][:8]]
     labels = stages.dense_labels(scenes, "mini")
     grid = patch_labels(scenes[0], patch=8)
@@ -196,7 +197,7 @@ def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
 
 @pytest.mark.parametrize("llm", ["t5", "llama"])
 def test_text_stage_lowers_held_out_perplexity_and_leaves_the_llm_frozen(data, llm):
-    heldin = stages.read_heldin(data)
+    heldin = heldin_mod.read_heldin(data)
     bundle = build_model("tiny", llm, seed=0, qformer_tokenizer=default_tokenizers(base.heldin_vocabulary(data))[0],
                          llm_tokenizer=default_tokenizers(base.heldin_vocabulary(data))[1])
     lm = bundle.model.language_model
@@ -233,12 +234,12 @@ def test_shuffled_control_never_keeps_a_picture_and_chance_uses_the_training_ans
     assert sorted(swap.values()) == sorted(swap)
     chance = quality.heldin_chance(data)
     assert 0 <= chance["vqa_em"] <= 100 and chance["n_vqa"] == sum(
-        t["task"] == "vqa" for t in stages.read_heldin(data).tasks["val"])
+        t["task"] == "vqa" for t in heldin_mod.read_heldin(data).tasks["val"])
 
 
 def test_missing_heldin_data_says_how_to_write_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="heldin/train.jsonl not found.*qformer-peft data synth --out"):
-        stages.read_heldin(tmp_path)
+        heldin_mod.read_heldin(tmp_path)
 
 
 def _scene():
@@ -257,8 +258,8 @@ def test_extra_questions_answer_what_the_scene_shows_in_the_worlds_words():
     vocab = set(synthetic.vocabulary())
     seen = set()
     for seed in range(40):
-        for kind in stages.EXTRA_QUESTIONS:
-            qa = stages._extra_question(random.Random(seed), sc, kind)
+        for kind in heldin_mod.EXTRA_QUESTIONS:
+            qa = heldin_mod.extra_question(random.Random(seed), sc, kind)
             if qa is None:
                 continue
             _, q, a, distractors = qa
@@ -291,14 +292,14 @@ def test_extra_questions_answer_what_the_scene_shows_in_the_worlds_words():
             }
             assert expected.get(q) == a, (q, a)
     # smallest: two small objects, neither clearly smaller than the other -> never asked
-    assert seen == set(stages.EXTRA_QUESTIONS)
+    assert seen == set(heldin_mod.EXTRA_QUESTIONS)
 
 
 def test_multiple_choice_keeps_the_question_and_letters_the_gold_answer(data):
-    heldin = stages.read_heldin(data)
+    heldin = heldin_mod.read_heldin(data)
     vqa = [t for t in heldin.tasks["train"] if t["task"] == "vqa"]
-    assert stages.multiple_choice(heldin.tasks["train"], 0.0, 0) == []
-    mc = stages.multiple_choice(heldin.tasks["train"], 1.0, 0)
+    assert heldin_mod.multiple_choice(heldin.tasks["train"], 0.0, 0) == []
+    mc = heldin_mod.multiple_choice(heldin.tasks["train"], 1.0, 0)
     assert 0 < len(mc) <= len(vqa)
     for t in mc:
         question = t["prompt"].split(" Options: ")[0]
@@ -313,10 +314,10 @@ def test_multiple_choice_asks_the_extra_questions_against_what_the_picture_shows
     """The options of an extra question are its gold answer and the other objects' values (a colour or shape
     that is in the picture), so that only binding, not presence, tells them apart, as in IconQA; counts, and
     pictures that show one value only, draw from the question type's pool."""
-    heldin = stages.read_heldin(data)
+    heldin = heldin_mod.read_heldin(data)
     scenes = dict(heldin.scenes["train"])
-    extra = stages.extra_questions(heldin, "train", 3, 0)
-    mc = stages.multiple_choice(extra, 1.0, 0)
+    extra = heldin_mod.extra_questions(heldin, "train", 3, 0)
+    mc = heldin_mod.multiple_choice(extra, 1.0, 0)
     by_kind = {}
     for t in mc:
         options = re.findall(r"\(([a-z])\) (.*?)(?= \([a-z]\) |\. Answer:$)", t["prompt"])
@@ -477,7 +478,7 @@ def test_context_questions_need_the_text_and_the_picture():
     rng = random.Random(0)
     scenes = [(f"img{i}.png", random_scene(rng, rng.randint(1, 5))) for i in range(200)]
     heldin = types.SimpleNamespace(scenes={"train": scenes})
-    lines = stages.context_questions(heldin, "train", 1, seed=0)
+    lines = heldin_mod.context_questions(heldin, "train", 1, seed=0)
     assert 50 < len(lines) <= len(scenes)
     by_image = dict(scenes)
     kinds = set()
@@ -493,4 +494,4 @@ def test_context_questions_need_the_text_and_the_picture():
         assert t["answer"] not in t["distractors"] and len(facts) >= 2
         assert t["prompt"].startswith("<Image> Context: ") and t["answer"] not in t["prompt"].split("Question:")[0]
     assert kinds == {True, False}
-    assert lines == stages.context_questions(heldin, "train", 1, seed=0)  # deterministic
+    assert lines == heldin_mod.context_questions(heldin, "train", 1, seed=0)  # deterministic

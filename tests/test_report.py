@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from fixtures.study_runs import PAPER_PATTERN, SETUP_EFFECT, write_open_questions, write_study
 
-from qformer_peft import claim_ledger, claims, paper, report, runs
+from qformer_peft import claim_ledger, claims, paper, report, results, runs
 from qformer_peft import open_questions as oq
 from qformer_peft import report_charts as rc
 
@@ -267,7 +267,7 @@ def test_table1_csv_cells_can_be_recomputed_from_the_run_folders_it_names(tmp_pa
     runs_dir = write_study(tmp_path, benchmarks=("iconqa",), rows=paper.CLAIM_ROWS, ranks=(2, 8), seeds=(42, 43),
                            adalora=("iconqa",))
     report.summary_html(runs_dir, full_size=FULL_SIZE, results_dir=tmp_path / "reports")
-    stored, t1 = claims.read_results(tmp_path / "reports")
+    stored, t1 = results.read_results(tmp_path / "reports")
     root = (tmp_path / "reports" / stored["paths_relative_to"]).resolve()
     assert root == tmp_path.resolve() and len(t1) == 5
     for row in t1.itertuples():

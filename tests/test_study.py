@@ -13,7 +13,7 @@ import pytest
 from test_grid import fake_cell, report_cell, run
 from test_notebooks import FAKE_FULL_SIZE
 
-from qformer_peft import claims, grid, grid_cells, report, runs, schedule, study
+from qformer_peft import claims, grid, grid_cells, report, results, runs, schedule, study
 from qformer_peft.pretrain import base
 
 
@@ -147,7 +147,7 @@ def test_smoke_profile_end_to_end(tmp_path):
         assert report.external_references(text) == [], p
         assert "IProgress not found" not in text and "Loading weights" not in text, f"{p}: library noise"
     assert any(line.startswith("[study] wall time by stage") for line in lines)
-    stored, table = claims.read_results(tmp_path / "reports")           # the machine-readable results
+    stored, table = results.read_results(tmp_path / "reports")           # the machine-readable results
     ids = [c["id"] for c in stored["claims"]]
     assert len(set(ids)) == len(ids) and len(table) >= 1
     assert all(any(i == c or i.startswith(f"{c}-") for i in ids) for c in claims.CLAIMS)  # params: per denominator

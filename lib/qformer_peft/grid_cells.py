@@ -33,7 +33,7 @@ ENVIRONMENT, PEFT, ADALORA, REPORT = ("00_environment.ipynb", "10_peft_experimen
 
 
 NULL_TAG = "study:null"  # null runs are kept out of the paper's grid (report_charts.paper_runs) by this tag
-PILOT_TAG = "study:pilot"  # the learning-rate pilot's runs at rates other than the profile's (claims.rate_pilot)
+PILOT_TAG = "study:pilot"  # the learning-rate pilot's runs at rates other than the profile's (results.rate_pilot)
 
 
 # The open questions (open_questions.py): one notebook each; the seeds one only reads runs.

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 from . import claim_ledger
 from . import claims as claims_mod
 from .paper import CLAIM_ROWS
-from . import runs
+from . import results, runs
 from .verdicts import VERDICTS
 
 # nbconvert's lab template minus every network reference, plus the code toggle and a link home.
@@ -125,7 +125,7 @@ def _record(c: Any) -> Mapping[str, Any]:
 
 def ledger_counts_html(records: Sequence[Mapping[str, Any]]) -> str:
     """The ledger's header: how many claims got each answer, and what would resolve the unresolved ones."""
-    n = claims_mod.counts(records)
+    n = results.counts(records)
     line = ", ".join(f"<b>{n[v]}</b> {v}" for v in VERDICTS)
     figures = n.get(claims_mod.NOT_COMPARABLE, 0)
     todo = [r for r in records if r["verdict"] == claims_mod.NOT_RESOLVABLE]
@@ -214,18 +214,18 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
     records, href = [c.record() for c in ledger], ""
     if results_dir is not None:
         root = Path(results_dir).parent if root is None else Path(root)
-        claims_mod.write_results(ledger, claims_mod.table1_rows(df, root), results_dir, root,
-                                 claims_mod.rate_pilot(df, root))
-        records = claims_mod.read_results(results_dir)[0]["claims"]
+        results.write_results(ledger, results.table1_rows(df, root), results_dir, root,
+                                 results.rate_pilot(df, root))
+        records = results.read_results(results_dir)[0]["claims"]
         href = os.path.relpath(root, results_dir).rstrip("/") + "/"
     parts = [scale_html(df), "<h2 id='claims'>Claim ledger</h2>", ledger_html(records, runs_href=href),
              "<p class='note'>Machine-readable: <a href='claims.json'>claims.json</a> (every claim's estimate, "
              "interval, parts and run folders) and <a href='table1.csv'>table1.csv</a>.</p>" if results_dir else ""]
-    parts.append(rate_pilot_html(claims_mod.rate_pilot(df)))
+    parts.append(rate_pilot_html(results.rate_pilot(df)))
     t1 = rc.table1(df)
     parts += ["<h2 id='table1'>Table 1: accuracy and trainable parameters of every cell</h2>", rc.table1_html(t1)]
     if results_dir is not None:
-        rows = claims_mod.read_results(results_dir)[1].drop(columns=["runs"])
+        rows = results.read_results(results_dir)[1].drop(columns=["runs"])
         parts.append("<details><summary>Per cell, from <a href='table1.csv'>table1.csv</a>: 95% interval, the base's "
                      "zero-shot score and chance on the same test items, whether the cell moved, whether validation "
                      "chose it</summary>" + _frame_html(rows) + "</details>")
@@ -497,7 +497,7 @@ def results_markdown(reports_dir: str | Path) -> str:
     import pandas as pd
 
     reports_dir = Path(reports_dir)
-    data, table = claims_mod.read_results(reports_dir)
+    data, table = results.read_results(reports_dir)
     counts = data["counts"]
     lines = ["Verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ". By claim: "
              + "; ".join(f"{k}: " + ", ".join(c["id"] for c in data["claims"] if c["verdict"] == k)

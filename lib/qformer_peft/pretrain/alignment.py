@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from .. import runs
+from .heldin import heldin_examples, read_heldin
 
 ALIGN = {"batch_size": 16, "lr": 5e-4, "weight_decay": 0.05, "warmup_frac": 0.1, "checkpoints": 4,
          "val_limit": 192, "max_prompt_tokens": 128}
@@ -102,7 +103,6 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
     """
     from ..features import FeatureCache, ImageEncoder
     from ..peft_setup import apply_peft, trainable_parameters
-    from . import stages
     from ..models.inputs import unwrap
 
     if steps < 1:
@@ -124,12 +124,12 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
             return {**runs.read_json(folder / REPORT_FILE), "cached": True}
 
         start = time.perf_counter()
-        heldin = stages.read_heldin(root)
+        heldin = read_heldin(root)
         if images is None:
             images = ImageEncoder(model, bundle.image_processor, device=device,
                                   cache=FeatureCache(model, bundle.image_processor, None, device=device))
         train = _schedule(heldin, steps, seed)
-        val = stages.heldin_examples(heldin.tasks["val"][:ALIGN["val_limit"]])
+        val = heldin_examples(heldin.tasks["val"][:ALIGN["val_limit"]])
         report = _train(model, bundle, train, val, images=images, steps=steps, seed=seed,
                         device=torch.device(device), log=log, label=label)
         model.requires_grad_(False)
@@ -149,9 +149,7 @@ def align_connector(bundle, data_dir: str | Path, *, steps: int, seed: int, cach
 
 def _schedule(heldin, steps: int, seed: int) -> list:
     """steps x batch held-in training examples: passes over the tasks, each in a fresh seeded order."""
-    from . import stages
-
-    tasks = stages.heldin_examples(heldin.tasks["train"])
+    tasks = heldin_examples(heldin.tasks["train"])
     need, out, rng = steps * ALIGN["batch_size"], [], random.Random(seed)
     while len(out) < need:
         order = list(range(len(tasks)))

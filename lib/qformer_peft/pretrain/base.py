@@ -39,6 +39,7 @@ from typing import Any, Callable
 import torch
 
 from .. import runs
+from .heldin import read_heldin
 from ..models.presets import root_preset, vision_signature
 from .build_report import report_markdown
 from .recipe import LLMS, Recipe, recipe_for
@@ -214,7 +215,7 @@ def _train_base(preset, llm, seed, data_dir: Path, cache_dir: Path, recipe: Reci
     report: dict[str, Any] = {"stages": {}, "quality": {},
                               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                           "load_average_start": _loadavg()}}
-    heldin = stages.read_heldin(data_dir)
+    heldin = read_heldin(data_dir)
     qformer_tokenizer, llm_tokenizer = default_tokenizers(heldin_vocabulary(data_dir))
 
     # stage 1: shared by both LLMs (cached under vision/)

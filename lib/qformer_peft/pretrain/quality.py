@@ -37,7 +37,7 @@ def derangement(items: list[str], seed: int) -> dict[str, str]:
 
 
 def _tasks(data_dir, limit: int | None) -> list[dict]:
-    from .stages import heldin_tasks
+    from .heldin import heldin_tasks
 
     tasks = heldin_tasks(data_dir, "val")
     return tasks[:limit] if limit else tasks
@@ -97,7 +97,7 @@ def heldin_chance(data_dir: str | Path, limit: int | None = None) -> dict[str, A
     """The blind reference: every question answered with the most common training answer of its type,
     every picture described with the most common training caption."""
     from ..evaluate import bleu4, cider, normalize_answer
-    from .stages import read_heldin
+    from .heldin import read_heldin
 
     heldin = read_heldin(data_dir)
     common: dict[str, Counter] = defaultdict(Counter)

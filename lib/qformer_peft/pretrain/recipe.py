@@ -40,8 +40,8 @@ class Recipe:
                                           # preset, seed, data; built first if missing: qformer_source); None:
                                           # from scratch
     mc_fraction: float = 0.25             # share of the questions also asked with lettered options
-    extra_per_picture: int = 1            # stages.EXTRA_QUESTIONS asked per held-in picture
-    context_per_picture: int = 0          # stages.CONTEXT_QUESTIONS (read a context against the picture)
+    extra_per_picture: int = 1            # heldin.EXTRA_QUESTIONS asked per held-in picture
+    context_per_picture: int = 0          # heldin.CONTEXT_QUESTIONS (read a context against the picture)
     # report
     eval_limit: int | None = 300          # held-in val task lines scored (3 per picture)
     zero_shot_limit: int | None = 300     # synthetic IconQA / ScienceQA val items ranked
