@@ -499,17 +499,19 @@ def results_markdown(reports_dir: str | Path) -> str:
     reports_dir = Path(reports_dir)
     data, table = results.read_results(reports_dir)
     counts = data["counts"]
-    lines = ["Verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ". By claim: "
-             + "; ".join(f"{k}: " + ", ".join(c["id"] for c in data["claims"] if c["verdict"] == k)
-                         for k in counts if counts[k] and k not in (claims_mod.NOT_COMPARABLE,)) + "."]
+    decided = [k for k in (claims_mod.HOLDS, claims_mod.FAILS) if counts.get(k)]
+    lines = ["Verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + "."
+             + "".join(f" {k.capitalize()}: " + ", ".join(c["id"] for c in data["claims"] if c["verdict"] == k) + "."
+                       for k in decided)]
     rows = table[table["setup"].isin([r[0] for r in CLAIM_ROWS]) & (table["n_seeds"] > 1)]
     if not rows.empty:
-        lines += ["", "| LLM | benchmark | setup | seeds × items | test accuracy [95% CI] | zero-shot | moved |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", f"Claim rows, {rows['n_seeds'].min()}+ seeds × {rows['n_test_items'].min()}+ test items each "
+                  "(test accuracy, 95% CI; the base's zero-shot score on the same items; moved beyond it and chance):",
+                  "", "| LLM | benchmark | setup | accuracy [95% CI] | zero-shot | moved |", "|---|---|---|---|---|---|"]
         for r in rows.itertuples():
             moved = {True: "yes", False: "no"}.get(r.moved, "–") if not pd.isna(r.moved) else "–"
             zs = "–" if pd.isna(r.zero_shot) else f"{r.zero_shot:.1f}"
-            lines.append(f"| {r.llm} | {r.benchmark} | {r.setup} | {r.n_seeds} × {r.n_test_items} | "
+            lines.append(f"| {r.llm} | {r.benchmark} | {r.setup} | "
                          f"{r.acc_mean:.1f} [{r.acc_ci95_lo:.1f}, {r.acc_ci95_hi:.1f}] | {zs} | {moved} |")
     pilot = pd.DataFrame(data.get("rate_pilot") or [])
     if not pilot.empty:
@@ -521,8 +523,7 @@ def results_markdown(reports_dir: str | Path) -> str:
     if timings.is_file():
         t = runs.read_json(timings)
         lines += ["", f"Study time: {t['total_s'] / 60:.1f} min ("
-                  + ", ".join(f"{k} {v / 60:.1f}" for k, v in t["stages_s"].items()) + " min), profile "
-                  f"{t['profile']}, {t['jobs']} workers; the machine's calibration is in docs/performance.md."]
+                  + ", ".join(f"{k} {v / 60:.1f}" for k, v in t["stages_s"].items()) + f" min), {t['jobs']} workers."]
     return "\n".join(lines) + "\n"
 
 
