@@ -210,7 +210,7 @@ class ExperimentConfig:
     @property
     def qformer_full(self) -> bool:
         """Is the Q-Former fully fine-tuned (baseline and qf-fft+llm-lora)?"""
-        return self.setup in ("baseline", "qf-fft+llm-lora")
+        return paper.SETUPS[self.setup].qformer == "full"
 
     @property
     def learning_rate(self) -> float:

@@ -214,14 +214,15 @@ def summary_html(runs_dir: str | Path, *, full_size: Any = None, cache_dir: str 
     records, href = [c.record() for c in ledger], ""
     if results_dir is not None:
         root = Path(results_dir).parent if root is None else Path(root)
-        results.write_results(ledger, results.table1_rows(df, root), results_dir, root,
-                                 results.rate_pilot(df, root))
+    pilot = results.rate_pilot(df, root)
+    if results_dir is not None:
+        results.write_results(ledger, results.table1_rows(df, root), results_dir, root, pilot)
         records = results.read_results(results_dir)[0]["claims"]
         href = os.path.relpath(root, results_dir).rstrip("/") + "/"
     parts = [scale_html(df), "<h2 id='claims'>Claim ledger</h2>", ledger_html(records, runs_href=href),
              "<p class='note'>Machine-readable: <a href='claims.json'>claims.json</a> (every claim's estimate, "
              "interval, parts and run folders) and <a href='table1.csv'>table1.csv</a>.</p>" if results_dir else ""]
-    parts.append(rate_pilot_html(results.rate_pilot(df)))
+    parts.append(rate_pilot_html(pilot))
     t1 = rc.table1(df)
     parts += ["<h2 id='table1'>Table 1: accuracy and trainable parameters of every cell</h2>", rc.table1_html(t1)]
     if results_dir is not None:

@@ -11,6 +11,7 @@ import pandas as pd
 from . import runs
 from .claim import Claim, relative_path
 from .claims import CONFIG_KEYS, best_config, cells_of, chance_of, scores_of, validation_scores, zero_shot_of
+from .paper import SETUPS
 from .report_charts import paper_runs
 from .verdicts import CORRECTION, NOT_COMPARABLE, VERDICTS, paired_bootstrap
 
@@ -82,8 +83,8 @@ def rate_pilot(df: pd.DataFrame, root: str | Path | None = None) -> pd.DataFrame
                              val_tried=validation_scores(group))
         best = group["val_tried"].max()
         for r in group.sort_values("lr_tried").itertuples():
-            rows.append({"llm": llm, "benchmark": bench, "rate_class": "full" if setup in ("baseline", "qf-fft+llm-lora")
-                         else "peft", "setup": setup, "seed": int(seed), "learning_rate": float(r.lr_tried),
+            rows.append({"llm": llm, "benchmark": bench, "rate_class": "full" if SETUPS[setup].qformer == "full" else "peft",
+                         "setup": setup, "seed": int(seed), "learning_rate": float(r.lr_tried),
                          "val_acc": round(float(r.val_tried), 4), "profile_rate": bool(r.own_rate),
                          "chosen": bool(r.val_tried == best), "run": relative_path(r.path, root)})
     return pd.DataFrame(rows, columns=RATE_PILOT_COLUMNS)
