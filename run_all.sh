@@ -10,7 +10,7 @@ cd "$here"
 
 usage() {
   cat <<'USAGE'
-usage: ./run_all.sh [test [PYTEST ARGS...]] | [lab [JUPYTERLAB ARGS...]] | [--profile smoke|mini|paper] [--full-grid] [options]
+usage: ./run_all.sh [test [PYTEST ARGS...]] | [lab [JUPYTERLAB ARGS...]] | [--profile smoke|mini|paper] [--extended] [--full-grid] [options]
 
   test                 set up the environment, then run the tests (pytest; extra args go to pytest)
   lab                  set up the environment, then open notebooks/ in JupyterLab (extra args go to jupyter lab)
@@ -23,6 +23,9 @@ usage: ./run_all.sh [test [PYTEST ARGS...]] | [lab [JUPYTERLAB ARGS...]] | [--pr
   --full-grid          the paper's whole grid at claim depth (every Table-1 row at ranks 1, 2, 4, 8 on 3
                        seeds, AdaLoRA on every LLM x benchmark); mini's default runs the claim rows at rank 8
                        and the other rows on one seed
+  --extended           add what mini's default leaves out to keep its budget: AdaLoRA on 3 seeds with its
+                       null runs (the allocation claims), the connector study, multi-task AdaLoRA,
+                       training-set sizes and ranks past the grid; finished cells are kept
   --model-scaling      add the model-size axis (does PEFT's gap to full fine-tuning change with model size?).
                        mini: builds T5 base models twice as deep and twice as wide (mini's frozen encoder
                        reused, so only stage 3 and the build report: 16-17 min of CPU each, the two

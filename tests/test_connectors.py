@@ -294,7 +294,8 @@ def _study_frame(pool_minus_qformer: float, gelu_minus_linear: float, chance: fl
 def test_connector_claims_flip_with_the_data(pool_gap, gelu_gap, verdicts):
     claims = {c["id"]: c for c in connector_study.connector_claims(_study_frame(pool_gap, gelu_gap))}
     assert {k: claims[k]["verdict"] for k in verdicts} == verdicts
-    assert claims["BA-projector"]["verdict"] == "inconclusive"  # no projector runs
+    assert claims["BA-projector"]["verdict"] == "not resolvable at this scale"  # no projector runs: nothing to judge
+    assert "--extended" in claims["BA-projector"]["resolve"]
     assert claims["DeCo-acc"]["scale"] == "embedded" and "16 tokens, t5/iconqa (10 alignment steps): pool16" in claims["DeCo-acc"]["evidence"]
     # an early-stopped curve is compared on the epochs both runs have
     assert connector_study.mean_gap([60, 70, 90], [50, 80]) == pytest.approx(0.0)

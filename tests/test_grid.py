@@ -65,7 +65,8 @@ def test_full_profiles_hold_the_papers_grid(name, full_grid, tmp_path):
 
 def test_mini_shows_every_table1_row_and_judges_the_claim_rows_at_depth(tmp_path):
     """Every Table-1 row for both LLMs x both benchmarks; the claim rows on 3 seeds with the profile's depth, the
-    others on one seed; the paper's AdaLoRA cells (both LLMs on Table 1's benchmarks, T5 on all four) on 3 seeds."""
+    others on one seed; the paper's AdaLoRA cells (both LLMs on Table 1's benchmarks, T5 on all four) on one seed
+    for the heatmaps, their claims' seeds and null runs left to --extended."""
     cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
     peft = [c for c in cells if c.notebook == grid_cells.PEFT and grid_cells.PILOT_TAG not in c.parameters["tags"]]
     assert len(peft) == 2 * 2 * 9
@@ -78,6 +79,30 @@ def test_mini_shows_every_table1_row_and_judges_the_claim_rows_at_depth(tmp_path
     adalora = {(c.parameters["llm"], c.parameters["benchmark"]) for c in cells if c.notebook == grid_cells.ADALORA
                and grid_cells.NULL_TAG not in c.parameters["tags"]}
     assert adalora == {("t5", b) for b in paper.ADALORA_BENCHMARKS} | {("llama", b) for b in paper.PEFT_BENCHMARKS}
+    assert {cfg.seed for c in cells if c.notebook == grid_cells.ADALORA for cfg in c.configs()} == {42}
+    assert not [c.name for c in cells if grid_cells.NULL_TAG in c.parameters.get("tags", [])
+                or c.notebook in (grid_cells.CONNECTORS, grid_cells.MULTITASK, grid_cells.RANK_SENSITIVITY,
+                                  grid_cells.SCALING)]
+
+
+def test_extended_adds_what_mini_leaves_out_and_keeps_every_default_run(tmp_path):
+    kw = dict(root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    plain, extended = grid_cells.expand("mini", **kw), grid_cells.expand("mini", extended=True, **kw)
+    assert grid.resolve_profile("mini", extended=True).name == "mini"          # same runs folder and markers
+    runs = {cfg.hash for c in plain for cfg in c.configs()}
+    more = {cfg.hash: cfg for c in extended for cfg in c.configs()}
+    assert runs < set(more)                                                     # every default run is reused
+    added = [more[h] for h in set(more) - runs]
+    studies = {t for cfg in added for t in cfg.tags if t.startswith("study:")}
+    assert studies == {grid_cells.NULL_TAG, "study:connectors", "study:multitask", "study:scaling", "study:ranks"}
+    adalora = [cfg for cfg in more.values() if cfg.method == "adalora" and grid_cells.NULL_TAG not in cfg.tags
+               and cfg.benchmark in paper.ADALORA_BENCHMARKS]
+    assert {cfg.seed for cfg in adalora} == {42, 43, 44}
+    nulls = [cfg for cfg in added if grid_cells.NULL_TAG in cfg.tags]
+    assert {(cfg.llm, cfg.benchmark) for cfg in nulls} == {(cfg.llm, cfg.benchmark) for cfg in adalora}
+    assert {cfg.seed for cfg in nulls} == {42, 43} and all(cfg.shuffle_answers for cfg in nulls)
+    with pytest.raises(grid.GridError, match="no --extended option"):
+        grid.resolve_profile("smoke", extended=True)
 
 
 def test_rate_pilot_brackets_the_profiles_rates_and_reuses_its_claim_run(tmp_path):
@@ -110,7 +135,7 @@ def test_config_rate_rule_takes_the_profiles_rates():
 def test_mini_stops_lora_runs_after_two_epochs_without_gain_and_never_cuts_an_adalora_schedule(tmp_path):
     from qformer_peft.engine import effective_patience
 
-    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path), extended=True)
     every = [cfg for c in cells for cfg in c.configs()]
     adalora = [cfg for cfg in every if cfg.method == "adalora"]
     lora = [cfg for cfg in every if cfg.method == "lora"]
@@ -380,9 +405,11 @@ def test_submitit_missing_gives_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["smoke", "mini"])
 def test_null_adalora_cells_repeat_a_real_cell_with_shuffled_answers(name, tmp_path):
-    cells = {c.name: c for c in grid_cells.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path))}
+    extended = bool(grid.PROFILES[name].extended)   # mini runs its null cells with --extended
+    cells = {c.name: c for c in grid_cells.expand(name, root=tmp_path, data_root=str(tmp_path), checkpoints=str(tmp_path),
+                                                  extended=extended)}
     nulls = [c for c in cells.values() if grid_cells.NULL_TAG in c.parameters.get("tags", [])]
-    profile = grid.PROFILES[name]
+    profile = grid.resolve_profile(name, extended=extended)
     assert len(nulls) == len(profile.adalora_null_cells) >= 1
     for c in nulls:
         real = cells[c.name.replace("adalora-null_", "adalora_")]

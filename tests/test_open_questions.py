@@ -62,7 +62,8 @@ def test_joint_run_loads_both_tasks_and_scores_each(smoke_data, tmp_path):
 
 # --- plans ------------------------------------------------------------------------------------------------
 def test_open_question_cells_reuse_the_paper_grid_runs_and_tag_their_own(tmp_path):
-    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ck"))
+    cells = grid_cells.expand("mini", root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ck"),
+                              extended=True)
     paper = {cfg.hash for c in cells if c.notebook in (grid_cells.PEFT, grid_cells.ADALORA) for cfg in c.configs()}
     names = {c.name for c in cells}
     opened = [c for c in cells if c.notebook in grid_cells.OPEN_QUESTION_OF]
@@ -77,7 +78,7 @@ def test_open_question_cells_reuse_the_paper_grid_runs_and_tag_their_own(tmp_pat
     assert sorted({cfg.rank for cfg in ranks}) == sorted(grid.PROFILES["mini"].extra_ranks)
     assert {cfg.seed for cfg in ranks} == set(SEEDS)
     sizes = next(c for c in opened if c.notebook == grid_cells.SCALING).configs()
-    assert sorted({cfg.train_limit for cfg in sizes}) == sorted(grid.PROFILES["mini"].train_limits)
+    assert sorted({cfg.train_limit for cfg in sizes}) == sorted(grid.resolve_profile("mini", extended=True).train_limits)
     assert [c.name for c in cells if c.kind == "analysis"] == ["open_seeds"]
 
 
@@ -209,7 +210,7 @@ def test_scaling_claims_flip():
     frame = oq.scaling_frame(grows)
     assert set(frame["train_n"]) == {40, 80, 320} and set(frame.query("setup == 'qf-lora'")["acc"]) != {0.0}
     one = oq.scaling_model_claim(grows)
-    assert one.verdict == C.INCONCLUSIVE and "not measured at this scale" in one.evidence
+    assert one.verdict == C.NOT_RESOLVABLE and "not measured at this scale" in one.evidence
     bigger = oq.scaling_model_claim(scaling_df(lambda n: 0.0, model_gap=4.0))
     assert bigger.verdict == C.HOLDS and "xxl +3.9; larger − smaller +3.85 pt" in bigger.evidence
     assert oq.scaling_model_claim(scaling_df(lambda n: 0.0, model_gap=-4.0)).verdict == C.FAILS
@@ -276,7 +277,8 @@ def test_seed_claims_flip_and_the_spread_table():
     assert v.verdict == C.FAILS and "% of seed pairs agree" in v.evidence
     lucky = seeds_df(lambda setup, s: 0.0, rank_effect=0.0, spread=2.0)
     assert oq.seeds_setup_claim(lucky).verdict == C.INCONCLUSIVE
-    assert oq.open_claims(steady.iloc[:0].assign(study=[]), questions=["seeds"])[0].verdict == C.INCONCLUSIVE
+    nothing = oq.open_claims(steady.iloc[:0].assign(study=[]), questions=["seeds"])[0]
+    assert nothing.verdict == C.NOT_RESOLVABLE and "--extended" in nothing.resolve
 
 
 def test_every_open_claim_is_in_the_ledger_and_paper_claims_ignore_open_runs():

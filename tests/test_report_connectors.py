@@ -33,7 +33,7 @@ def test_the_index_has_a_connector_section_and_ledger_rows_for_the_connector_cla
         start = section.index(f"id='{fid}'")
         assert section.index("<svg", start) < section.index("</figure>", start)
     assert "18 of 18 study runs done" in section and "pool16" in section and "bottleneck-gelu" in section
-    assert "not run in this profile" not in page
+    assert "not run in this study" not in page
     ledger = _ledger_rows(page)
     for cid in cs.CLAIMS:                        # the ledger lists them, and the section repeats its own claims
         assert ledger[cid] == claims.HOLDS, cid
@@ -58,14 +58,14 @@ def test_connector_claims_are_ledger_claims_whose_verdict_follows_the_runs(tmp_p
     assert "pool16 55.9 vs qformer16-scratch 59.9, difference -3.95 pt [-4.07, -3.83] (n=3)" in c.evidence
 
 
-def test_without_connector_runs_the_section_says_so_and_its_claims_are_inconclusive(tmp_path):
+def test_without_connector_runs_the_section_says_so_and_its_claims_are_not_resolvable(tmp_path):
     runs_dir = write_study(tmp_path, ranks=(2,), seeds=(42, 43), benchmarks=("iconqa",), adalora=())
     page = _page(runs_dir, tmp_path)
     section = page[page.index("id='connectors'"):page.index("id='oq-multitask'")]
-    assert "Connector study: not run in this profile" in section
+    assert "Connector study: not run in this study" in section and "--extended" in section
     assert not any(f"id='{fid}'" in page for fid in CHARTS)
     ledger = _ledger_rows(page)
-    assert all(ledger[cid] == claims.INCONCLUSIVE for cid in cs.CLAIMS)
+    assert all(ledger[cid] == claims.NOT_RESOLVABLE for cid in cs.CLAIMS)
     assert page.count("<td>DeCo-acc</td>") == 1                  # in the ledger only
     assert "What adapting costs on held-in VQA" not in page          # no run measured it
 

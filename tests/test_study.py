@@ -23,10 +23,12 @@ def test_model_scaling_option_reaches_the_grid_and_study_commands_and_builds_the
     schedule.add_parser(sub)
     study.add_parser(sub)
     for command in ("grid", "study"):
-        assert parser.parse_args([command, "--model-scaling"]).model_scaling
-        assert not parser.parse_args([command]).model_scaling
-    assert "--model-scaling" in subprocess.run(["bash", str(Path(grid_cells.__file__).parents[2] / "run_all.sh"), "--help"],
-                                               capture_output=True, text=True, check=True).stdout
+        for flag in ("model_scaling", "extended", "full_grid"):
+            assert getattr(parser.parse_args([command, "--" + flag.replace("_", "-")]), flag)
+            assert not getattr(parser.parse_args([command]), flag)
+    usage = subprocess.run(["bash", str(Path(grid_cells.__file__).parents[2] / "run_all.sh"), "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert all(flag in usage for flag in ("--model-scaling", "--extended", "--full-grid"))
     built = []
 
     def fake(preset, llm, seed, data_dir, cache, **kw):

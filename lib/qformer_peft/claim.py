@@ -21,6 +21,10 @@ import pandas as pd
 from .report_charts import final_ranks, sublayer_means
 from .verdicts import CORRECTION, NOT_COMPARABLE, Judged, claim_mde, headline
 
+# what resolves a claim whose runs this study did not train (a verdict needs them: "not resolvable" until then)
+NOT_RUN_RESOLVE = ("the runs it reads: the embedded profiles add them with --extended (./run_all.sh or qformer-peft "
+                   "study; finished cells are kept), the paper profile trains them by default")
+
 MAP_COLUMNS = ["llm", "benchmark", "seed", "run_id", "layer", "sublayer", "mean_rank"]
 
 

@@ -54,7 +54,8 @@ CLAIMS = {
 RESOLVE_HINT = {
     "acc": "runs that train long enough (epochs, items) for a setup to beat the base's zero-shot score on the "
            "same test items: the paper scale, or the embedded scale with more training",
-    "alloc": "AdaLoRA runs that move from their base (beat its zero-shot score), with null runs to compare",
+    "alloc": "AdaLoRA runs that move from their base (beat its zero-shot score) on several seeds, with null runs to "
+             "compare (the embedded profiles: --extended)",
 }
 
 
@@ -213,7 +214,7 @@ def accuracy_claim(df: pd.DataFrame, setup: str, *, tolerance: float) -> Verdict
                      f"difference {part.interval_text(unit=' pt')} (MDE {part.mde:.1f} pt, {part.n_seeds} seed(s) x "
                      f"{part.n_items} items) → {part}" + (f" [{part.note}]" if part.note else ""))
     if not parts:
-        return Verdict(INCONCLUSIVE, "no finished runs")
+        return Verdict(NOT_RESOLVABLE, "no finished runs", resolve=RESOLVE_HINT["acc"])
     return Verdict(combine(parts), "; ".join(texts), parts, read, RESOLVE_HINT["acc"], "pt")
 
 
@@ -408,7 +409,7 @@ def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, s
             if not ref:  # the real runs' mean, with nothing to judge it against
                 mean = float(np.mean(list(values.values()))) if values else float("nan")
                 part = Judged(mean, float("nan"), float("nan"), n_seeds=len(values), label=part.label,
-                              note="no null runs to judge against")
+                              resolvable=False, note="no null runs to judge against")
             uses = [b for b in moves if b in name.lower()] or list(moves)
             still = [b for b in uses if not moves[b][0]]
             if still:
@@ -425,7 +426,7 @@ def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, s
             read += list(df[(df["llm"] == llm) & (df["method"] == "adalora")].get("path", [])) if len(df) else []
             texts += [f"{llm}/{b} movement: {t}" for b, (_, t) in moves.items()]
     if not parts:
-        return Verdict(INCONCLUSIVE, "; ".join(texts) or "no AdaLoRA runs", resolve=RESOLVE_HINT["alloc"])
+        return Verdict(NOT_RESOLVABLE, "; ".join(texts) or "no AdaLoRA runs", resolve=RESOLVE_HINT["alloc"])
     return Verdict(combine(parts), "; ".join(texts), parts, read, RESOLVE_HINT["alloc"])
 
 

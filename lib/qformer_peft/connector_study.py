@@ -22,8 +22,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .claim import Claim
-from .verdicts import COMPARABLE_TOL, INCONCLUSIVE, VERDICTS, combine, judge
+from .claim import NOT_RUN_RESOLVE, Claim
+from .verdicts import COMPARABLE_TOL, INCONCLUSIVE, NOT_RESOLVABLE, VERDICTS, combine, judge
 from .verdicts import fmt as format_samples  # `fmt` is a parameter name below
 from .config import ExperimentConfig, heldin_on_first_seed
 
@@ -332,10 +332,11 @@ def connector_claims(df: pd.DataFrame) -> list[dict[str, str]]:
     out = []
 
     def add(cid: str, parts: list[str], verdicts: list[str], missing: str, extra: str = "") -> None:
-        verdict = combine(verdicts) if verdicts else INCONCLUSIVE
+        verdict = combine(verdicts) if verdicts else NOT_RESOLVABLE
         evidence = "; ".join(parts) + extra if parts else f"no runs to compare ({missing})"
         out.append({"id": cid, "claim": CLAIMS[cid][0], "source": CLAIMS[cid][1], "evidence": evidence,
-                    "verdict": verdict, "scale": scale, "parts": list(verdicts)})
+                    "verdict": verdict, "scale": scale, "parts": list(verdicts),
+                    "resolve": "" if verdicts else NOT_RUN_RESOLVE})
 
     keys = ["llm", "benchmark", "align_steps"]
     aligned = frame.drop_duplicates(["llm", "connector", "seed", "align_steps"])  # alignment is per LLM, not benchmark
@@ -382,7 +383,8 @@ def as_claim(d: Mapping[str, str]) -> Claim:
     if d["verdict"] not in VERDICTS:
         raise ValueError(f"connector claim {d['id']}: verdict {d['verdict']!r} is not one of the ledger's")
     return Claim(id=d["id"], statement=d["claim"], source=f"{d['source']}; {SOURCE_NOTE}", scale=d["scale"],
-                 verdict=d["verdict"], evidence=d["evidence"], parts=list(d.get("parts", [])))
+                 verdict=d["verdict"], evidence=d["evidence"], parts=list(d.get("parts", [])),
+                 resolve=d.get("resolve", ""))
 
 
 def ledger_claims(df: pd.DataFrame) -> list[Claim]:

@@ -135,10 +135,12 @@ def resolve_paths(profile: Profile, layout: Layout, data_root: str | None = None
 
 
 def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | None = None,
-           checkpoints: str | None = None, model_scaling: bool = False, full_grid: bool = False) -> list[Cell]:
+           checkpoints: str | None = None, model_scaling: bool = False, full_grid: bool = False,
+           extended: bool = False) -> list[Cell]:
     """The profile's cells in execution order: environment, experiments, then the report. model_scaling adds
-    the profile's model-size axis (with_model_scaling); full_grid runs its whole grid at claim depth."""
-    profile = resolve_profile(profile, model_scaling, full_grid)
+    the profile's model-size axis (with_model_scaling); full_grid runs its whole grid at claim depth; extended
+    adds what the default leaves out to keep its budget (with_extended)."""
+    profile = resolve_profile(profile, model_scaling, full_grid, extended)
     layout = Layout(Path(root).resolve())
     data_dir, ckpt = resolve_paths(profile, layout, data_root, checkpoints)
     runs_dir = str(layout.runs(profile.name))
@@ -169,7 +171,8 @@ def expand(profile: Profile | str, *, root: str | Path = ".", data_root: str | N
     for llm, bench in adalora:
         cells.append(Cell(f"adalora_{llm}_{bench}", ADALORA, {
             "benchmark": bench, "llm": llm, "model": model(llm), "method": "adalora",
-            "seeds": list(profile.claim_seeds), "hparams": hparams(llm, bench, "adalora"), "tags": tags, **common}))
+            "seeds": list(profile.adalora_seeds or profile.claim_seeds), "hparams": hparams(llm, bench, "adalora"),
+            "tags": tags, **common}))
     for llm, bench in profile.adalora_null_cells:
         cells.append(Cell(f"adalora-null_{llm}_{bench}", ADALORA, {
             "benchmark": bench, "llm": llm, "model": model(llm), "method": "adalora",

@@ -351,7 +351,7 @@ def _claim(cid: str, v: C.Verdict, scale: str) -> C.Claim:
 
 def _verdict(parts: list[str], verdicts: list[str], empty: str) -> C.Verdict:
     return (C.Verdict(V.combine(verdicts), "; ".join(parts), [v for v in verdicts if isinstance(v, V.Judged)])
-            if parts else C.Verdict(V.INCONCLUSIVE, empty))
+            if parts else C.Verdict(V.NOT_RESOLVABLE, empty, resolve=C.NOT_RUN_RESOLVE))
 
 
 def multitask_acc_claim(df: pd.DataFrame) -> C.Verdict:
@@ -517,5 +517,6 @@ def open_claims(df: pd.DataFrame, ranks: pd.DataFrame | None = None,
         "SD-setups": lambda: seeds_setup_claim(df), "SD-best-rank": lambda: seeds_best_rank_claim(df),
     }
     empty = df.empty or "study" not in df
-    return [_claim(cid, C.Verdict(V.INCONCLUSIVE, "no runs") if empty else makers[cid](), scale)
+    return [_claim(cid, C.Verdict(V.NOT_RESOLVABLE, "no runs", resolve=C.NOT_RUN_RESOLVE) if empty else makers[cid](),
+                   scale)
             for cid, (_, q) in OPEN_CLAIMS.items() if q in questions]

@@ -271,13 +271,14 @@ def open_questions_html(df: Any, ranks: Any, ledger: Sequence[claims_mod.Claim])
     data_f, model_f = oq.scaling_axes(oq.scaling_frame(df))   # one chart pair per axis: never mixed on one x
     gaps, model_gaps = oq.scaling_gaps(data_f), oq.scaling_gaps(model_f)
     rank_f, cells, pairs = oq.rank_frame(df), oq.seed_cells(df), oq.orderings(df)
-    none = "no runs of this question in this study (its profile leaves it out, or its notebook has not run)"
+    none = ("no runs of this question in this study: mini's default leaves it out to keep its budget (./run_all.sh "
+            "--extended adds it), or its notebook has not run")
     by_size = model_f.drop_duplicates("model_size").sort_values("model_size")["model"] if len(model_f) else []
     widths = ("Model width/depth: " + ("measured on " + ", ".join(by_size) + " (ascending parameter count), at "
                                        "the profile's own training-set size."
               if len(model_f) and model_f["model_size"].nunique() > 1 else
               "not measured at this scale. It needs base models of other sizes, each with its own staged build; "
-              "they do not fit the mini profile's 45-minute budget, so it is an opt-in: ./run_all.sh "
+              "they do not fit the mini profile's budget, so it is an opt-in: ./run_all.sh "
               "--model-scaling (or qformer-peft study --profile mini --model-scaling) builds T5 base models twice "
               "as deep and twice as wide on the same frozen encoder and adds their runs to this study. The paper "
               "profile runs the width/depth axis on the next InstructBLIP checkpoint of each LLM (Flan-T5-XXL, "
@@ -340,8 +341,9 @@ def connectors_html(df: Any, ledger: Sequence[claims_mod.Claim]) -> str:
 
     head = "<h2 id='connectors'>Connectors: Q-Former, DeCo's pooling, projector, Bottleneck Adapter</h2>"
     if not len(df) or not cs.is_study_run(df).any():
-        return head + "<p class='empty'>Connector study: not run in this profile (no run tagged " \
-                      f"{html.escape(cs.STUDY_TAG)} in the runs folder).</p>"
+        return head + "<p class='empty'>Connector study: not run in this study (no run tagged " \
+                      f"{html.escape(cs.STUDY_TAG)} in the runs folder; mini's default leaves it out to keep its " \
+                      "budget: ./run_all.sh --extended adds it).</p>"
     frame = cs.connector_frame(df)
     study = df[cs.is_study_run(df)]
     done = study[study["state"] == "done"]

@@ -245,6 +245,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-grid", action="store_true",
                    help="the paper's whole grid at claim depth: every Table-1 row at ranks 1, 2, 4, 8 on the claim "
                         "seeds, AdaLoRA on every LLM x benchmark (mini: the default runs the claim rows at rank 8)")
+    p.add_argument("--extended", action="store_true",
+                   help="add what the default leaves out to keep its budget (mini: AdaLoRA on 3 seeds with its null "
+                        "runs, the connector study, multi-task AdaLoRA, training-set sizes, ranks past the grid); "
+                        "finished cells are kept, only the new ones run")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -274,7 +278,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cells = select(expand(args.profile, root=args.out, data_root=args.data_root,
                               checkpoints=args.checkpoints, model_scaling=args.model_scaling,
-                              full_grid=args.full_grid), args.only)
+                              full_grid=args.full_grid, extended=args.extended), args.only)
         if not args.list:
             check_inputs(cells)
     except GridError as err:

@@ -201,7 +201,7 @@ def _build_one(preset: str, llm: str, expected: Path, data_dir: Path, checkpoint
 
 def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str | None = None,
               data_root: str | None = None, checkpoints: str | None = None, model_scaling: bool = False,
-              full_grid: bool = False,
+              full_grid: bool = False, extended: bool = False,
               allow_cpu: bool = False, limits: dict[str, int] | None = None,
               log: Callable[[str], None] = print) -> int:
     """Every stage of a profile (with its model-size axis when model_scaling: its extra base models, then
@@ -209,7 +209,7 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
     The paper profile needs CUDA unless allow_cpu; limits (LIMITS) cap every run's size. Every input that no
     stage builds is checked first: a missing one stops the study before anything runs (GridError)."""
     layout = Layout(Path(root).resolve())
-    prof = resolve_profile(profile, model_scaling, full_grid)
+    prof = resolve_profile(profile, model_scaling, full_grid, extended)
     cuda_guard(prof, allow_cpu)
     cells = with_limits(select(expand(prof, root=layout.root, data_root=data_root, checkpoints=checkpoints), only),
                         dict(limits or {}))
@@ -270,7 +270,8 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
                                  alongside=grid_stage, timings=timings)
 
     jobs = jobs if jobs > 0 else auto_jobs()
-    log(f"[study] profile {profile}{' with --model-scaling' if model_scaling else ''} ({prof.description}); "
+    opts = [f for f, on in (("--model-scaling", model_scaling), ("--full-grid", full_grid), ("--extended", extended)) if on]
+    log(f"[study] profile {profile}{' with ' + ' '.join(opts) if opts else ''} ({prof.description}); "
         f"study root {layout.root}; {jobs} worker(s)")
     began = time.time()
     stage("data", data)
@@ -282,7 +283,7 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
         + (" (the grid alongside the base models)" if overlap else "") + f"; total {total:.1f} s")
     layout.reports.mkdir(parents=True, exist_ok=True)
     runs.write_json(layout.reports / "study_timings.json", {"profile": profile, "model_scaling": model_scaling,
-                                                            "full_grid": full_grid, "jobs": jobs,
+                                                            "full_grid": full_grid, "extended": extended, "jobs": jobs,
                                                             "stages_s": timings, "total_s": total,
                                                             "grid_alongside_base_models": overlap,
                                                             "failures": failures, "finished": runs.now()})
@@ -309,7 +310,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         return run_study(args.profile, root=args.out, jobs=max(0, args.jobs), only=args.only,
                          data_root=args.data_root, checkpoints=args.checkpoints, model_scaling=args.model_scaling,
-                         full_grid=args.full_grid,
+                         full_grid=args.full_grid, extended=args.extended,
                          allow_cpu=args.allow_cpu,
                          limits={k: getattr(args, k) for k in LIMITS if getattr(args, k) is not None})
     except GridError as err:

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 from . import runs
 from .grid_cells import ADALORA, MULTITASK, PEFT, RANK_SENSITIVITY, SCALING, SEEDS, expand
 from .config import ExperimentConfig, experiment_configs
-from .grid import PROFILES, with_model_scaling
+from .grid import PROFILES, with_extended, with_model_scaling
 from .paper import ADALORA_BENCHMARKS
 from .reruns import RerunRule, plan_reruns
 
@@ -22,6 +22,7 @@ def describe_profiles() -> "Any":
 
     rows = []
     variants = [(p, "") for p in PROFILES.values()]
+    variants += [(with_extended(p), " --extended") for p in PROFILES.values() if p.extended]
     variants += [(with_model_scaling(p), " --model-scaling") for p in PROFILES.values() if p.model_scaling_models]
     for p, option in variants:
         cells = expand(p, root="<out>", data_root="<data-root>" if p.data_size is None else None,
