@@ -322,7 +322,11 @@ def test_connector_notebooks_start_first_and_a_second_one_reads_the_first_ones_a
     cells = grid_cells.expand(dataclasses.replace(grid.PROFILES["mini"], connector_cells=three), root=tmp_path)
     order = schedule.start_order(cells)
     connectors = [c for c in cells if c.notebook == grid_cells.CONNECTORS]
-    assert len(connectors) == 3 and order[:3] == connectors and order[3:] == [c for c in cells if c not in connectors]
+    assert order[0].kind == "environment" and len(connectors) == 3 and order[1:4] == connectors
+    # then the longest first: the claim rows (3 seeds, up to 8 epochs) before AdaLoRA's one seed and the other rows
+    budget = [sum(cfg.max_epochs for cfg in c.configs()) for c in order[4:]]
+    assert budget == sorted(budget, reverse=True) and budget[0] > budget[-1]
+    assert sorted(c.name for c in order) == sorted(c.name for c in cells)
     by_name = {c.name: c for c in connectors}
     # the two claim notebooks align the same connectors: the second starts once the first has finished
     assert by_name["connectors_t5_scienceqa_claims"].after == ("connectors_t5_iconqa_claims",)

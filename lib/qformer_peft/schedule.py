@@ -191,9 +191,10 @@ def run_grid(cells: Sequence[Cell], *, out_dir: str | Path, notebooks_dir: str |
 
 def start_order(cells: Sequence[Cell]) -> list[Cell]:
     """The order workers take cells in: longest first, so that no worker is left with a long notebook at the end
-    while the others idle. The connector notebooks (each aligns several connectors first) were the longest of
-    the mini grid (920 worker-s in 4 notebooks) and are listed after the paper's grid; the rest keep their order."""
-    return sorted(cells, key=lambda c: c.notebook != CONNECTORS)
+    while the others idle. The environment first; then the connector notebooks (each aligns several connectors
+    before it trains); then by the epochs a cell may train, summed over its runs (stable: ties keep their order)."""
+    return sorted(cells, key=lambda c: (c.kind != "environment", c.notebook != CONNECTORS,
+                                        -sum(cfg.max_epochs for cfg in c.configs())))
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
