@@ -1,4 +1,4 @@
-"""What adapting costs on the held-in tasks, per run (issue 5): run_experiment with heldin_limit > 0 stores
+"""What adapting costs on the held-in tasks, per run: run_experiment with heldin_limit > 0 stores
 held-in VQA exact match of the adapted model and, for a peft model, with its LoRA switched off."""
 import pytest
 

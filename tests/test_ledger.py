@@ -1,4 +1,4 @@
-"""The parameter ledger: full-size counts on the meta device against PROTOCOL §2."""
+"""The parameter ledger: full-size counts on the meta device against docs/protocol.md §2."""
 import json
 
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from qformer_peft import cli, params
 from qformer_peft.params import KEYS, parameter_ledger
 
-# PROTOCOL §2 (derived). The Q-Former figure there, 185,659,392, is BERT-base with 30,522 word
+# docs/protocol.md §2 (derived). The Q-Former figure there, 185,659,392, is BERT-base with 30,522 word
 # embeddings; LAVIS adds the "[DEC]" token and resizes to 30,523 (transformers' conversion does the
 # same), so the Q-Former the paper trained has one more 768-wide row.
 QFORMER = 185_659_392 + 768

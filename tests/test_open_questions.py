@@ -1,4 +1,4 @@
-"""The open questions (issue 7 §2): a joint benchmark trains on both tasks and scores each; the plans reuse
+"""The open questions (past the paper): a joint benchmark trains on both tasks and scores each; the plans reuse
 the paper grid's runs; every claim flips its verdict when the data flips (constructed DataFrames); the
 formulas behind the seed orderings; the charts render."""
 import numpy as np

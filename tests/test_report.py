@@ -12,7 +12,7 @@ from qformer_peft import claim_ledger, claims, paper, report, results, runs
 from qformer_peft import open_questions as oq
 from qformer_peft import report_charts as rc
 
-FULL_SIZE = {"flan-t5-xl": [  # the shape of params.parameter_ledger's rows, with the PROTOCOL §2 figures
+FULL_SIZE = {"flan-t5-xl": [  # the shape of params.parameter_ledger's rows, with the docs/protocol.md §2 figures
     {"llm": "flan-t5-xl", "setup": "qf-lora", "qf_sublayers": "all", "llm_targets": None, "rank": 8,
      "qformer_lora": 2_125_824, "llm_lora": 0, "total": 3_728_128, "pct_of_baseline": 1.99, "pct_of_qformer": 1.15},
     {"llm": "flan-t5-xl", "setup": "qf-lora+llm-lora", "qf_sublayers": "all", "llm_targets": "all", "rank": 8,

@@ -1,5 +1,5 @@
-"""The index's connector section and claim-ledger rows (issue 7 §1), and its table of what adapting costs on
-held-in VQA (issue 5), from run folders written as the engine writes them (fixtures/study_runs.py)."""
+"""The index's connector section and claim-ledger rows (the connector study), and its table of what adapting costs on
+held-in VQA, from run folders written as the engine writes them (fixtures/study_runs.py)."""
 import re
 
 from fixtures.study_runs import CONNECTOR_EFFECT, write_connector_study, write_heldin_runs, write_study
@@ -27,7 +27,7 @@ def test_the_index_has_a_connector_section_and_ledger_rows_for_the_connector_cla
     runs_dir = write_study(tmp_path, ranks=(2,), seeds=(42, 43), benchmarks=("iconqa",), adalora=())
     write_connector_study(tmp_path)
     page = _page(runs_dir, tmp_path)
-    section = page[page.index("id='connectors'"):page.index("id='oq-multitask'")]   # issue 7 §1, then §2
+    section = page[page.index("id='connectors'"):page.index("id='oq-multitask'")]   # the connector study, then the open questions
     assert page.index("id='adalora'") < page.index("id='connectors'")
     for fid in CHARTS:
         start = section.index(f"id='{fid}'")

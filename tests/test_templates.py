@@ -1,4 +1,4 @@
-"""Golden prompt strings (PROTOCOL §3, as the paper's code built them), targets, cleaning, left truncation."""
+"""Golden prompt strings (docs/protocol.md §3, as the paper's code built them), targets, cleaning, left truncation."""
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
