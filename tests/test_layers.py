@@ -21,7 +21,7 @@ LAYERS = [
     ["engine"],                                                 # run_experiment: one run end to end
     ["engine_cli", "pretrain.", "params", "bench_cuda", "bench", "export"],  # base builds, parameter ledger, benches
     ["verdicts", "report_charts", "open_charts", "claim", "claims", "connector_study", "open_questions",
-     "claim_ledger", "results"],                                           # analysis: verdicts, charts and claims
+     "claim_ledger", "results", "readme_results"],                         # analysis: verdicts, charts and claims
     ["reruns", "grid", "grid_cells", "workbook", "execute", "schedule"],  # profiles, cells, notebooks' API, running
     ["report"],                                                 # the index page
     ["study"],                                                  # a profile end to end

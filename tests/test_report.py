@@ -239,7 +239,7 @@ def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_p
     v = {c.id: c.verdict for c in claim_ledger.ledger(rc.runs_frame(runs_dir), rc.ranks_frame(rc.runs_frame(runs_dir)),
                                                 full_size=FULL_SIZE)}
     assert (v["MT-acc"], v["MT-alloc"], v["SC-data"], v["RK-qf"]) == (claims.HOLDS,) * 4
-    assert v["SC-model"] == (claims.HOLDS if models else claims.NOT_RESOLVABLE)
+    assert v["SC-model"] == (claims.HOLDS if models else claims.NOT_RESOLVABLE)   # one model size: nothing to judge
 
 
 def test_external_reference_check_catches_network_scripts_and_styles():
@@ -287,3 +287,21 @@ def test_table1_csv_cells_can_be_recomputed_from_the_run_folders_it_names(tmp_pa
     c1 = next(c for c in stored["claims"] if c["id"] == "C1")
     assert c1["verdict"] == claims.HOLDS and c1["runs"] and all((root / p).is_dir() for p in c1["runs"])
     assert all(k in c1 for k in ("estimate", "ci95", "mde", "n_seeds", "n_items", "statement", "source", "scale"))
+
+
+def test_the_page_escapes_what_runs_wrote_and_its_templates_ship_with_the_package():
+    record = {"id": "X-1", "statement": "<script>alert(1)</script>", "source": "a & b", "scale": "embedded",
+              "verdict": claims.HOLDS, "evidence": "<b>not bold</b>", "estimate": 1.0, "ci95": [0.5, 1.5], "margin": 0.0,
+              "runs": ["runs/x'y"]}
+    page = report.ledger_html([record], note=False)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "a &amp; b" in page
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in page and "href='runs/x&#39;y'" in page
+    assert "<svg class='mark'" in page and "<td class='holds'>holds</td>" in page   # the mark is markup, not text
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["qformer_peft"]
+    shipped = [p.relative_to(report.TEMPLATES.parent).as_posix() for p in report.TEMPLATES.iterdir()]
+    assert shipped and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in shipped), shipped

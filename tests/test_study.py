@@ -13,7 +13,7 @@ import pytest
 from test_grid import fake_cell, report_cell, run
 from test_notebooks import FAKE_FULL_SIZE
 
-from qformer_peft import claims, grid, grid_cells, report, results, runs, schedule, study
+from qformer_peft import claims, grid, grid_cells, readme_results, report, results, runs, schedule, study
 from qformer_peft.pretrain import base
 
 
@@ -163,8 +163,8 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert "id='rates'" in page
     # the README's results block is generated from these files
     summary = (tmp_path / "reports" / "summary.md").read_text()
-    assert summary == report.results_markdown(tmp_path / "reports") and "Verdicts:" in summary
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{report.README_BLOCK[0]}\nold\n{report.README_BLOCK[1]}\nafter\n")
-    assert report.write_readme_results(readme, tmp_path / "reports")
-    assert readme.read_text() == f"# x\n{report.README_BLOCK[0]}\n{summary}{report.README_BLOCK[1]}\nafter\n"
+    assert summary == readme_results.results_markdown(tmp_path / "reports") and "Verdicts:" in summary
+    readme, (begin, end) = tmp_path / "README.md", readme_results.README_BLOCK
+    readme.write_text(f"# x\n{begin}\nold\n{end}\nafter\n")
+    assert readme_results.write_readme_results(readme, tmp_path / "reports")
+    assert readme.read_text() == f"# x\n{begin}\n{summary}{end}\nafter\n"

@@ -288,7 +288,7 @@ def run_study(profile: str, *, root: str | Path = ".", jobs: int = 0, only: str 
                                                             "grid_alongside_base_models": overlap,
                                                             "failures": failures, "finished": runs.now()})
     if (layout.reports / "claims.json").is_file():  # the README's results block is generated from this file
-        from .report import results_markdown
+        from .readme_results import results_markdown
 
         runs.atomic_write(layout.reports / "summary.md", results_markdown(layout.reports))
     return min(failures, 100)
