@@ -66,7 +66,7 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
     from .evaluate import candidate_nll, candidate_nll_loop
     from .features import FeatureCache, ImageEncoder
     from .models.inputs import encode_images
-    from .train import adamw, backward_step, fuse_lora, param_groups, seed_everything
+    from .train import adamw, backward_step, fuse_lora, optimizer_update, param_groups, seed_everything
 
     out: dict[str, Any] = {"preset": "mini", "llm": llm, "batch_size": batch_size, "threads": torch.get_num_threads(),
                            "train": [], "eval": {}}
@@ -95,8 +95,7 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
                 def step():
                     batch = batches[next(cursor) % len(batches)]
                     backward_step(model, bundle, batch, images=images)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer_update(optimizer)
 
                 seconds = median_time(step, warmup, steps)
                 row["cached_samples_per_s" if cached else "uncached_samples_per_s"] = batch_size / seconds
@@ -235,7 +234,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
     from . import features, peft_setup
     from .run_inputs import resolve_bundle
     from .features import FeatureCache, ImageEncoder
-    from .train import adamw, backward_step, fuse_lora, param_groups, seed_everything
+    from .train import adamw, backward_step, fuse_lora, optimizer_update, param_groups, seed_everything
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -265,8 +264,7 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
 
                     def step():
                         backward_step(model, bundle, batches[next(cursor) % len(batches)], images=images)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
+                        optimizer_update(optimizer)
 
                     fused = fuse_lora(model)  # as fit() runs it
                     step()  # the optimizer state exists before anything is counted
@@ -328,7 +326,7 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
     from . import peft_setup
     from .models.inputs import forward
     from .models.presets import build_config
-    from .train import adamw, param_groups
+    from .train import adamw, optimizer_update, param_groups
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -363,8 +361,7 @@ def bench_cuda(*, batch_size: int = 16, warmup: int = 2, steps: int = 5, prompt_
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 loss = forward(model, batch).loss
             loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_update(optimizer)
 
         step()  # allocate the optimizer state before counting
         with FlopCounterMode(display=False) as counter:

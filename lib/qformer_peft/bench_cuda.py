@@ -139,7 +139,7 @@ def measure(config, *, setup: str, precision: str, batch_size: int, device: str 
             target_tokens: int = TARGET_TOKENS, label: str = "") -> dict[str, Any]:
     """One case: build, then time the training step (median of `steps` after `warmup`); see the module doc."""
     from .models.inputs import forward
-    from .train import adamw, param_groups
+    from .train import adamw, optimizer_update, param_groups
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -155,14 +155,8 @@ def measure(config, *, setup: str, precision: str, batch_size: int, device: str 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype):
             loss = forward(model, batch, image_embeds=features).loss
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        optimizer_update(optimizer, scaler=scaler)
 
     step()  # allocates the optimizer state
     flops = count_flops(step)

@@ -295,6 +295,31 @@ def backward_step(model, bundle, examples: Sequence[Example], *, images: Callabl
     return float(loss.detach())
 
 
+def optimizer_update(optimizer, scheduler=None, *, scaler=None, tuner=None, step: int | None = None) -> None:
+    """One optimiser update after the backward pass(es), in the order every training loop here shares.
+
+    The step (through the fp16 grad scaler when there is one), then AdaLoRA's budget update at `step` (tuner:
+    adalora_tuner(model)) while the gradients are still there, then zero_grad, then one scheduler step (pass
+    None where the schedule advances per epoch).
+    """
+    if scaler is not None:
+        scale = scaler.get_scale() if tuner is not None else None  # get_scale syncs on CUDA: only when needed
+        scaler.step(optimizer)  # unscales the gradients first, so AdaLoRA sees true ones below
+        scaler.update()
+        if tuner is not None and scaler.get_scale() < scale:  # an overflow skipped this step:
+            for group in optimizer.param_groups:  # keep inf/nan out of AdaLoRA's importance scores
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    else:
+        optimizer.step()
+    if tuner is not None:
+        tuner.update_and_allocate(step)  # after backward, before zero_grad (peft's contract)
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]            # one row per epoch
@@ -392,22 +417,9 @@ def fit(
                                             scaler=scaler, divide=len(group)))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if scaler is not None:
-                scale = scaler.get_scale()
-                scaler.step(optimizer)  # unscales the gradients first, so AdaLoRA sees true ones below
-                scaler.update()
-                if tuner is not None and scaler.get_scale() < scale:  # an overflow skipped this step:
-                    for p in model.parameters():  # keep inf/nan out of AdaLoRA's importance scores
-                        if p.grad is not None:
-                            p.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-            else:
-                optimizer.step()
             st["global_step"] += 1
-            if tuner is not None:
-                tuner.update_and_allocate(st["global_step"])  # after backward, before zero_grad (peft's contract)
-            optimizer.zero_grad(set_to_none=True)
-            if per_step:
-                scheduler.step()
+            optimizer_update(optimizer, scheduler if per_step else None, scaler=scaler, tuner=tuner,
+                             step=st["global_step"])
         bar.close()
         if not per_step:
             scheduler.step()

@@ -10,7 +10,8 @@ projection (connector 'qformer'), or the connector (+ the bottleneck's LLM adapt
 LayerNorm in every case; the ViT and the LLM stay frozen. The recipe (ALIGN) is base stage 3's: AdamW, lr 5e-4,
 weight decay 0.05 on matrices, batch 16, linear warm-up then cosine. The base model's stage-3 trainer
 (stages.train_qformer) counts epochs and keeps the best epoch's weights; a step budget needs one pass
-over fresh examples with checkpoints along the way, so the loop here is its own, built from train.backward_step.
+over fresh examples with checkpoints along the way, so the loop here is its own, built from train.backward_step
+and train.optimizer_update.
 
 The result is cached like the base models: CACHE/<label>-s<seed>-<key>/aligned.safetensors (the tensors
 alignment trained) + align.json (the report), keyed by the model's weights before alignment (the frozen base
@@ -162,7 +163,7 @@ def _train(model, bundle, train: list, val: list, *, images, steps: int, seed: i
            log, label: str) -> dict[str, Any]:
     from transformers import get_cosine_schedule_with_warmup
 
-    from ..train import adamw, backward_step, param_groups, seed_everything
+    from ..train import adamw, backward_step, optimizer_update, param_groups, seed_everything
     from ..models.inputs import forward, make_batch
 
     @torch.no_grad()
@@ -192,9 +193,7 @@ def _train(model, bundle, train: list, val: list, *, images, steps: int, seed: i
         tick = time.perf_counter()
         losses.append(backward_step(model, bundle, train[(step - 1) * bs: step * bs], images=images,
                                     max_prompt_tokens=ALIGN["max_prompt_tokens"], device=device))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_update(optimizer, scheduler)
         train_s += time.perf_counter() - tick
         if step in marks:
             recent = losses[-max(1, len(losses) // len(marks)):]

@@ -189,7 +189,7 @@ def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, l
     held-out attribute accuracy (vision_quality), the majority-class reference, steps and time."""
     from transformers import InstructBlipVisionModel
 
-    from ..train import adamw, param_groups
+    from ..train import adamw, optimizer_update, param_groups
     from ..models.build import ImageProcessor
 
     start = time.perf_counter()
@@ -223,10 +223,8 @@ def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, l
             source = mirrored if mirrored is not None and step % 2 else (pixels, labels)
             pred = heads(vision(pixel_values=source[0][idx]).last_hidden_state)
             loss = dense_loss(pred, {k: v[idx] for k, v in source[1].items()})
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            optimizer_update(optimizer, scheduler)
             step += 1
             losses.append(loss.item())
         _log(log, f"[base] stage 1 epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-per_epoch:]):.3f} "
@@ -335,7 +333,7 @@ def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, 
                    lr: float, seed: int, mc_fraction: float = 0.0, extra_per_picture: int = 0,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stage 2: the LLM alone on the held-in text, in place. Returns held-out perplexity before and after."""
-    from ..train import adamw, param_groups
+    from ..train import adamw, optimizer_update, param_groups
 
     start = time.perf_counter()
     train_pairs = text_corpus(heldin, "train", mc_fraction, seed, extra_per_picture)
@@ -357,10 +355,8 @@ def train_language(language_model, tokenizer, llm_kind: str, heldin: HeldIn, *, 
         for b in range(per_epoch):
             batch = lm_batch(tokenizer, llm_kind, examples[b * batch_size:(b + 1) * batch_size])
             loss = language_model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            optimizer_update(optimizer, scheduler)
             losses.append(loss.item())
         _log(log, f"[base] stage 2 epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-per_epoch:]):.3f} "
                   f"({time.perf_counter() - start:.0f} s)")
