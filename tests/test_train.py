@@ -13,8 +13,8 @@ from qformer_peft.evaluate import Example
 from qformer_peft.features import FeatureCache, ImageEncoder
 from qformer_peft.models.build import build_model, default_tokenizers
 from qformer_peft.models.inputs import forward, make_batch, unwrap
-from qformer_peft.train import (adalora_ranks, adamw, fit, make_schedule, param_groups, seed_everything, steps_per_epoch,
-                                trainable_state)
+from qformer_peft.train import (adalora_ranks, adamw, fit, make_schedule, optimizer_update, param_groups,
+                                seed_everything, steps_per_epoch, trainable_state)
 
 WORDS = "<Image> Question: what color is it ? Options: ( a ) b red blue . Short answer:".split()
 SETUPS = [("baseline", None, None, None), ("qf-fft+llm-lora", None, "all", 2), ("qf-lora", "all", None, 2),
@@ -97,6 +97,50 @@ def test_schedules():
     assert per_step and cosine[:3] == pytest.approx([0.0, 0.5, 1.0])
     assert cosine[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
     assert steps_per_epoch(33, 4, 2) == 5  # 9 micro-batches, the last group of one still steps
+
+
+
+class _Allocator:
+    """Stands in for AdaLoRA's tuner: records the step and the gradients update_and_allocate sees."""
+
+    def __init__(self, model):
+        self.model, self.seen = model, []
+
+    def update_and_allocate(self, step):
+        self.seen.append((step, [None if p.grad is None else p.grad.clone() for p in self.model.parameters()]))
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_one_update_steps_then_lets_adalora_read_the_gradients_then_zeroes_them_then_advances_the_schedule(scaled):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    true = torch.autograd.grad(model(x).pow(2).sum(), list(model.parameters()))
+    optimizer = adamw(param_groups(model, 0.0), 0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 / (s + 1))
+    scaler = torch.amp.GradScaler("cpu") if scaled else None  # the fp16 path (the scale is a power of 2: exact)
+    tuner, before = _Allocator(model), [p.detach().clone() for p in model.parameters()]
+    loss = model(x).pow(2).sum()
+    (scaler.scale(loss) if scaled else loss).backward()
+    optimizer_update(optimizer, scheduler, scaler=scaler, tuner=tuner, step=5)
+    ((step, grads),) = tuner.seen
+    assert step == 5 and all(torch.equal(g, t) for g, t in zip(grads, true))  # true (unscaled) gradients
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))  # the step happened first
+    assert all(p.grad is None for p in model.parameters())
+    assert scheduler.last_epoch == 1 and optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+
+    # an fp16 overflow skips the step and hands AdaLoRA zeros for the inf/nan gradients
+    if scaled:
+        params = list(model.parameters())
+        after_first = [p.detach().clone() for p in params]
+        scaler.scale(model(x).pow(2).sum()).backward()
+        params[0].grad[0, 0] = math.inf
+        params[1].grad[0] = math.nan
+        scale = scaler.get_scale()
+        optimizer_update(optimizer, scaler=scaler, tuner=tuner, step=6)
+        assert scaler.get_scale() < scale and all(torch.equal(p, a) for p, a in zip(params, after_first))
+        step, grads = tuner.seen[-1]
+        assert step == 6 and all(bool(torch.isfinite(g).all()) for g in grads) and grads[0][0, 0] == 0
 
 
 @pytest.mark.parametrize("setup, qf, llm_targets, rank", SETUPS)
