@@ -242,6 +242,18 @@ def test_report_has_a_section_per_open_question_with_its_charts_and_claims(tmp_p
     assert v["SC-model"] == (claims.HOLDS if models else claims.NOT_RESOLVABLE)   # one model size: nothing to judge
 
 
+def test_open_questions_comparing_runs_that_did_not_move_are_not_resolvable(tmp_path):
+    """The same differences, but the training-set-size runs score below the base's zero-shot 45%: SC-data is not
+    resolvable and names the runs; the rank runs moved, so RK-qf keeps its verdict."""
+    runs_dir = write_study(tmp_path, ranks=(2, 8), benchmarks=("iconqa",), rows=paper.CLAIM_ROWS, adalora=("iconqa",))
+    write_open_questions(tmp_path, rank=8, scaling_acc=30.0)
+    df = rc.runs_frame(runs_dir)
+    led = {c.id: c for c in claim_ledger.ledger(df, rc.ranks_frame(df), full_size=FULL_SIZE)}
+    assert led["SC-data"].verdict == claims.NOT_RESOLVABLE
+    assert "did not move from the base: t5/iconqa baseline n=40" in led["SC-data"].evidence and led["SC-data"].resolve
+    assert led["RK-qf"].verdict == claims.HOLDS
+
+
 def test_external_reference_check_catches_network_scripts_and_styles():
     bad = ['<script src="https://cdn.example/vega.js"></script>', "<link rel='stylesheet' href='//cdn.x/a.css'>",
            "<style>@import url('https://fonts.example/f.css');</style>", 'await import("https://cdn.x/m.mjs")',

@@ -355,6 +355,18 @@ def _stats5(m: pd.DataFrame) -> dict[str, dict]:
             "d(VizWiz, IconQA) − d(VizWiz, ScienceQA) ×100": per_seed("vizwiz", "scienceqa", "iconqa")}
 
 
+def runs_moved(runs_: pd.DataFrame, refs: pd.DataFrame) -> tuple[bool, str]:
+    """Did these runs (one configuration, its seeds) move from their base? Their test items against the base's
+    zero-shot score (recorded by a run in refs) and chance, each by a paired 95% interval above 0."""
+    a, zs, ch = scores_of(runs_), zero_shot_of(refs), chance_of(runs_)
+    if ch is None or not a.seeds:
+        return False, "no multiple-choice predictions"
+    if zs is None:
+        return False, "the base's zero-shot score was not recorded"
+    over = [paired_bootstrap(a, zs, label="zero-shot"), paired_bootstrap(a, ch, label="chance")]
+    return all(p.lo > 0 for p in over), ", ".join(f"vs {p.label} {p.interval_text(unit=' pt')}" for p in over)
+
+
 def adalora_movement(df: pd.DataFrame, llm: str, bench: str) -> tuple[bool, str]:
     """Did the AdaLoRA runs of this cell move from their base? Multiple choice: they beat the base's zero-shot
     score (recorded by the null or baseline runs) and chance on the same items; open-ended benchmarks: their
