@@ -20,7 +20,7 @@ LAYERS = [
     ["pretrain.heldin", "pretrain.stages", "pretrain.quality", "pretrain.alignment"],  # pretraining stages, held-in scores, alignment
     ["engine"],                                                 # run_experiment: one run end to end
     ["engine_cli", "pretrain.", "params", "bench_cuda", "bench", "export"],  # base builds, parameter ledger, benches
-    ["verdicts", "report_charts", "open_charts", "claim", "claims", "connector_study", "open_questions",
+    ["verdicts", "report_charts", "open_charts", "scores", "claim", "claims", "connector_study", "open_questions",
      "claim_ledger", "results", "readme_results"],                         # analysis: verdicts, charts and claims
     ["reruns", "grid", "grid_cells", "workbook", "execute", "schedule"],  # profiles, cells, notebooks' API, running
     ["report"],                                                 # the index page

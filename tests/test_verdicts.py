@@ -99,13 +99,13 @@ def test_hierarchical_bootstrap_pairs_items_and_is_reproducible():
 def test_a_cell_that_did_not_move_is_not_resolvable(tmp_path):
     from fixtures.study_runs import write_study
 
-    from qformer_peft import claims
+    from qformer_peft import claims, scores
     from qformer_peft import report_charts as rc
 
     runs_dir = write_study(tmp_path, benchmarks=("iconqa",), rows=(("baseline", None, None), ("qf-lora", "all", None)),
                            ranks=(8,), seeds=(42, 43), adalora=(), zero_shot=80.0)
     df = rc.runs_frame(runs_dir)
-    mv = claims.movement(df)
+    mv = scores.movement(df)
     assert not mv.moved and "vs zero-shot" in mv.text
     v = claims.accuracy_claim(df, "qf-lora", tolerance=V.COMPARABLE_TOL)
     assert v.verdict == V.NOT_RESOLVABLE and "did not move" in v.evidence

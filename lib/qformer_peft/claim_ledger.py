@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from .claim import Claim
-from .claims import adalora_movement, paper_claims, runs_moved
+from .claims import paper_claims
+from .scores import adalora_movement, runs_moved
 from .config import MULTITASK_SEP
 from .connector_study import ledger_claims as connector_claims
 from .open_questions import MULTITASK_TASKS, open_claims

@@ -388,7 +388,7 @@ def as_claim(d: Mapping[str, str]) -> Claim:
 
 
 def ledger_claims(df: pd.DataFrame) -> list[Claim]:
-    """connector_claims(df) as claims.Claim rows (claims.ledger lists them after the paper's)."""
+    """connector_claims(df) as claim.Claim rows (claim_ledger.ledger lists them after the paper's)."""
     return [as_claim(d) for d in connector_claims(df)]
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import runs
 from .claim import Claim, relative_path
-from .claims import CONFIG_KEYS, best_config, cells_of, chance_of, scores_of, validation_scores, zero_shot_of
+from .scores import CONFIG_KEYS, best_config, cells_of, chance_of, scores_of, validation_scores, zero_shot_of
 from .paper import SETUPS
 from .report_charts import paper_runs
 from .verdicts import CORRECTION, NOT_COMPARABLE, VERDICTS, paired_bootstrap
