@@ -13,11 +13,11 @@ import pandas as pd
 
 from .claim import Claim
 from .claims import paper_claims
-from .scores import adalora_movement, runs_moved
 from .config import MULTITASK_SEP
 from .connector_study import ledger_claims as connector_claims
 from .open_questions import MULTITASK_TASKS, open_claims
 from .report_charts import paper_runs
+from .scores import adalora_movement, runs_moved
 from .verdicts import NOT_COMPARABLE, NOT_RESOLVABLE
 
 # The open questions that compare trained runs, and which of them must have moved from their base for a verdict:
@@ -54,8 +54,8 @@ def compared_runs(cid: str, df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, p
         grid = paper_runs(lora)
         for (llm, bench), extra in lora[lora["study"] == "ranks"].groupby(["llm", "benchmark"]):
             g = grid[(grid["llm"] == llm) & (grid["benchmark"] == bench)]
-            for rank, runs_ in ([(g["rank"].max(), g[g["rank"] == g["rank"].max()])] if len(g) else []) + \
-                    list(extra.groupby("rank")):
+            reference = g[g["rank"] == g["rank"].max()]           # the grid's largest rank, as rank_claim compares
+            for rank, runs_ in [*reference.groupby("rank"), *extra.groupby("rank")]:
                 out.append((f"{llm}/{bench} {setup} r={int(rank)}", runs_, refs(llm, bench)))
     elif cid == "SC-data":
         sc = done[(done["study"] == "scaling") & done["train_limit"].notna()] if "train_limit" in done else done.iloc[:0]

@@ -87,10 +87,8 @@ def with_model_scaling(profile: "Profile") -> "Profile":
 
 def with_full_grid(profile: "Profile") -> "Profile":
     """The same profile with the paper's whole grid at claim depth: every Table-1 row at every rank of RANKS on the
-    claim seeds with the profile's own hyperparameters, and AdaLoRA on every LLM x benchmark on the claim seeds. The same name (runs
-    folder): the cells the default profile finished are reused where their configs are the same."""
-    import dataclasses
-
+    claim seeds with the profile's own hyperparameters, and AdaLoRA on every LLM x benchmark on the claim seeds. The
+    same name (runs folder): the cells the default profile finished are reused where their configs are the same."""
     return dataclasses.replace(profile, ranks=RANKS, seeds=profile.claim_seeds, other_rows_hparams={},
                                adalora_cells=None, adalora_seeds=())
 
