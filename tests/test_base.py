@@ -1,4 +1,4 @@
-"""Embedded base models (pretrain/base.py, stages.py, quality.py) on the tiny preset and tiny data.
+"""Embedded base models (pretrain/base.py, vision.py, stages.py, quality.py) on the tiny preset and tiny data.
 
 One real build is shared by the module: it is trained once in memory (train_base) and once through the
 cache (ensure_base) on a copy of the data without the four benchmarks, and the two must agree bit for bit.
@@ -14,6 +14,7 @@ from qformer_peft.data import synthetic
 from qformer_peft.data.synthetic_world import patch_labels
 from qformer_peft.models import load_bundle, make_batch
 from qformer_peft.pretrain import adaptability, base, build_report, quality, stages
+from qformer_peft.pretrain import vision as vision_stage
 from qformer_peft.pretrain import heldin as heldin_mod
 from qformer_peft.pretrain import recipe as recipes
 from qformer_peft.pretrain import cli as base_cli
@@ -178,17 +179,17 @@ def test_recipe_errors_name_the_field():
 def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
     heldin = heldin_mod.read_heldin(data)
     scenes = [sc for _, sc in heldin.scenes["train"][:8]]
-    labels = stages.dense_labels(scenes, "mini")
+    labels = vision_stage.dense_labels(scenes, "mini")
     grid = patch_labels(scenes[0], patch=8)
     assert torch.equal(labels["shape"][0], torch.as_tensor(grid["shape"]).flatten())
-    flipped = stages.flip_labels(labels)
-    again = stages.flip_labels(flipped)
+    flipped = vision_stage.flip_labels(labels)
+    again = vision_stage.flip_labels(flipped)
     assert all(torch.equal(again[k], labels[k]) for k in labels)
     on = labels["col"] >= 0
     assert torch.equal(flipped["col"].view(-1, 8, 8).flip(2).view(labels["col"].shape)[on], 2 - labels["col"][on])
     # every shape of the world is left-right symmetric: the labels of the mirrored scene, up to rasterisation
     mirrored = [{**sc, "objects": [{**o, "cx": sc["size"] - o["cx"]} for o in sc["objects"]]} for sc in scenes]
-    direct = stages.dense_labels(mirrored, "mini")
+    direct = vision_stage.dense_labels(mirrored, "mini")
     for k in ("shape", "color", "size"):
         assert (flipped[k] == direct[k]).float().mean() > 0.97, k
     close = (flipped["geometry"] - direct["geometry"]).abs().max(-1).values < 1e-6
@@ -367,7 +368,7 @@ def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldi
     stage1 = load_file(vision_file)
     key = base.build_key("tiny", "t5", 0, heldin_only, RECIPE)
     assert vision_file.parent == base.vision_dir(cache, key)
-    monkeypatch.setattr(stages, "train_vision", lambda *a, **k: pytest.fail("stage 1 trained a second time"))
+    monkeypatch.setattr(vision_stage, "train_vision", lambda *a, **k: pytest.fail("stage 1 trained a second time"))
     shared = tmp_path / "shared"
     shutil.copytree(cache / "vision", shared / "vision")
     for preset in ("tiny-wide", "tiny-deep"):
