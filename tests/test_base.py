@@ -24,20 +24,9 @@ RECIPE = recipes.RECIPES["tiny"].replace(eval_limit=12)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    synthetic.synthesize(root, "tiny", 0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def heldin_only(data, tmp_path_factory):
-    """The same world with the four benchmark folders removed: a build must not notice."""
-    root = tmp_path_factory.mktemp("heldin_only") / "data"
-    shutil.copytree(data, root)
-    for bench in synthetic.BENCHMARKS:
-        shutil.rmtree(root / bench)
-    return root
+def data(world):
+    """The tiny world (conftest.py); heldin_only is the same without the benchmarks."""
+    return world
 
 
 @pytest.fixture(scope="module")
@@ -334,30 +323,6 @@ def test_multiple_choice_asks_the_extra_questions_against_what_the_picture_shows
             assert len(values) == 2
     assert {"color_of", "shape_of", "count_shapes"} <= set(by_kind)
     assert max(by_kind["count_shapes"]) > 2  # pool distractors: other counts
-
-
-@pytest.mark.slow
-def test_side_by_side_builds_share_the_encoder_and_equal_one_after_the_other(heldin_only, tmp_path, monkeypatch):
-    """study.build_base_models with jobs=2 builds both LLMs in two processes; the shared stage 1 is
-    trained once (its lock) and the checkpoints are bit-identical to sequential builds."""
-    import dataclasses
-
-    from qformer_peft import grid, study
-
-    profile = dataclasses.replace(grid.PROFILES["smoke"], base_models=(("tiny", "t5"), ("tiny", "llama")),
-                                  models={"t5": "{checkpoints}/tiny-t5", "llama": "{checkpoints}/tiny-llama"})
-    monkeypatch.setitem(grid.PROFILES, "sidebyside", profile)
-    monkeypatch.setitem(study.PROFILES, "sidebyside", profile)
-    lines: list[str] = []
-    for jobs, cache in ((2, tmp_path / "parallel"), (1, tmp_path / "sequential")):
-        assert study.build_base_models("sidebyside", data_dir=heldin_only, checkpoints=str(cache), log=lines.append,
-                                       jobs=jobs) == 0
-    assert sum("[study] base model tiny-" in line for line in lines) == 4
-    assert len([p for p in (tmp_path / "parallel" / "vision").iterdir() if p.is_dir()]) == 1
-    for llm in ("t5", "llama"):
-        a = load_file(tmp_path / "parallel" / f"tiny-{llm}" / "model.safetensors")
-        b = load_file(tmp_path / "sequential" / f"tiny-{llm}" / "model.safetensors")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldin_only, tmp_path, monkeypatch):
