@@ -23,8 +23,8 @@ def test_time_split_needs_the_step_range():
 
 @pytest.mark.slow
 def test_efficiency_rows_count_flops_and_split_the_step():
-    eff = bench_efficiency.bench_efficiency(llms=("t5",), setups=("baseline", "qf-lora"), preset="tiny", batch_size=4, warmup=1,
-                                 steps=2, profile_steps=1, data_size="tiny", progress=False)
+    eff = bench_efficiency.bench_efficiency(llms=("t5",), setups=("baseline", "qf-lora"), preset="tiny", batch_size=4,
+                                            warmup=1, steps=2, profile_steps=1, data_size="tiny", progress=False)
     rows = {r["setup"]: r for r in eff["rows"]}
     assert set(rows) == {"baseline", "qf-lora"} and eff["threads"] == 1
     assert torch.get_num_threads() == 1  # restored (the suite runs on one thread)

@@ -212,7 +212,7 @@ def train_vision(preset: str, heldin: HeldIn, *, epochs: int, batch_size: int, l
             step += 1
             losses.append(loss.item())
         say(f"[base] stage 1 epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-per_epoch:]):.3f} "
-                  f"({time.perf_counter() - train_start:.0f} s)")
+            f"({time.perf_counter() - train_start:.0f} s)")
     train_s = time.perf_counter() - train_start
     quality = vision_quality(vision, heads, *data["val"])
     quality["majority"] = _majority(data["train"][1], data["val"][1])
