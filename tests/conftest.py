@@ -32,3 +32,17 @@ def world(tmp_path_factory):
     synthetic.synthesize(root, "tiny", 0)
     features.clear_memory()
     return root
+
+
+@pytest.fixture(scope="module")
+def heldin_only(world, tmp_path_factory):
+    """The same world with the four benchmark folders removed: what a base build reads (it must not notice)."""
+    import shutil
+
+    from qformer_peft.data import synthetic
+
+    root = tmp_path_factory.mktemp("heldin_only") / "data"
+    shutil.copytree(world, root)
+    for bench in synthetic.BENCHMARKS:
+        shutil.rmtree(root / bench)
+    return root

@@ -1,4 +1,4 @@
-"""Embedded base models (pretrain/base.py, stages.py, quality.py) on the tiny preset and tiny data.
+"""Embedded base models (pretrain/base.py, vision.py, stages.py, quality.py) on the tiny preset and tiny data.
 
 One real build is shared by the module: it is trained once in memory (train_base) and once through the
 cache (ensure_base) on a copy of the data without the four benchmarks, and the two must agree bit for bit.
@@ -14,6 +14,7 @@ from qformer_peft.data import synthetic
 from qformer_peft.data.synthetic_world import patch_labels
 from qformer_peft.models import load_bundle, make_batch
 from qformer_peft.pretrain import adaptability, base, build_report, quality, stages
+from qformer_peft.pretrain import vision as vision_stage
 from qformer_peft.pretrain import heldin as heldin_mod
 from qformer_peft.pretrain import recipe as recipes
 from qformer_peft.pretrain import cli as base_cli
@@ -23,20 +24,9 @@ RECIPE = recipes.RECIPES["tiny"].replace(eval_limit=12)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    synthetic.synthesize(root, "tiny", 0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def heldin_only(data, tmp_path_factory):
-    """The same world with the four benchmark folders removed: a build must not notice."""
-    root = tmp_path_factory.mktemp("heldin_only") / "data"
-    shutil.copytree(data, root)
-    for bench in synthetic.BENCHMARKS:
-        shutil.rmtree(root / bench)
-    return root
+def data(world):
+    """The tiny world (conftest.py); heldin_only is the same without the benchmarks."""
+    return world
 
 
 @pytest.fixture(scope="module")
@@ -178,17 +168,17 @@ def test_recipe_errors_name_the_field():
 def test_mirrored_labels_are_the_labels_of_the_mirrored_scene(data):
     heldin = heldin_mod.read_heldin(data)
     scenes = [sc for _, sc in heldin.scenes["train"][:8]]
-    labels = stages.dense_labels(scenes, "mini")
+    labels = vision_stage.dense_labels(scenes, "mini")
     grid = patch_labels(scenes[0], patch=8)
     assert torch.equal(labels["shape"][0], torch.as_tensor(grid["shape"]).flatten())
-    flipped = stages.flip_labels(labels)
-    again = stages.flip_labels(flipped)
+    flipped = vision_stage.flip_labels(labels)
+    again = vision_stage.flip_labels(flipped)
     assert all(torch.equal(again[k], labels[k]) for k in labels)
     on = labels["col"] >= 0
     assert torch.equal(flipped["col"].view(-1, 8, 8).flip(2).view(labels["col"].shape)[on], 2 - labels["col"][on])
     # every shape of the world is left-right symmetric: the labels of the mirrored scene, up to rasterisation
     mirrored = [{**sc, "objects": [{**o, "cx": sc["size"] - o["cx"]} for o in sc["objects"]]} for sc in scenes]
-    direct = stages.dense_labels(mirrored, "mini")
+    direct = vision_stage.dense_labels(mirrored, "mini")
     for k in ("shape", "color", "size"):
         assert (flipped[k] == direct[k]).float().mean() > 0.97, k
     close = (flipped["geometry"] - direct["geometry"]).abs().max(-1).values < 1e-6
@@ -335,30 +325,6 @@ def test_multiple_choice_asks_the_extra_questions_against_what_the_picture_shows
     assert max(by_kind["count_shapes"]) > 2  # pool distractors: other counts
 
 
-@pytest.mark.slow
-def test_side_by_side_builds_share_the_encoder_and_equal_one_after_the_other(heldin_only, tmp_path, monkeypatch):
-    """study.build_base_models with jobs=2 builds both LLMs in two processes; the shared stage 1 is
-    trained once (its lock) and the checkpoints are bit-identical to sequential builds."""
-    import dataclasses
-
-    from qformer_peft import grid, study
-
-    profile = dataclasses.replace(grid.PROFILES["smoke"], base_models=(("tiny", "t5"), ("tiny", "llama")),
-                                  models={"t5": "{checkpoints}/tiny-t5", "llama": "{checkpoints}/tiny-llama"})
-    monkeypatch.setitem(grid.PROFILES, "sidebyside", profile)
-    monkeypatch.setitem(study.PROFILES, "sidebyside", profile)
-    lines: list[str] = []
-    for jobs, cache in ((2, tmp_path / "parallel"), (1, tmp_path / "sequential")):
-        assert study.build_base_models("sidebyside", data_dir=heldin_only, checkpoints=str(cache), log=lines.append,
-                                       jobs=jobs) == 0
-    assert sum("[study] base model tiny-" in line for line in lines) == 4
-    assert len([p for p in (tmp_path / "parallel" / "vision").iterdir() if p.is_dir()]) == 1
-    for llm in ("t5", "llama"):
-        a = load_file(tmp_path / "parallel" / f"tiny-{llm}" / "model.safetensors")
-        b = load_file(tmp_path / "sequential" / f"tiny-{llm}" / "model.safetensors")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldin_only, tmp_path, monkeypatch):
     """tiny-wide / tiny-deep (presets.SCALED_FROM) have tiny's vision tower and recipe, so their builds read the
     encoder tiny's build trained (never train another) and every model size sees the very same frozen encoder."""
@@ -367,7 +333,7 @@ def test_wide_and_deep_presets_reuse_the_stage1_encoder_bit_for_bit(built, heldi
     stage1 = load_file(vision_file)
     key = base.build_key("tiny", "t5", 0, heldin_only, RECIPE)
     assert vision_file.parent == base.vision_dir(cache, key)
-    monkeypatch.setattr(stages, "train_vision", lambda *a, **k: pytest.fail("stage 1 trained a second time"))
+    monkeypatch.setattr(vision_stage, "train_vision", lambda *a, **k: pytest.fail("stage 1 trained a second time"))
     shared = tmp_path / "shared"
     shutil.copytree(cache / "vision", shared / "vision")
     for preset in ("tiny-wide", "tiny-deep"):

@@ -100,7 +100,8 @@ def test_seeded_run_reproduces_and_a_resumed_run_equals_an_uninterrupted_one(con
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run was recomputed")
 
-    monkeypatch.setattr(engine, "_execute", must_not_run)
+    for step in ("resolve_bundle", "fit"):  # a finished run loads no model and trains nothing
+        monkeypatch.setattr(engine, step, must_not_run)
     assert run_experiment(config, out=a.path.parent) == first
 
 

@@ -7,6 +7,7 @@ runs.RunDir without training, so these tests do not depend on the engine.
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,9 +193,8 @@ def test_model_scaling_adds_only_the_model_size_cell_and_keeps_every_finished_ce
     for c in plain:
         runs.write_json(out / f"{c.name}.done.json", {"params_hash": c.params_hash})
     assert [c.name for c in scaled if not execute.is_finished(c, out)] == [new.name]
-    assert grid.PROFILES["mini"].base_models == (("mini", "t5"), ("mini", "llama"))
-    assert grid.resolve_profile("mini", True).base_models == (("mini", "t5"), ("mini", "llama"),
-                                                              ("mini-deep", "t5"), ("mini-wide", "t5"))
+    plain_bases = grid.PROFILES["mini"].base_models    # the option adds the scaled T5 builds after the profile's
+    assert grid.resolve_profile("mini", True).base_models == (*plain_bases, ("mini-deep", "t5"), ("mini-wide", "t5"))
     with pytest.raises(grid.GridError, match="always on"):
         grid_cells.expand("paper", root=tmp_path, data_root=str(tmp_path), checkpoints="/ck", model_scaling=True)
     smoke = {c.name: c for c in grid_cells.expand("smoke", root=tmp_path, model_scaling=True)}
@@ -303,16 +303,24 @@ def test_grid_skips_finished_cells_records_failures_and_goes_on(tmp_path):
 
 @pytest.mark.slow
 def test_a_cell_that_reads_another_starts_after_it_and_analysis_runs_last(tmp_path):
-    started_b = tmp_path / "b_started.log"                   # the reader writes it when it starts
+    notebooks = tmp_path / "notebooks"      # the fixtures, the report fixture standing in for the seeds analysis
+    notebooks.mkdir()
+    shutil.copy(FIXTURES / "fake_experiment.ipynb", notebooks)
+    shutil.copy(FIXTURES / grid_cells.REPORT, notebooks / grid_cells.SEEDS)
+    started_b, started_analysis = tmp_path / "b_started.log", tmp_path / "analysis_started.log"  # written at start
     reader = grid_cells.Cell("cell_b", "fake_experiment.ipynb",
                        fake_cell(tmp_path, "cell_b", executions_log=str(started_b)).parameters, after=("cell_a",))
     slow = fake_cell(tmp_path, "cell_a", sleep_s=1.0)
-    analysis = grid_cells.Cell("open_seeds", grid_cells.SEEDS, {"runs_dir": str(tmp_path / "runs")})
+    analysis = grid_cells.Cell("open_seeds", grid_cells.SEEDS, {"runs_dir": str(tmp_path / "runs"),
+                                                               "executions_log": str(started_analysis)})
     assert analysis.kind == "analysis" and analysis.configs() == []
-    # listed first and free to start with two workers, the reader still waits for cell_a to finish
-    assert run([reader, slow], tmp_path, jobs=2).exit_status == 0
-    assert started_b.stat().st_mtime_ns >= (tmp_path / "nb" / "cell_a.done.json").stat().st_mtime_ns
-    assert schedule.FINAL_KINDS == ("analysis", "report")
+    # listed first and free to start with two workers, the reader still waits for cell_a, the analysis for both
+    result = schedule.run_grid([analysis, reader, slow], out_dir=tmp_path / "nb", notebooks_dir=notebooks,
+                               log=lambda m: None, jobs=2)
+    assert result.exit_status == 0
+    done = {c: (tmp_path / "nb" / f"{c}.done.json").stat().st_mtime_ns for c in ("cell_a", "cell_b")}
+    assert started_b.stat().st_mtime_ns >= done["cell_a"]
+    assert started_analysis.stat().st_mtime_ns >= max(done.values())
     cells = grid_cells.expand("smoke", root=tmp_path)
     assert [c.kind for c in cells][-2:] == ["analysis", "report"]
 

@@ -17,11 +17,14 @@ LAYERS = [
     ["models."],                                                # the InstructBLIP architecture and connectors
     ["config", "peft_setup"],                                   # one run's config; applying a setup with peft
     ["train", "evaluate", "features", "run_inputs"],            # optimiser loop, scoring, feature cache, a run's data
-    ["pretrain.heldin", "pretrain.stages", "pretrain.quality", "pretrain.alignment"],  # pretraining stages, held-in scores, alignment
+    ["pretrain.heldin", "pretrain.vision", "pretrain.stages", "pretrain.quality",
+     "pretrain.alignment"],                                     # pretraining stages, held-in scores, alignment
     ["engine"],                                                 # run_experiment: one run end to end
-    ["engine_cli", "pretrain.", "params", "bench_cuda", "bench", "export"],  # base builds, parameter ledger, benches
-    ["verdicts", "report_charts", "open_charts", "scores", "claim", "claims", "connector_study", "open_questions",
-     "claim_ledger", "results", "readme_results"],                         # analysis: verdicts, charts and claims
+    ["engine_cli", "pretrain.", "params", "bench_cuda", "bench_efficiency", "bench",
+     "export"],                                                 # base builds, parameter ledger, benches
+    ["verdicts", "report_charts", "open_charts", "connector_charts", "scores", "claim", "claims", "connector_study",
+     "seed_variance", "open_questions", "claim_ledger", "results",
+     "readme_results"],                                         # analysis: verdicts, charts and claims
     ["reruns", "grid", "grid_cells", "workbook", "execute", "schedule"],  # profiles, cells, notebooks' API, running
     ["report"],                                                 # the index page
     ["study"],                                                  # a profile end to end

@@ -9,6 +9,7 @@ from qformer_peft import claim_ledger
 from qformer_peft import claims as C
 from qformer_peft import grid, grid_cells, config, open_charts, paper, workbook
 from qformer_peft import open_questions as oq
+from qformer_peft import seed_variance as sv
 from qformer_peft import report_charts as rc
 from qformer_peft.config import ConfigError, ExperimentConfig
 
@@ -239,13 +240,13 @@ def test_rank_claims_flip():
 # --- seeds ----------------------------------------------------------------------------------------------
 def test_ordering_formulas():
     a, b = {42: 3.0, 43: 1.0, 44: 2.0}, {42: 1.0, 43: 2.0, 44: 2.0}
-    assert oq.single_run_order(a, b) and not oq.single_run_order(b, a)
+    assert sv.single_run_order(a, b) and not sv.single_run_order(b, a)
     # pairs (a_i, b_j): 3>1,3>2,3>2; 1<2 (x2), 1=1 -> half; 2>1, 2=2 (x2) -> halves
-    assert oq.seed_pair_fraction(a, b) == pytest.approx((3 + 0 + 0.5 + 1 + 0.5 + 0.5 + 0 + 0) / 9, abs=0.06)
-    assert oq.seed_pair_fraction(a, b) == pytest.approx(np.mean([x > y or 0.5 * (x == y) for x in a.values()
+    assert sv.seed_pair_fraction(a, b) == pytest.approx((3 + 0 + 0.5 + 1 + 0.5 + 0.5 + 0 + 0) / 9, abs=0.06)
+    assert sv.seed_pair_fraction(a, b) == pytest.approx(np.mean([x > y or 0.5 * (x == y) for x in a.values()
                                                                  for y in b.values()]))
-    assert oq.held_out(a, b) == [-1.0, 0.0]                    # the single run's seed is left out
-    assert oq.held_out({42: 1.0, 43: 2.0}, {42: 0.0, 43: 0.0}) == [1.0, 2.0]
+    assert sv.held_out(a, b) == [-1.0, 0.0]                    # the single run's seed is left out
+    assert sv.held_out({42: 1.0, 43: 2.0}, {42: 0.0, 43: 0.0}) == [1.0, 2.0]
 
 
 def seeds_df(effects, rank_effect=0.3, spread=0.2):
@@ -261,22 +262,22 @@ def seeds_df(effects, rank_effect=0.3, spread=0.2):
 def test_seed_claims_flip_and_the_spread_table():
     steady = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -12.0, "qf-lora+llm-lora": 6.0}[setup],
                       rank_effect=1.0)
-    cells = oq.seed_cells(steady)
+    cells = sv.seed_cells(steady)
     assert len(cells) == 5 and set(cells["n"]) == {3}
     base = cells[cells["setup"] == "baseline"].iloc[0]
     assert base["single_seed"] == 42 and base["min"] <= base["single_run"] <= base["max"]
-    assert oq.seeds_setup_claim(steady).verdict == C.HOLDS
-    assert oq.seeds_best_rank_claim(steady).verdict == C.HOLDS                 # r=8 best in every row
-    pairs = oq.orderings(steady)
+    assert sv.seeds_setup_claim(steady).verdict == C.HOLDS
+    assert sv.seeds_best_rank_claim(steady).verdict == C.HOLDS                 # r=8 best in every row
+    pairs = sv.orderings(steady)
     assert len(pairs) == 10 and pairs["fraction"].between(0, 1).all()
 
     # the single run (seed 42) shows the opposite order of every other seed
     flipped = seeds_df(lambda setup, s: {"baseline": 0.0, "qf-lora": -6.0, "qf-lora+llm-lora": 8.0}[setup]
                        * (-1 if s == 42 else 1), rank_effect=0.0)
-    v = oq.seeds_setup_claim(flipped)
+    v = sv.seeds_setup_claim(flipped)
     assert v.verdict == C.FAILS and "% of seed pairs agree" in v.evidence
     lucky = seeds_df(lambda setup, s: 0.0, rank_effect=0.0, spread=2.0)
-    assert oq.seeds_setup_claim(lucky).verdict == C.INCONCLUSIVE
+    assert sv.seeds_setup_claim(lucky).verdict == C.INCONCLUSIVE
     nothing = oq.open_claims(steady.iloc[:0].assign(study=[]), questions=["seeds"])[0]
     assert nothing.verdict == C.NOT_RESOLVABLE and "--extended" in nothing.resolve
 
@@ -301,8 +302,8 @@ def test_open_question_charts_render_offline():
               open_charts.sublayer_shares(oq.allocation_shares(ranks)),
               open_charts.scaling_accuracy(frame), open_charts.scaling_gap(oq.scaling_gaps(frame), frame),
               open_charts.rank_sensitivity(oq.rank_frame(rank_df(lambda r: 0.0))),
-              open_charts.seed_spread(oq.seed_cells(steady), steady),
-              open_charts.ordering_fractions(oq.orderings(steady))]
+              open_charts.seed_spread(sv.seed_cells(steady), steady),
+              open_charts.ordering_fractions(sv.orderings(steady))]
     for chart in charts:
         svg = rc.to_svg(chart)
         assert svg.startswith("<svg") and ("<path" in svg or "<rect" in svg)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fixtures.paper_world import T5_NAME, VICUNA_NAME, paper_world
-from qformer_peft import grid_cells, execute, grid, runs, schedule, study
+from qformer_peft import grid_cells, execute, grid, runs, schedule
 from qformer_peft.config import ConfigError, ExperimentConfig
 from qformer_peft.engine import run_experiment
 from qformer_peft.models.build import CheckpointError, load_bundle
@@ -282,11 +282,3 @@ def test_the_paper_profile_runs_end_to_end_on_a_cpu_with_allow_cpu(world, tmp_pa
         assert r.result["splits"]["test"] == "val" and r.result["adalora_schedule"] == "complete"
     page = (tmp_path / "reports" / "index.html").read_text()
     assert "open_scaling_model_t5_iconqa" in page and "not run: needs" in page
-
-
-def test_size_caps_only_ever_lower_a_runs_size(world, tmp_path):
-    cells = grid_cells.expand("paper", root=tmp_path, data_root=str(world["data"]), checkpoints=str(world["checkpoints"]))
-    capped = {c.name: c for c in study.with_limits(cells, {"max_epochs": 10, "train_limit": 8})}
-    assert capped["adalora_t5_vizwiz"].parameters["hparams"]["max_epochs"] == 5  # the profile's 5 stays
-    assert capped["peft_t5_iconqa_qf-lora_ffn"].parameters["hparams"]["max_epochs"] == 10  # below the default 15
-    assert all(cfg.train_limit == 8 for cfg in capped["peft_t5_iconqa_qf-lora_ffn"].configs())

@@ -10,6 +10,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from test_grid import fake_cell, report_cell, run
 from test_notebooks import FAKE_FULL_SIZE
 
@@ -77,6 +79,26 @@ def test_a_failed_t5_build_fails_the_llama_build_that_starts_from_it_without_try
 
 
 @pytest.mark.slow
+def test_side_by_side_builds_share_the_encoder_and_equal_one_after_the_other(heldin_only, tmp_path, monkeypatch):
+    """study.build_base_models with jobs=2 builds both LLMs in two processes; the shared stage 1 is
+    trained once (its lock) and the checkpoints are bit-identical to sequential builds."""
+    profile = dataclasses.replace(grid.PROFILES["smoke"], base_models=(("tiny", "t5"), ("tiny", "llama")),
+                                  models={"t5": "{checkpoints}/tiny-t5", "llama": "{checkpoints}/tiny-llama"})
+    monkeypatch.setitem(grid.PROFILES, "sidebyside", profile)
+    monkeypatch.setitem(study.PROFILES, "sidebyside", profile)
+    lines: list[str] = []
+    for jobs, cache in ((2, tmp_path / "parallel"), (1, tmp_path / "sequential")):
+        assert study.build_base_models("sidebyside", data_dir=heldin_only, checkpoints=str(cache), log=lines.append,
+                                       jobs=jobs) == 0
+    assert sum("[study] base model tiny-" in line for line in lines) == 4
+    assert len([p for p in (tmp_path / "parallel" / "vision").iterdir() if p.is_dir()]) == 1
+    for llm in ("t5", "llama"):
+        a = load_file(tmp_path / "parallel" / f"tiny-{llm}" / "model.safetensors")
+        b = load_file(tmp_path / "sequential" / f"tiny-{llm}" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
 def test_cells_start_once_their_base_model_is_built_on_the_cores_the_builds_free(tmp_path):
     """study.Builds gates the grid: a cell reading a model still being built waits for it, and each running build
     keeps one of the `jobs` workers free, so with 2 jobs and one build the other cells run one at a time."""
@@ -127,6 +149,16 @@ def test_a_build_that_starts_from_another_waits_for_it_without_holding_a_core(tm
         with pytest.raises(RuntimeError, match="whose build failed.*ZeroDivisionError"):
             orphan.result(5)
     assert ran == ["llama"]
+
+
+def test_size_caps_only_ever_lower_a_runs_size(tmp_path):
+    cells = grid_cells.expand("paper", root=tmp_path, data_root=str(tmp_path / "data"), checkpoints=str(tmp_path / "ck"))
+    capped = study.with_limits(cells, {"max_epochs": 10, "train_limit": 8})
+    pairs = [(a, b, c.notebook) for c, d in zip(cells, capped) for a, b in zip(c.configs(), d.configs())]
+    assert pairs and all(b.max_epochs == min(a.max_epochs, 10) for a, b, _ in pairs)
+    assert {a.max_epochs < 10 for a, _, _ in pairs} == {True, False}  # a lower value stays, a higher one is capped
+    # the scaling notebook's training-set sizes are its axis, set by its own parameter rather than hparams
+    assert all(b.train_limit == min(a.train_limit or 8, 8) for a, b, nb in pairs if nb != grid_cells.SCALING)
 
 
 @pytest.mark.slow

@@ -2,7 +2,9 @@
 
 Verdict     a judged statement's answer, evidence and parts (verdicts.Judged), before it gets its id and source
 Claim       a ledger row: id, statement, source, scale, verdict, evidence; `record` is its claims.json entry
+verdict_of  a claim's verdict from its parts' verdicts (or not resolvable when it has no parts)
 scale_of    the scale tag(s) of a runs frame ('embedded', 'paper')
+counted_runs, of_study   the finished runs that count, and those of some studies
 rank_maps, heatmap_shares, share_distance, by_seed   AdaLoRA heatmaps and per-seed values as the claims read them
 
 The paper's claims (claims), the connector study's (connector_study) and the open questions' (open_questions)
@@ -18,8 +20,9 @@ from typing import Any
 
 import pandas as pd
 
+from . import runs
 from .report_charts import final_ranks, sublayer_means
-from .verdicts import CORRECTION, NOT_COMPARABLE, Judged, claim_mde, headline
+from .verdicts import CORRECTION, NOT_COMPARABLE, NOT_RESOLVABLE, Judged, claim_mde, combine, headline
 
 # what resolves a claim whose runs this study did not train (a verdict needs them: "not resolvable" until then)
 NOT_RUN_RESOLVE = ("the runs it reads: the embedded profiles add them with --extended (./run_all.sh or qformer-peft "
@@ -79,6 +82,13 @@ class Claim:
                 "evidence": self.evidence}
 
 
+def verdict_of(parts: list[str], verdicts: list[str], empty: str) -> Verdict:
+    """The verdicts of a claim's parts combined, with the parts as evidence; without parts, not resolvable
+    (`empty` says why)."""
+    return (Verdict(combine(verdicts), "; ".join(parts), [v for v in verdicts if isinstance(v, Judged)])
+            if parts else Verdict(NOT_RESOLVABLE, empty, resolve=NOT_RUN_RESOLVE))
+
+
 def relative_path(path: str | Path, root: str | Path | None) -> str:
     """path relative to root (as claims.json and table1.csv name run folders); unchanged without a root."""
     return str(path) if root is None else os.path.relpath(Path(path).resolve(), Path(root).resolve())
@@ -87,6 +97,16 @@ def relative_path(path: str | Path, root: str | Path | None) -> str:
 def scale_of(df: pd.DataFrame) -> str:
     scales = sorted(set(df["scale"].dropna())) if "scale" in df and not df.empty else []
     return ", ".join(scales) or "unknown"
+
+
+def counted_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs that count (a rerun at a lowered rate in place of the run it reruns: runs.counted)."""
+    return runs.counted(df[df["state"] == "done"]) if len(df) else df
+
+
+def of_study(df: pd.DataFrame, *studies: str) -> pd.DataFrame:
+    """The runs of the given studies ('paper', 'scaling', 'ranks', ...)."""
+    return df[df["study"].isin(studies)] if len(df) else df
 
 
 def rank_maps(ranks: pd.DataFrame | None, *, query_ffn: bool = False) -> pd.DataFrame:

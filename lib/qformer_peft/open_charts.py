@@ -1,4 +1,5 @@
-"""Altair charts of the open questions (open_questions.py's frames), shared by notebooks 40-43 and the report.
+"""Altair charts of the open questions (the frames of open_questions.py and seed_variance.py), shared by
+notebooks 40-43 and the report.
 
 Like report_charts, every chart renders offline (report_charts.enable_offline / to_svg).
 """
@@ -8,6 +9,7 @@ import altair as alt
 import pandas as pd
 
 from .report_charts import LLM_LABELS, SETUP_LABELS, SUBLAYER_LABELS, SUBLAYERS
+from .seed_variance import cell_label
 
 TASK_ORDER = ["scienceqa", "iconqa", "joint"]
 
@@ -107,10 +109,8 @@ def rank_sensitivity(frame: pd.DataFrame) -> alt.FacetChart:
 
 # --- seeds -------------------------------------------------------------------------------------------------
 def seed_spread(cells: pd.DataFrame, runs: pd.DataFrame) -> alt.FacetChart:
-    """Every multi-seed Table-1 cell (open_questions.seed_cells) from its runs: each seed's accuracy
+    """Every multi-seed Table-1 cell (seed_variance.seed_cells) from its runs: each seed's accuracy
     (points, coloured by seed: the first is the single run), mean (tick) ± sd (bar)."""
-    from .open_questions import cell_label
-
     keys = ["llm", "benchmark", "setup", "targets", "rank"]
     r = runs.assign(rank=runs["rank"].astype("Float64"))
     r = r.merge(cells[keys + ["cell"]].assign(rank=cells["rank"].astype("Float64")), on=keys)

@@ -7,6 +7,7 @@ One notebook per question (notebooks/40-43), executed by the grid:
              training-set size, and with the model's size where the profile has several
   ranks      rank sensitivity past the paper's grid (r = 16, 32) for QF LoRA and QF LoRA + LLM LoRA
   seeds      the spread of every Table-1 cell that has several seeds; do single-run orderings survive?
+             (its tables and claims: seed_variance.py)
 
 A Plan splits a question's runs into those it owns (tagged study:<question>, which keeps them out of
 Table 1 and the paper's claims) and those it reads from the paper's grid (the same configs as the grid's
@@ -16,7 +17,6 @@ cells, hence the same run folders: nothing is trained twice). Claims use the led
 from __future__ import annotations
 
 import inspect
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from . import claim as C
-from . import runs
 from . import verdicts as V
 from .config import MULTITASK_SEP, ExperimentConfig, experiment_configs
 from .report_charts import final_ranks, tag_value
+from .seed_variance import seeds_best_rank_claim, seeds_setup_claim
 
 QUESTIONS = ("multitask", "scaling", "ranks", "seeds")
 MULTITASK_TASKS = ("scienceqa", "iconqa")
@@ -124,15 +124,6 @@ def plan(question: str, **parameters: Any) -> Plan:
 
 
 # --- frames ---------------------------------------------------------------------------------------------
-def _done(df: pd.DataFrame) -> pd.DataFrame:
-    """The finished runs that count (a rerun at a lowered rate in place of the run it reruns: runs.counted)."""
-    return runs.counted(df[df["state"] == "done"]) if len(df) else df
-
-
-def _study(df: pd.DataFrame, *studies: str) -> pd.DataFrame:
-    return df[df["study"].isin(studies)] if len(df) else df
-
-
 def _row(df: pd.DataFrame, setup: str, qf: str | None, llm_t: str | None) -> pd.DataFrame:
     m = df["setup"] == setup
     for col, v in (("qf_sublayers", qf), ("llm_targets", llm_t)):
@@ -144,7 +135,7 @@ def multitask_accuracy(df: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy per (llm, task, seed) trained jointly ('joint') and on the task alone ('alone'), for
     the tasks and LLMs that have joint AdaLoRA runs."""
     cols = ["llm", "task", "mode", "seed", "acc"]
-    d = _done(df)
+    d = C.counted_runs(df)
     d = d[d["method"] == "adalora"] if len(d) else d
     rows = []
     for r in d.to_dict("records"):
@@ -201,7 +192,7 @@ def _maps(ranks: pd.DataFrame) -> pd.DataFrame:
 
 
 def _scaling_rank(df: pd.DataFrame) -> dict[tuple[str, str], int]:
-    own = _study(_done(df), "scaling")
+    own = C.of_study(C.counted_runs(df), "scaling")
     own = own[own["setup"] == "qf-lora"]
     return {(l, b): int(g["rank"].max()) for (l, b), g in own.groupby(["llm", "benchmark"])}
 
@@ -211,7 +202,7 @@ def scaling_frame(df: pd.DataFrame) -> pd.DataFrame:
     cells that have scaling runs (the paper grid's runs at the profile's own size included)."""
     cols = ["llm", "benchmark", "model", "model_size", "train_n", "setup", "seed", "acc"]
     rank_of = _scaling_rank(df)
-    d = _study(_done(df), "paper", "scaling")
+    d = C.of_study(C.counted_runs(df), "paper", "scaling")
     if not rank_of or d.empty:
         return pd.DataFrame(columns=cols)
     keep = []
@@ -244,7 +235,7 @@ def rank_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy of the rank rows (QF LoRA all, QF LoRA + LLM LoRA all) at every rank, paper and
     extra ranks, for the (llm, benchmark) that have rank-study runs."""
     cols = ["llm", "benchmark", "setup", "targets", "rank", "seed", "acc", "trainable", "study"]
-    d = _study(_done(df), "paper", "ranks")
+    d = C.of_study(C.counted_runs(df), "paper", "ranks")
     if d.empty:
         return pd.DataFrame(columns=cols)
     cells = set(map(tuple, d[d["study"] == "ranks"][["llm", "benchmark"]].drop_duplicates().values.tolist()))
@@ -256,102 +247,10 @@ def rank_frame(df: pd.DataFrame) -> pd.DataFrame:
     return d[cols].sort_values(["llm", "benchmark", "setup", "rank", "seed"]).reset_index(drop=True)
 
 
-def _paper_lora(df: pd.DataFrame) -> pd.DataFrame:
-    d = _study(_done(df), "paper")
-    d = d[(d["method"] == "lora") & d["acc"].notna()] if len(d) else d
-    if "connector" in d:
-        d = d[d["connector"].fillna("qformer") == "qformer"]
-    return d
-
-
-def seed_cells(df: pd.DataFrame) -> pd.DataFrame:
-    """Every Table-1 cell with several seeds: mean, sd, min, max, n, and the single run (the first seed)."""
-    keys = ["llm", "benchmark", "setup", "targets", "rank"]
-    cols = [*keys, "cell", "n", "mean", "sd", "min", "max", "single_run", "single_seed"]
-    d = _paper_lora(df)
-    if d.empty:
-        return pd.DataFrame(columns=cols)
-    d = d.assign(rank=d["rank"].astype("Float64"))
-    g = d.groupby(keys, dropna=False)
-    t = g.agg(n=("seed", "nunique"), mean=("acc", "mean"), sd=("acc", "std"), min=("acc", "min"),
-              max=("acc", "max"), single_seed=("seed", "min")).reset_index()
-    first = d.sort_values("seed").drop_duplicates(keys)[[*keys, "acc"]].rename(columns={"acc": "single_run"})
-    t = t.merge(first, on=keys, how="left")
-    t = t[t["n"] >= 2]
-    t["cell"] = [cell_label(s, tg, r) for s, tg, r in zip(t["setup"], t["targets"], t["rank"])]
-    return t[cols].reset_index(drop=True)
-
-
-def cell_label(setup: str, targets: str, rank: Any) -> str:
-    """A short name of a Table-1 cell: 'baseline', 'qf-lora r=8', 'qf-lora [QF ffn] r=2' (the targets only
-    when they are not the setup's usual 'all')."""
-    from .config import setup_defaults
-    from .report_charts import targets_label
-
-    usual = targets_label(setup, *(setup_defaults(setup).get(k) for k in ("qf_sublayers", "llm_targets")))
-    r = "" if pd.isna(rank) else f" r={int(rank)}"
-    return f"{setup}{'' if targets == usual else f' [{targets}]'}{r}"
-
-
-def _seed_map(df: pd.DataFrame) -> dict[tuple, dict[int, float]]:
-    """(llm, benchmark, setup, targets, rank) -> {seed: acc} for the multi-seed cells."""
-    d = _paper_lora(df)
-    out: dict[tuple, dict[int, float]] = {}
-    if d.empty:
-        return out
-    d = d.assign(rank=d["rank"].astype("Float64"))
-    for key, g in d.groupby(["llm", "benchmark", "setup", "targets", "rank"], dropna=False):
-        s = C.by_seed(g)
-        if len(s) >= 2:
-            out[tuple(None if pd.isna(k) else k for k in key)] = s
-    return out
-
-
-def single_run_order(a: Mapping[int, float], b: Mapping[int, float]) -> bool:
-    """Does the single run (the first seed both cells have; the paper's seed 42) put a at or above b?"""
-    first = min(set(a) & set(b))
-    return a[first] >= b[first]
-
-
-def seed_pair_fraction(a: Mapping[int, float], b: Mapping[int, float]) -> float:
-    """The fraction of all seed pairs (sa, sb) with a above b (ties count half)."""
-    return float(np.mean([1.0 if x > y else 0.5 if x == y else 0.0 for x in a.values() for y in b.values()]))
-
-
-def held_out(a: Mapping[int, float], b: Mapping[int, float]) -> list[float]:
-    """a − b seed by seed on the seeds other than the single run's (all common seeds when fewer than two
-    others remain): the single run chose the order, the other seeds test it."""
-    seeds = sorted(set(a) & set(b))
-    seeds = seeds[1:] if len(seeds) >= 3 else seeds
-    return [a[s] - b[s] for s in seeds]
-
-
-def orderings(df: pd.DataFrame) -> pd.DataFrame:
-    """Every pair of multi-seed cells of one LLM x benchmark: the single-run order and how often the
-    seeds agree with it (fraction of seed pairs), and the held-out verdict."""
-    cols = ["llm", "benchmark", "higher", "lower", "fraction", "held_out_mean", "verdict"]
-    m = _seed_map(df)
-    rows = []
-    for ka, kb in itertools.combinations(m, 2):
-        if ka[:2] != kb[:2] or not set(m[ka]) & set(m[kb]):
-            continue
-        hi, lo = (ka, kb) if single_run_order(m[ka], m[kb]) else (kb, ka)
-        held = held_out(m[hi], m[lo])
-        rows.append({"llm": ka[0], "benchmark": ka[1], "higher": cell_label(*hi[2:]), "lower": cell_label(*lo[2:]),
-                     "fraction": seed_pair_fraction(m[hi], m[lo]), "held_out_mean": float(np.mean(held)),
-                     "verdict": V.judge(held)})
-    return pd.DataFrame(rows, columns=cols)
-
-
 # --- claims ---------------------------------------------------------------------------------------------
 def _claim(cid: str, v: C.Verdict, scale: str) -> C.Claim:
     return C.Claim(cid, OPEN_CLAIMS[cid][0], f"open question ({OPEN_CLAIMS[cid][1]}); not a claim of the paper",
                    scale, v.verdict, v.evidence, v.parts, v.runs, v.resolve, v.unit)
-
-
-def _verdict(parts: list[str], verdicts: list[str], empty: str) -> C.Verdict:
-    return (C.Verdict(V.combine(verdicts), "; ".join(parts), [v for v in verdicts if isinstance(v, V.Judged)])
-            if parts else C.Verdict(V.NOT_RESOLVABLE, empty, resolve=C.NOT_RUN_RESOLVE))
 
 
 def multitask_acc_claim(df: pd.DataFrame) -> C.Verdict:
@@ -363,7 +262,7 @@ def multitask_acc_claim(df: pd.DataFrame) -> C.Verdict:
         v = V.judge(diff, margin=-V.COMPARABLE_TOL)
         verdicts.append(v)
         parts.append(f"{llm}/{task}: joint − alone {V.fmt(diff, 1, ' pt')} → {v}")
-    return _verdict(parts, verdicts, "no joint AdaLoRA runs")
+    return C.verdict_of(parts, verdicts, "no joint AdaLoRA runs")
 
 
 def multitask_alloc_claim(ranks: pd.DataFrame) -> C.Verdict:
@@ -389,7 +288,7 @@ def multitask_alloc_claim(ranks: pd.DataFrame) -> C.Verdict:
         side = MULTITASK_TASKS[0] if np.mean(near) > 0 else MULTITASK_TASKS[1]
         parts.append(f"{llm}: d(ScienceQA, IconQA) − d(joint, their mean) {V.fmt(stat, 100)} (×100); "
                      f"nearer {side} (d(joint, IconQA) − d(joint, ScienceQA) {V.fmt(near, 100)}) → {v}")
-    return _verdict(parts, verdicts, "no joint AdaLoRA runs")
+    return C.verdict_of(parts, verdicts, "no joint AdaLoRA runs")
 
 
 def scaling_data_claim(df: pd.DataFrame) -> C.Verdict:
@@ -405,7 +304,7 @@ def scaling_data_claim(df: pd.DataFrame) -> C.Verdict:
         verdicts.append(v)
         means = ", ".join(f"n={int(n)}: {g[g['train_n'] == n]['gap'].mean():+.1f}" for n in sizes)
         parts.append(f"{llm}/{bench}: gap {means}; smallest − largest {V.fmt(diff, 1, ' pt')} → {v}")
-    return _verdict(parts, verdicts, "no training-set-size runs")
+    return C.verdict_of(parts, verdicts, "no training-set-size runs")
 
 
 def scaling_model_claim(df: pd.DataFrame) -> C.Verdict:
@@ -422,7 +321,7 @@ def scaling_model_claim(df: pd.DataFrame) -> C.Verdict:
         verdicts.append(v)
         means = ", ".join(f"{name[s]} {g[g['model_size'] == s]['gap'].mean():+.1f}" for s in sizes)
         parts.append(f"{llm}/{bench}: gap {means}; larger − smaller {V.fmt(diff, 1, ' pt')} → {v}")
-    return _verdict(parts, verdicts, "not measured at this scale: one model size only (the model-size axis is the "
+    return C.verdict_of(parts, verdicts, "not measured at this scale: one model size only (the model-size axis is the "
                     "opt-in --model-scaling of run_all.sh / qformer-peft study at the embedded scale, which builds "
                     "T5 base models twice as deep and twice as wide; the paper profile runs it on a larger "
                     "InstructBLIP checkpoint)")
@@ -461,47 +360,7 @@ def rank_claim(df: pd.DataFrame, setup: str) -> C.Verdict:
             v = V.judge([V.COMPARABLE_TOL - x for x in above])
             verdicts.append(v)
             parts.append(f"{llm}/{bench}: r={r} − r={ref} {V.fmt(above, 1, ' pt')} → {v}")
-    return _verdict(parts, verdicts, "no extra-rank runs")
-
-
-def seeds_setup_claim(df: pd.DataFrame) -> C.Verdict:
-    m = _seed_map(df)
-    parts, verdicts = [], []
-    for lb in sorted({k[:2] for k in m}):
-        best = {}
-        for k, s in m.items():  # each setup's best cell by the single run (the first seed)
-            if k[:2] == lb and (k[2] not in best or s[min(s)] > m[best[k[2]]][min(m[best[k[2]]])]):
-                best[k[2]] = k
-        for sa, sb in itertools.combinations(sorted(best), 2):
-            if not set(m[best[sa]]) & set(m[best[sb]]):
-                continue
-            hi, lo = (sa, sb) if single_run_order(m[best[sa]], m[best[sb]]) else (sb, sa)
-            held = held_out(m[best[hi]], m[best[lo]])
-            v = V.judge(held)
-            verdicts.append(v)
-            parts.append(f"{lb[0]}/{lb[1]}: {hi} > {lo} in the single run; "
-                         f"{100 * seed_pair_fraction(m[best[hi]], m[best[lo]]):.0f}% of seed pairs agree; "
-                         f"held-out seeds {V.fmt(held, 1, ' pt')} → {v}")
-    return _verdict(parts, verdicts, "no two setups with several seeds")
-
-
-def seeds_best_rank_claim(df: pd.DataFrame) -> C.Verdict:
-    m = _seed_map(df)
-    parts, verdicts = [], []
-    rows: dict[tuple, list[tuple]] = {}
-    for k in m:
-        if k[4] is not None:
-            rows.setdefault(k[:4], []).append(k)
-    for row, keys in sorted(rows.items(), key=str):
-        if len(keys) < 2:
-            continue
-        best = max(keys, key=lambda k: m[k][min(m[k])])
-        v = V.combine([V.judge(held_out(m[best], m[k])) for k in keys if k != best and set(m[k]) & set(m[best])])
-        verdicts.append(v)
-        means = {int(k[4]): np.mean(list(m[k].values())) for k in keys}
-        parts.append(f"{row[0]}/{row[1]} {row[2]} · {row[3]}: single-run best r={int(best[4])}, best mean over seeds "
-                     f"r={max(means, key=means.get)} → {v}")
-    return _verdict(parts, verdicts, "no Table-1 row with several seeds at several ranks")
+    return C.verdict_of(parts, verdicts, "no extra-rank runs")
 
 
 def open_claims(df: pd.DataFrame, ranks: pd.DataFrame | None = None,

@@ -168,11 +168,12 @@ def open_questions_context(df: Any, ranks: Any, ledger: Sequence[claims_mod.Clai
     sizes measured (ascending parameter count; empty below two sizes) and each question's claims."""
     from . import open_charts as oc
     from . import open_questions as oq
+    from . import seed_variance as sv
 
     acc, diff, shares = oq.multitask_accuracy(df), oq.allocation_difference(ranks), oq.allocation_shares(ranks)
     data_f, model_f = oq.scaling_axes(oq.scaling_frame(df))   # one chart pair per axis: never mixed on one x
     gaps, model_gaps = oq.scaling_gaps(data_f), oq.scaling_gaps(model_f)
-    rank_f, cells, pairs = oq.rank_frame(df), oq.seed_cells(df), oq.orderings(df)
+    rank_f, cells, pairs = oq.rank_frame(df), sv.seed_cells(df), sv.orderings(df)
     sizes = model_f["model_size"].nunique() if len(model_f) else 0
     models = list(model_f.drop_duplicates("model_size").sort_values("model_size")["model"]) if sizes > 1 else []
     model_charts = len(model_gaps) and sizes > 1
@@ -196,6 +197,7 @@ def open_questions_context(df: Any, ranks: Any, ledger: Sequence[claims_mod.Clai
 def connectors_context(df: Any, ledger: Sequence[claims_mod.Claim]) -> dict[str, Any]:
     """What connectors.html.j2 shows of the connector study (notebook 30): whether it ran, what ran, its table,
     charts (None: no runs) and claims."""
+    from . import connector_charts as cc
     from . import connector_study as cs
 
     if not len(df) or not cs.is_study_run(df).any():
@@ -213,10 +215,10 @@ def connectors_context(df: Any, ledger: Sequence[claims_mod.Claim]) -> dict[str,
         "seeds": sorted(set(frame["seed"])) if finished else [],
         "steps": sorted({int(s) for s in done["align_steps"].dropna()}) if "align_steps" in done else [],
         "table": _frame_html(_connector_table(cs.summary_table(frame))),
-        "charts": {"tokens": _svg(lambda: cs.accuracy_vs_tokens(frame), frame[frame["acc"].notna()]),
-                   "alignment": _svg(lambda: cs.alignment_chart(align), align),
-                   "convergence": _svg(lambda: cs.convergence_chart(conv), conv),
-                   "cost": _svg(lambda: cs.cost_chart(frame), frame[frame["samples_per_s"].notna()])},
+        "charts": {"tokens": _svg(lambda: cc.accuracy_vs_tokens(frame), frame[frame["acc"].notna()]),
+                   "alignment": _svg(lambda: cc.alignment_chart(align), align),
+                   "convergence": _svg(lambda: cc.convergence_chart(conv), conv),
+                   "cost": _svg(lambda: cc.cost_chart(frame), frame[frame["samples_per_s"].notna()])},
         "claims": [c.record() for c in ledger if c.id in cs.CLAIMS]}
 
 

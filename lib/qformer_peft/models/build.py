@@ -69,7 +69,7 @@ class Bundle:
             raise ValueError("Bundle.save needs both tokenizers and the image processor (a meta-device bundle has none)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with _no_progress_bars(True):  # transformers' "Writing model shards" bar, in the build log
+        with no_progress_bars(True):  # transformers' "Writing model shards" bar, in the build log
             self.model.save_pretrained(directory)  # model.safetensors + config.json
         InstructBlipProcessor(
             image_processor=self.image_processor.hf, tokenizer=self.llm_tokenizer,
@@ -145,7 +145,7 @@ def build_model(
 
 
 @contextlib.contextmanager
-def _no_progress_bars(quiet: bool):
+def no_progress_bars(quiet: bool):
     """transformers' progress bars off inside the block when quiet: an embedded model loads ("Loading
     weights") and saves ("Writing model shards") in milliseconds, and the bars only filled every executed
     notebook of the report and the study log; a hub download keeps its bar."""
@@ -235,7 +235,7 @@ def load_bundle(source: str | os.PathLike, *, device: str | torch.device = "cpu"
     if llm is not None and llm != kind:
         raise CheckpointError(f"{source}: the checkpoint's LLM is {kind} (config.json), but llm={llm!r} was asked "
                               f"for; drop --llm or give llm={kind!r}")
-    with _no_progress_bars(local):
+    with no_progress_bars(local):
         model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
     model.to(device).eval()
     return Bundle(model=model, qformer_tokenizer=processor.qformer_tokenizer, llm_tokenizer=processor.tokenizer,

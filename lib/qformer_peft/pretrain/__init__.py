@@ -1,6 +1,8 @@
 """The embedded base models: small InstructBLIPs pretrained here on the synthetic world, in stages.
 
-stages        the three pretraining stages (vision encoder, optional language model, Q-Former) and the held-in tasks
+vision        stage 1: the vision encoder on dense labels of the held-in pictures
+stages        stages 2 and 3 (optional language model, Q-Former)
+heldin        the held-in tasks the stages train on
 quality       held-in scoring (captioning, open VQA) by generation
 alignment     the connector alignment on the held-in tasks that every connector gets before its benchmark run
 recipe        how long and how fast each stage trains, per preset and LLM

@@ -6,9 +6,9 @@
     from qformer_peft.pretrain.base import ensure_base
     path = ensure_base("mini", "t5", 0, "data/mini", "cache/base")   # builds what is missing; load_bundle(path)
 
-A build runs pretrain/stages.py (1: vision encoder on dense labels, then frozen; 2: language model on the
-world's text, optional and off by default; 3: Q-Former + queries +
-projection, with the LLM, on the held-in tasks from cached encoder features; LLaMA's stage 3 starts from the
+A build runs the stages (pretrain/vision.py 1: vision encoder on dense labels, then frozen; pretrain/stages.py
+2: language model on the world's text, optional and off by default; 3: Q-Former + queries + projection, with
+the LLM, on the held-in tasks from cached encoder features; LLaMA's stage 3 starts from the
 T5 build's Q-Former, which is built first when missing: see LLM_RECIPES), saves the result with its
 tokenizers as an ordinary checkpoint directory (Bundle.save, read by load_bundle), and measures it
 (pretrain/quality.py, pretrain/adaptability.py): build_report.json and build_report.md lie beside the weights.
@@ -44,7 +44,7 @@ from ..models.presets import root_preset, vision_signature
 from .build_report import report_markdown
 from .recipe import LLMS, Recipe, recipe_for
 
-BUILD_VERSION = "5"  # bump when a change here or in stages changes the weights a recipe builds
+BUILD_VERSION = "5"  # bump when a change here or in vision/stages changes the weights a recipe builds
 DEFAULT_SEED = 0
 
 
@@ -283,7 +283,7 @@ def load_qformer(model, checkpoint: Path) -> dict[str, Any]:
 def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
     from safetensors.torch import load_file, save
 
-    from . import stages
+    from . import vision
 
     weights, meta = vision_dir / "vision.safetensors", vision_dir / "stage1.json"
     with runs.file_lock(vision_dir):  # another build (other LLM, other size) may be training it
@@ -291,9 +291,9 @@ def _stage1(vision_dir: Path, preset, heldin, recipe: Recipe, seed: int, log):
             _say(log, f"[base] stage 1: reusing the vision encoder in {vision_dir}")
             return load_file(weights), {**runs.read_json(meta), "reused": True}
         with _threads(recipe.vision_threads):
-            state, report = stages.train_vision(preset, heldin, epochs=recipe.vision_epochs,
-                                                     batch_size=recipe.vision_batch, lr=recipe.vision_lr,
-                                                     flip=recipe.vision_flip, seed=seed, log=log)
+            state, report = vision.train_vision(preset, heldin, epochs=recipe.vision_epochs,
+                                                batch_size=recipe.vision_batch, lr=recipe.vision_lr,
+                                                flip=recipe.vision_flip, seed=seed, log=log)
             report["threads"] = torch.get_num_threads()
         runs.atomic_write(weights, save(state))
         runs.write_json(meta, report)

@@ -238,8 +238,8 @@ def multiple_choice(tasks: list[dict], fraction: float, seed: int) -> list[dict]
     question type has in the training tasks:
         <Image> Question: What color is the circle? Options: (a) blue (b) red. Answer:   ->   (b) red
     Options from the pool can be ruled out by what is present at all ("blue" when nothing is blue); options
-    from the picture only by binding the colour to its shape, which is what IconQA's options demand (build
-    version 5; the measurements are in the module docstring).
+    from the picture only by binding the colour to its shape, which is what IconQA's options demand
+    (the measurements: docs/embedded-models.md).
     """
     if fraction <= 0:
         return []

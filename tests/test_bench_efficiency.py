@@ -3,13 +3,13 @@ split are consistent with each other and with what the setups train."""
 import pytest
 import torch
 
-from qformer_peft import bench
+from qformer_peft import bench_efficiency
 
 
 def test_interleaved_arms_take_turns_and_prepare_before_each_run():
     log = []
     arms = {k: (lambda k=k: log.append(("prepare", k)), lambda k=k: log.append(("run", k))) for k in "abc"}
-    medians = bench.interleaved(arms, warmup=1, rounds=3)
+    medians = bench_efficiency.interleaved(arms, warmup=1, rounds=3)
     assert set(medians) == set("abc") and all(v >= 0 for v in medians.values())
     runs = [k for what, k in log if what == "run"]
     assert runs == list("abc" "bca" "cab" "abc")  # a rotating order: no arm always runs first
@@ -18,13 +18,13 @@ def test_interleaved_arms_take_turns_and_prepare_before_each_run():
 
 def test_time_split_needs_the_step_range():
     with pytest.raises(ValueError, match="bench.step"):
-        bench.time_split([])
+        bench_efficiency.time_split([])
 
 
 @pytest.mark.slow
 def test_efficiency_rows_count_flops_and_split_the_step():
-    eff = bench.bench_efficiency(llms=("t5",), setups=("baseline", "qf-lora"), preset="tiny", batch_size=4, warmup=1,
-                                 steps=2, profile_steps=1, data_size="tiny", progress=False)
+    eff = bench_efficiency.bench_efficiency(llms=("t5",), setups=("baseline", "qf-lora"), preset="tiny", batch_size=4,
+                                            warmup=1, steps=2, profile_steps=1, data_size="tiny", progress=False)
     rows = {r["setup"]: r for r in eff["rows"]}
     assert set(rows) == {"baseline", "qf-lora"} and eff["threads"] == 1
     assert torch.get_num_threads() == 1  # restored (the suite runs on one thread)
@@ -36,5 +36,5 @@ def test_efficiency_rows_count_flops_and_split_the_step():
         assert r["split"]["matmul"] > 0 and r["split"]["optimizer"] > 0 and r["split"]["batch"] > 0
     # LoRA on a frozen Q-Former skips the Q-Former's weight gradients: fewer FLOPs than full fine-tuning
     assert rows["qf-lora"]["gflop_per_step"] < rows["baseline"]["gflop_per_step"]
-    text = bench.efficiency_table(eff)
+    text = bench_efficiency.efficiency_table(eff)
     assert "qf-lora" in text and "share" in text
