@@ -16,7 +16,7 @@ LAYERS = [
     ["data.", "templates"],                                     # benchmarks, synthetic world, prompt formats
     ["models."],                                                # the InstructBLIP architecture and connectors
     ["config", "peft_setup"],                                   # one run's config; applying a setup with peft
-    ["train", "evaluate", "features", "run_inputs"],            # optimiser loop, scoring, feature cache, a run's data
+    ["lora_fused", "train", "evaluate", "features", "run_inputs"],            # optimiser loop, scoring, feature cache, a run's data
     ["pretrain.heldin", "pretrain.vision", "pretrain.stages", "pretrain.quality",
      "pretrain.alignment"],                                     # pretraining stages, held-in scores, alignment
     ["engine"],                                                 # run_experiment: one run end to end

@@ -230,10 +230,11 @@ def test_adalora_budget_penalty_and_final_ranks(examples):
 
 @pytest.mark.parametrize("llm", ["t5", "llama"])
 def test_fused_lora_trains_as_peft_does_and_keeps_the_cache_exact(llm, examples):
-    """fit()'s LoRA path (train.fuse_lora: one autograd node a module) against peft's own forward, same seed:
+    """fit()'s LoRA path (lora_fused.fuse_lora: one autograd node a module) against peft's own forward, same seed:
     the losses of 4 training steps agree to 1e-5 (relative), the gradients at the same weights to float
     rounding; with the fused path the cached-feature loss still equals the pixel path's bit for bit."""
-    from qformer_peft.train import backward_step, fuse_lora
+    from qformer_peft.lora_fused import fuse_lora
+    from qformer_peft.train import backward_step
 
     runs = []
     for fused in (True, False):
@@ -275,7 +276,7 @@ def test_fused_lora_trains_as_peft_does_and_keeps_the_cache_exact(llm, examples)
 
 
 def test_fused_lora_leaves_autocast_and_adalora_to_peft(examples):
-    from qformer_peft.train import fuse_lora
+    from qformer_peft.lora_fused import fuse_lora
 
     bundle = _bundle()
     seed_everything(0)

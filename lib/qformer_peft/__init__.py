@@ -3,7 +3,7 @@
 A small library driven by parameterized notebooks (papermill). Modules in layers, each importing only from
 its own or lower ones (tests/test_layers.py holds the order):
   runs, paper (the paper's design as data) → data/, templates → models/ (architecture) → config, peft_setup
-  → train, evaluate, features, run_inputs → pretrain/ stages, held-in scores, alignment → engine (run_experiment)
+  → lora_fused, train, evaluate, features, run_inputs → pretrain/ stages, held-in scores, alignment → engine (run_experiment)
   → engine_cli, pretrain.base, params, benches, export → verdicts, charts, claims, claim_ledger, connector_study,
   seed_variance, open_questions → grid (profiles), grid_cells, workbook (the notebooks' API), execute, schedule
   → report → study → cli.

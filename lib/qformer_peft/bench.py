@@ -45,7 +45,8 @@ def bench_cpu(*, batch_size: int = 16, warmup: int = 2, steps: int = 6, eval_que
     from .evaluate import candidate_nll, candidate_nll_loop
     from .features import FeatureCache, ImageEncoder
     from .models.inputs import encode_images
-    from .train import adamw, backward_step, fuse_lora, optimizer_update, param_groups, seed_everything
+    from .lora_fused import fuse_lora
+    from .train import adamw, backward_step, optimizer_update, param_groups, seed_everything
 
     out: dict[str, Any] = {"preset": "mini", "llm": llm, "batch_size": batch_size, "threads": torch.get_num_threads(),
                            "train": [], "eval": {}}

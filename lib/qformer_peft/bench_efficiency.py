@@ -133,7 +133,8 @@ def bench_efficiency(*, llms=("t5", "llama"), setups=EFFICIENCY_SETUPS, preset: 
     from . import features, peft_setup
     from .run_inputs import resolve_bundle
     from .features import FeatureCache, ImageEncoder
-    from .train import adamw, backward_step, fuse_lora, optimizer_update, param_groups, seed_everything
+    from .lora_fused import fuse_lora
+    from .train import adamw, backward_step, optimizer_update, param_groups, seed_everything
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -208,5 +209,5 @@ def efficiency_table(eff: dict[str, Any]) -> str:
         lines.append(f"{r['llm']:<6}{r['setup']:<18}{r['gflop_per_step']:>7.2f}{r['ms_per_step']:>8.1f}"
                      f"{r['gflops']:>9.1f}{r['matmul_peak_gflops']:>7.0f}{100 * r['peak_share']:>6.0f}%{ratio:>9}"
                      + " " * 15 + " ".join(f"{100 * r['split'][k]:>5.0f}" for k in SPLIT))
-    lines.append("vs peft: the same step with peft's own LoRA forward (train.fuse_lora off), steps interleaved")
+    lines.append("vs peft: the same step with peft's own LoRA forward (lora_fused.fuse_lora off), steps interleaved")
     return "\n".join(lines)

@@ -51,9 +51,7 @@ class Profile:
     # (llm, benchmark, connector set: 'smoke' | 'claims' | 'budgets' of connector_study) and the alignment
     # steps every connector gets on the held-in tasks first; the paper scale has no held-in tasks to align on
     connector_cells: tuple[tuple[str, str, str], ...] = ()
-    # 400: the fifth fresh-clone study's 600-step curves kept every connector's held-in loss order from step 300
-    # on except the Bottleneck Adapter against the linear projector (tied at 300); 18 alignments of 600 steps
-    # were 659 of its ~3,900 grid worker-s
+    # 400 steps: the connectors' held-in loss order is settled by then (docs/decisions.md, the connector study)
     align_steps: int = 400
     # --model-scaling: the model-size axis as an opt-in addition (with_model_scaling): base models the study
     # builds besides base_models, and the scaling_models the open question then trains on. Empty: no opt-in.
