@@ -157,8 +157,13 @@ def test_size_caps_only_ever_lower_a_runs_size(tmp_path):
     pairs = [(a, b, c.notebook) for c, d in zip(cells, capped) for a, b in zip(c.configs(), d.configs())]
     assert pairs and all(b.max_epochs == min(a.max_epochs, 10) for a, b, _ in pairs)
     assert {a.max_epochs < 10 for a, _, _ in pairs} == {True, False}  # a lower value stays, a higher one is capped
-    # the scaling notebook's training-set sizes are its axis, set by its own parameter rather than hparams
-    assert all(b.train_limit == min(a.train_limit or 8, 8) for a, b, nb in pairs if nb != grid_cells.SCALING)
+    assert all(b.train_limit == min(a.train_limit or 8, 8) for a, b, _ in pairs)
+    # the scaling notebook's own training-set axis (1,000 and 3,000 items) is capped too: no run trains on more
+    # than 8 items, and sizes that the cap makes equal to the profile's own run are not trained twice
+    scaling = [(c, d) for c, d in zip(cells, capped) if c.notebook == grid_cells.SCALING and c.parameters["train_limits"]]
+    assert scaling and all(max(c.parameters["train_limits"]) > 8 for c, _ in scaling)
+    assert all(cfg.train_limit <= 8 for _, d in scaling for cfg in d.configs())
+    assert all(d.parameters["train_limits"] == [8] for _, d in scaling)
 
 
 @pytest.mark.slow

@@ -49,7 +49,8 @@ def cuda_guard(profile: Profile, allow_cpu: bool) -> None:
 
 def with_limits(cells: list, limits: dict[str, int]) -> list:
     """The cells with every run's hyperparameters capped at `limits` (LIMITS): a value the profile sets lower
-    stays."""
+    stays. A train_limit also caps the training-set sizes a cell sets itself (the scaling notebook's
+    `train_limits` axis), so no run trains on more items than asked; sizes that become equal are run once."""
     from .config import ExperimentConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
@@ -58,8 +59,14 @@ def with_limits(cells: list, limits: dict[str, int]) -> list:
         now = {k: h.get(k, defaults[k]) for k in limits}
         return {**h, **{k: min(v, now[k]) if now[k] is not None else v for k, v in limits.items()}}
 
-    return [dataclasses.replace(c, parameters={**c.parameters, "hparams": capped(c.parameters["hparams"])})
-            if limits and "hparams" in c.parameters else c for c in cells]
+    def cap(parameters: dict) -> dict:
+        out = {**parameters, "hparams": capped(parameters["hparams"])}
+        if limits.get("train_limit") is not None and parameters.get("train_limits"):
+            out["train_limits"] = list(dict.fromkeys(min(n, limits["train_limit"]) for n in parameters["train_limits"]))
+        return out
+
+    return [dataclasses.replace(c, parameters=cap(c.parameters)) if limits and "hparams" in c.parameters else c
+            for c in cells]
 
 
 class Builds:
