@@ -317,3 +317,16 @@ def test_the_page_escapes_what_runs_wrote_and_its_templates_ship_with_the_packag
     globs = pyproject["tool"]["setuptools"]["package-data"]["qformer_peft"]
     shipped = [p.relative_to(report.TEMPLATES.parent).as_posix() for p in report.TEMPLATES.iterdir()]
     assert shipped and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in shipped), shipped
+
+
+def test_an_allocation_claim_says_whether_more_runs_or_more_training_would_resolve_it(tmp_path):
+    kw = dict(benchmarks=(), ranks=(), adalora=("iconqa",), adalora_acc=45.0)  # AdaLoRA at the zero-shot level
+
+    def c1(name, **more):
+        return next(c for c in claim_ledger.ledger(*study(tmp_path, name, **kw, **more), full_size={}) if c.id == "C1")
+
+    trained = c1("trained")  # three seeds and null runs, none of them moved from the base
+    assert trained.verdict == claims.NOT_RESOLVABLE and "did not move from the base on iconqa" in trained.evidence
+    assert trained.resolve == claims.RESOLVE_HINT["alloc_trained"] and "--extended" not in trained.resolve
+    unpowered = c1("no-nulls", null_seeds=())  # the same runs without null runs to judge them against
+    assert unpowered.verdict == claims.NOT_RESOLVABLE and unpowered.resolve == claims.RESOLVE_HINT["alloc"]

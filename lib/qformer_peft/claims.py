@@ -56,6 +56,11 @@ RESOLVE_HINT = {
            "same test items: the paper scale, or the embedded scale with more training",
     "alloc": "AdaLoRA runs that move from their base (beat its zero-shot score) on several seeds, with null runs to "
              "compare (the embedded profiles: --extended)",
+    # the seeds and null runs are there, the runs did not move: more of the same does not help at this scale
+    "alloc_trained": "AdaLoRA runs that move from their base, which more seeds or null runs do not give: a base "
+                     "and depth where AdaLoRA learns the task (at the embedded scale it stays a few points above "
+                     "zero-shot with twice the epochs or four times the rate: docs/power.md, \"AdaLoRA with more "
+                     "room\")",
 }
 
 
@@ -228,6 +233,7 @@ def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, s
     in scope: the real runs' seeds against the null runs' (Welch t interval of the difference of means). A part
     whose benchmarks did not move from their base is not resolvable; LLMs in `explore` are shown, not judged."""
     parts, texts, read = [], [], []
+    unpowered = False  # a judged part lacks seeds or null runs: what resolves it is more runs, not more training
     present = sorted(set(real["llm"])) if len(real) else []
     for llm in sorted(set(present) | set(llms or [])):
         if llms is not None and llm not in llms and llm not in explore:
@@ -237,6 +243,7 @@ def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, s
         judged = llms is None or llm in llms
         if missing:
             if judged:
+                unpowered = True
                 texts.append(f"{llm}: no AdaLoRA runs on {', '.join(missing)}")
                 parts.append(Judged(float("nan"), float("nan"), float("nan"), label=llm, note="missing runs"))
             continue
@@ -257,6 +264,7 @@ def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, s
             line = (f"{llm}: {name} real {np.mean(list(values.values())):+.2f} over {len(values)} seed(s), "
                     f"{null_text}; real − null {part.interval_text()}")
             if judged:
+                unpowered = unpowered or not ref or len(values) < 2
                 parts.append(part)
                 texts.append(f"{line} → {part}" + (f" [{part.note}]" if part.note else ""))
             else:
@@ -266,7 +274,8 @@ def allocation_claim(df: pd.DataFrame, real: pd.DataFrame, null: pd.DataFrame, s
             texts += [f"{llm}/{b} movement: {t}" for b, (_, t) in moves.items()]
     if not parts:
         return Verdict(NOT_RESOLVABLE, "; ".join(texts) or "no AdaLoRA runs", resolve=RESOLVE_HINT["alloc"])
-    return Verdict(combine(parts), "; ".join(texts), parts, read, RESOLVE_HINT["alloc"])
+    return Verdict(combine(parts), "; ".join(texts), parts, read,
+                   RESOLVE_HINT["alloc" if unpowered else "alloc_trained"])
 
 
 # --- the ledger -----------------------------------------------------------------------------------------
