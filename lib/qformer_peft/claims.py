@@ -55,7 +55,8 @@ RESOLVE_HINT = {
     "acc": "runs that train long enough (epochs, items) for a setup to beat the base's zero-shot score on the "
            "same test items: the paper scale, or the embedded scale with more training",
     "alloc": "AdaLoRA runs that move from their base (beat its zero-shot score) on several seeds, with null runs to "
-             "compare (the embedded profiles: --extended)",
+             "compare (the embedded profiles: --extended, though in docs/power.md's reference study the embedded "
+             "AdaLoRA runs did not move with it either)",
     # the seeds and null runs are there, the runs did not move: more of the same does not help at this scale
     "alloc_trained": "AdaLoRA runs that move from their base, which more seeds or null runs do not give: a base "
                      "and depth where AdaLoRA learns the task (at the embedded scale it stays a few points above "
