@@ -118,6 +118,8 @@ def test_run_folder_is_complete_and_its_adapter_reloads_to_the_same_predictions(
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/trainable.safetensors"):
         assert (run.path / name).is_file(), name
     assert run.id == f"iconqa_qf-lora_qf-all_r4_s7-{runs.config_hash(run.config)}"
+    targets = json.loads((run.path / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert len(targets) > 1 and targets == sorted(targets)  # the same bytes in every process (peft keeps a set)
     assert set(result["trainable_params"]) >= {"qformer_lora", "query_tokens", "projection", "vit_layernorm"}
     assert runs.load_runs(run.path.parent).loc[0, "result.test.accuracy"] == result["test"]["accuracy"]
 

@@ -107,11 +107,23 @@ def save_trained(model, directory: str | Path) -> Path:
                 model.save_pretrained(directory)
             finally:
                 cfg.rank_pattern = pattern
+        _sort_target_modules(directory / "adapter_config.json")
     rest = {n: p.detach().cpu().contiguous() for n, p in unwrap(model).named_parameters()
             if p.requires_grad and "lora_" not in n}
     runs.atomic_write(directory / TRAINABLE_FILE, save(rest))
     (directory / "README.md").write_text(ADAPTER_README)  # in place of peft's generic model card
     return directory
+
+
+def _sort_target_modules(path: Path) -> None:
+    # peft writes target_modules from a set, in an order that changes from process to process; sorted, the same
+    # run writes the same bytes
+    import json
+
+    cfg = json.loads(path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        runs.atomic_write(path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def load_trained(run_path: str | Path, *, device: torch.device | str = "cpu"):
