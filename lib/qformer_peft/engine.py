@@ -21,6 +21,7 @@ cached under CACHE_DIR/connectors, shared by every run of the same base, connect
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -118,8 +119,6 @@ def save_trained(model, directory: str | Path) -> Path:
 def _sort_target_modules(path: Path) -> None:
     # peft writes target_modules from a set, in an order that changes from process to process; sorted, the same
     # run writes the same bytes
-    import json
-
     cfg = json.loads(path.read_text())
     if isinstance(cfg.get("target_modules"), list):
         cfg["target_modules"] = sorted(cfg["target_modules"])

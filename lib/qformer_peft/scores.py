@@ -100,23 +100,21 @@ class Movement:
 def movement(cell: pd.DataFrame) -> Movement:
     """Whether some setup's validation-chosen configuration in this LLM x benchmark cell beats both the base's
     zero-shot score on the same test items and chance, each by a paired 95% interval."""
-    key = _cell_key(cell)
-    if key is not None and key in _MOVED:
-        return _MOVED[key]
-    out = _movement(cell)
-    if key is not None:
-        _MOVED[key] = out
-    return out
+    return _memo(cell, "setups", _movement)
 
 
-_MOVED: dict = {}   # a cell's runs and states -> Movement: several claims read the same cell
+_MOVED: dict = {}   # (kind, a cell's runs and states) -> answer: several claims read the same cell
 
 
-def _cell_key(cell: pd.DataFrame, *tag: str) -> tuple | None:
+def _memo(cell: pd.DataFrame, kind: str, compute):
+    """compute(cell), once per kind and set of runs (with their states); uncached for a frame without paths."""
     if "path" not in cell:
-        return None
+        return compute(cell)
     states = cell["state"] if "state" in cell else [None] * len(cell)
-    return (*tag, *sorted(zip(map(str, cell["path"]), map(str, states))))
+    key = (kind, *sorted(zip(map(str, cell["path"]), map(str, states))))
+    if key not in _MOVED:
+        _MOVED[key] = compute(cell)
+    return _MOVED[key]
 
 
 def _movement(cell: pd.DataFrame) -> Movement:
@@ -165,10 +163,7 @@ def adalora_movement(df: pd.DataFrame, llm: str, bench: str) -> tuple[bool, str]
     score (recorded by the null or baseline runs) and chance on the same items; open-ended benchmarks: their
     test score beats the null runs' (seed-level t interval)."""
     cell = df[(df["llm"] == llm) & (df["benchmark"] == bench) & (df["state"] == "done")] if len(df) else df
-    key = _cell_key(cell, "adalora")
-    if key is not None and key not in _MOVED:
-        _MOVED[key] = _adalora_movement(cell)
-    return _MOVED[key] if key is not None else _adalora_movement(cell)
+    return _memo(cell, "adalora", _adalora_movement)
 
 
 def _adalora_movement(cell: pd.DataFrame) -> tuple[bool, str]:
